@@ -1,0 +1,69 @@
+"""Exception types for people: each says what was wrong and what to do.
+
+Every error the project raises on bad input derives from `ConductorError`, so that the CLI
+prints one clean line and the HTTP layer maps it to a 4xx with the same message.
+"""
+
+from __future__ import annotations
+
+
+class ConductorError(Exception):
+    """Base class: `code` is a stable machine-readable reason, `str(e)` is for people."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(ConductorError):
+    """A config file, key or command-line override is wrong."""
+
+    code = "bad_config"
+
+
+class WorkflowError(ConductorError):
+    """The conductor's plan cannot be parsed or breaks a rule of the workflow language.
+
+    Reason codes: `missing_list`, `length_mismatch`, `empty_workflow`, `unknown_worker`,
+    `worker_out_of_range`, `bad_access`, `forward_access`, `too_many_steps`, `bad_subtask`,
+    `unparsable`.
+    """
+
+    code = "bad_workflow"
+
+
+class DataError(ConductorError):
+    """A data file is missing, unreadable or not in the format its importer expects."""
+
+    code = "bad_data"
+
+
+class PoolError(ConductorError):
+    """A worker pool cannot answer: unknown worker, unknown query, or a recorded hole."""
+
+    code = "pool_error"
+
+
+class WorkerCallError(ConductorError):
+    """A worker call failed after retries and fallbacks."""
+
+    code = "worker_failed"
+
+
+class RateLimitTimeout(WorkerCallError):
+    """A call waited in the rate limiter's queue until its deadline passed."""
+
+    code = "rate_limit_timeout"
+
+
+class SandboxError(ConductorError):
+    """Untrusted code could not be run in the sandbox (not: the code failed its tests)."""
+
+    code = "sandbox_error"
