@@ -1,0 +1,161 @@
+"""Policies that plan without learning: single workers, cheapest, random, the per-query oracle
+and a kNN router. They produce `Plan`s like the trained conductor does, so one evaluation loop
+judges them all through the executor.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.workers.base import WorkerInfo
+from ray_conductor.workflow import Workflow
+
+SUBTASK = "Answer the question. End with 'The answer is (X)' for multiple choice."
+
+
+@dataclass
+class Plan:
+    """A policy's plan for one query. `workflow` is None when the policy produced no valid plan
+    (the query then scores as wrong with no calls)."""
+
+    workflow: Workflow | None
+    text: str = ""
+    attempts: int = 1
+    fell_back: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def parsed(self) -> bool:
+        return self.workflow is not None and not self.fell_back
+
+
+class Policy(Protocol):
+    name: str
+
+    def plan_batch(self, queries: Sequence, workers: Sequence[WorkerInfo]) -> list[Plan]: ...
+
+
+def _price(w: WorkerInfo) -> float:
+    return w.input_price_per_mtok + w.output_price_per_mtok
+
+
+class SingleWorker:
+    def __init__(self, worker: str):
+        self.worker = worker
+        self.name = f"single:{worker}"
+
+    def plan_batch(self, queries, workers):
+        return [Plan(Workflow.single(self.worker, SUBTASK)) for _ in queries]
+
+
+class Cheapest:
+    """Always the worker with the lowest list price (input + output $/1M tokens)."""
+
+    name = "cheapest"
+
+    def plan_batch(self, queries, workers):
+        w = min(workers, key=_price).name
+        return [Plan(Workflow.single(w, SUBTASK)) for _ in queries]
+
+
+class RandomRouter:
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def plan_batch(self, queries, workers):
+        return [Plan(Workflow.single(self.rng.choice(workers).name, SUBTASK)) for _ in queries]
+
+
+class Oracle:
+    """Per query, the cheapest worker that answers correctly (in hindsight): the upper bound.
+    Where no worker is correct, the cheapest worker."""
+
+    name = "oracle"
+
+    def __init__(self, data):
+        self.data = data
+
+    def plan_batch(self, queries, workers):
+        names = [w.name for w in workers]
+        plans = []
+        for q in queries:
+            recs = [(self.data.record(q.query_id, m), m) for m in names]
+            ok = [(r.cost, m) for r, m in recs if r is not None and r.correct]
+            pick = min(ok)[1] if ok else min(workers, key=_price).name
+            plans.append(Plan(Workflow.single(pick, SUBTASK)))
+        return plans
+
+
+class KNNRouter:
+    """RouterBench's kNN baseline: a test query goes to the worker with the best accuracy among
+    its k nearest training queries (cosine over sentence embeddings), minus `cost_weight` times
+    that worker's mean cost there; ties go to the cheaper worker."""
+
+    name = "knn"
+
+    def __init__(self, train_emb: np.ndarray, train_correct: np.ndarray, train_cost: np.ndarray,
+                 models: Sequence[str], embed, k: int = 40, cost_weight: float = 0.0):
+        if len(train_emb) == 0:
+            raise ConfigError("knn needs a non-empty train split to fit on")
+        self.emb, self.correct, self.cost = train_emb, train_correct, train_cost
+        self.models, self.embed = list(models), embed
+        self.k, self.cost_weight = min(k, len(train_emb)), cost_weight
+
+    @classmethod
+    def fit(cls, data, embed, k: int = 40, cost_weight: float = 0.0) -> "KNNRouter":
+        train = data.queries("train")
+        correct, cost = data.matrix("train")
+        return cls(embed([q.query for q in train]), correct, cost, data.models, embed, k,
+                   cost_weight)
+
+    def choose(self, emb: np.ndarray) -> list[int]:
+        sims = emb @ self.emb.T
+        nn = np.argpartition(-sims, self.k - 1, axis=1)[:, : self.k]
+        acc = self.correct[nn].mean(axis=1)  # [Q, M]
+        cost = self.cost[nn].mean(axis=1)
+        score = acc - self.cost_weight * cost
+        best = score.max(axis=1, keepdims=True)
+        tied = np.isclose(score, best)
+        return [int(np.where(t, c, np.inf).argmin()) for t, c in zip(tied, cost)]
+
+    def plan_batch(self, queries, workers):
+        picks = self.choose(self.embed([q.query for q in queries]))
+        return [Plan(Workflow.single(self.models[i], SUBTASK)) for i in picks]
+
+
+def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, seed: int = 0,
+                  knn_k: int = 40, embed=None) -> list[Policy]:
+    """Policies from their command-line names: `singles` (every worker), `single:NAME`,
+    `cheapest`, `random`, `oracle`, `knn`."""
+    known = {w.name for w in workers}
+    out: list[Policy] = []
+    for name in names:
+        if name == "singles":
+            out += [SingleWorker(w.name) for w in workers]
+        elif name.startswith("single:"):
+            w = name.split(":", 1)[1]
+            if w not in known:
+                raise ConfigError(f"policy {name!r}: unknown worker {w!r}; known: {sorted(known)}")
+            out.append(SingleWorker(w))
+        elif name == "cheapest":
+            out.append(Cheapest())
+        elif name == "random":
+            out.append(RandomRouter(seed))
+        elif name == "oracle":
+            out.append(Oracle(data))
+        elif name == "knn":
+            if embed is None:
+                from ray_conductor.eval.embed import embed_texts as embed
+            out.append(KNNRouter.fit(data, embed, k=knn_k))
+        else:
+            raise ConfigError(
+                f"unknown policy {name!r}; use singles, single:NAME, cheapest, random, oracle, knn"
+            )
+    return out

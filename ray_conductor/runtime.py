@@ -1,0 +1,32 @@
+"""Starting or joining Ray, tuned for small machines by default (object store, no dashboard)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray_conductor.config import RayConfig
+
+
+def init_ray(cfg: RayConfig | Any | None = None) -> None:
+    """Join `cfg.address` ("auto", "ray://...") or start a local cluster ("local").
+
+    A local cluster gets token auth off (Ray 2.60 enables it by default, which breaks
+    `ray job submit` on a laptop); a remote cluster keeps whatever its operator set.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    kw: dict[str, Any] = {"namespace": cfg.namespace, "ignore_reinit_error": True,
+                          "log_to_driver": True}
+    if cfg.address in ("local", "", None):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        kw.update(address="local", include_dashboard=cfg.include_dashboard,
+                  object_store_memory=int(cfg.object_store_memory_mb) * 1024 * 1024)
+        if cfg.num_cpus:
+            kw["num_cpus"] = int(cfg.num_cpus)
+    else:
+        kw["address"] = cfg.address
+    ray.init(**kw)
