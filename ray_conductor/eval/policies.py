@@ -159,3 +159,21 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
                 f"unknown policy {name!r}; use singles, single:NAME, cheapest, random, oracle, knn"
             )
     return out
+
+
+class RemotePlanner:
+    """A conductor that plans elsewhere (a rollout actor, a Serve replica): `plan_texts` maps
+    questions to dicts with the rendered `workflow` text and whether it `fell_back`."""
+
+    def __init__(self, name: str, plan_texts):
+        self.name, self.plan_texts = name, plan_texts
+
+    def plan_batch(self, queries, workers):
+        from ray_conductor.workflow import parse
+
+        names = [w.name for w in workers]
+        plans = []
+        for p in self.plan_texts([q.query for q in queries]):
+            wf = parse(p["workflow"], names, allow_empty=True) if p["workflow"] else None
+            plans.append(Plan(wf, p["workflow"], p.get("attempts", 1), p.get("fell_back", False)))
+        return plans

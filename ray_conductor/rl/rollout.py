@@ -1,0 +1,126 @@
+"""Rollouts: for a batch of questions, sample a group of G workflows each with the conductor,
+execute them through the shared worker pool (at `rollout` priority), score them, and return
+trajectories for the learner.
+
+`RolloutWorker` is a plain class (testable without Ray); `RolloutActor` is its Ray shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ray_conductor.policy.conductor import Conductor, ConductorConfig, PlanResult, build_engine
+from ray_conductor.rl.rewards import RewardConfig, reward
+from ray_conductor.rl.types import Trajectory
+from ray_conductor.workers.base import WorkerInfo, WorkerPool
+from ray_conductor.workflow import execute
+
+
+@dataclass
+class Question:
+    """What a rollout needs of a query: the id (for replay and judging) and the text."""
+
+    query_id: str
+    query: str
+
+
+class RolloutWorker:
+    """Holds a generation engine and a worker pool; turns questions into trajectories.
+
+    `judge(query_id, answer_text) -> bool` decides correctness (replay data or a verifier).
+    """
+
+    def __init__(self, conductor_cfg: ConductorConfig, reward_cfg: RewardConfig,
+                 pool: WorkerPool, judge: Callable[[str, str], bool], *,
+                 concurrency: int = 64):
+        self.conductor = Conductor(build_engine(conductor_cfg), conductor_cfg)
+        self.reward_cfg = reward_cfg
+        self.pool = pool
+        self.judge = judge
+        self.concurrency = concurrency
+        self.weights_version = 0
+
+    def workers(self) -> list[WorkerInfo]:
+        return list(self.pool.workers())
+
+    def load_weights(self, state_dict: dict[str, Any], version: int) -> int:
+        self.conductor.engine.load_state_dict(state_dict)
+        self.weights_version = version
+        return version
+
+    async def rollout(self, questions: Sequence[Question], group_size: int, *, iteration: int,
+                      temperature: float | None = None, seed: int | None = None
+                      ) -> list[Trajectory]:
+        """G independent first-attempt plans per question (no re-sampling: an unparsable plan
+        is a trajectory with the parse-failure reward), executed and scored."""
+        flat = [q for q in questions for _ in range(group_size)]
+        plans = await asyncio.to_thread(
+            self.conductor.plan_many, [q.query for q in flat], self.workers(),
+            temperature=temperature, seed=seed)
+        sem = asyncio.Semaphore(self.concurrency)
+        trajs = await asyncio.gather(*(self._score(q, p, iteration, sem)
+                                       for q, p in zip(flat, plans)))
+        return [t for t in trajs if t is not None]
+
+    async def _score(self, q: Question, plan: PlanResult, iteration: int,
+                     sem: asyncio.Semaphore) -> Trajectory | None:
+        if not plan.samples:  # the engine failed: nothing to learn from
+            return None
+        sample = plan.samples[0]
+        parsed = not plan.fell_back and plan.n_attempts == 1
+        correct, cost, calls, final = False, 0.0, 0, None
+        if parsed and len(plan.workflow):
+            async with sem:
+                trace = await execute(plan.workflow, q.query, self.pool, query_id=q.query_id)
+            correct = bool(self.judge(q.query_id, trace.answer))
+            cost, calls, final = trace.cost, trace.calls, trace.final_worker
+        r = reward(parsed, correct, cost, calls, self.reward_cfg)
+        return Trajectory(
+            prompt_ids=list(sample.prompt_ids), completion_ids=list(sample.completion_ids),
+            old_logprobs=list(sample.logprobs), reward=r, group_id=f"{iteration}:{q.query_id}",
+            info={"query_id": q.query_id, "parsed": parsed, "correct": correct, "cost": cost,
+                  "calls": calls, "final_worker": final, "text": sample.text,
+                  "errors": list(plan.errors), "weights_version": self.weights_version},
+        )
+
+    def plan_texts(self, questions: Sequence[str]) -> list[dict[str, Any]]:
+        """Greedy plans for evaluation, as plain data (workflow text, fell_back, attempts)."""
+        from ray_conductor.workflow import render
+
+        plans = self.conductor.plan_many(list(questions), self.workers(), temperature=0.0)
+        return [{"workflow": render(p.workflow) if len(p.workflow) else "",
+                 "fell_back": p.fell_back, "attempts": p.n_attempts, "errors": p.errors}
+                for p in plans]
+
+
+def _rollout_actor_cls():
+    import ray
+
+    @ray.remote
+    class RolloutActor:
+        """Thin Ray shell over `RolloutWorker`; builds its own pool from the worker config so
+        the litellm providers are registered in this process."""
+
+        def __init__(self, conductor_cfg, reward_cfg, pool_factory, judge_factory,
+                     concurrency: int = 64):
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            self.w = RolloutWorker(conductor_cfg, reward_cfg, pool_factory(), judge_factory(),
+                                   concurrency=concurrency)
+
+        async def rollout(self, questions, group_size, iteration, temperature=None, seed=None):
+            return await self.w.rollout(questions, group_size, iteration=iteration,
+                                        temperature=temperature, seed=seed)
+
+        def load_weights(self, state_dict, version):
+            return self.w.load_weights(state_dict, version)
+
+        def plan_texts(self, questions):
+            return self.w.plan_texts(questions)
+
+        def ready(self):
+            return True
+
+    return RolloutActor

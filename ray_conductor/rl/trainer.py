@@ -1,0 +1,157 @@
+"""The training loop, top to bottom: sample questions, roll out (sample plans, execute them
+through the shared worker proxies, score), update the learners, sync weights to the rollout
+workers, log, checkpoint. At the end, evaluate the trained conductor beside the baselines.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_conductor.config import RayConfig, default_data_dir, to_dict
+from ray_conductor.errors import ConfigError
+from ray_conductor.policy.conductor import ConductorConfig
+from ray_conductor.rl.learner import LearnerConfig
+from ray_conductor.rl.rewards import RewardConfig
+
+
+@dataclass
+class TrainConfig:
+    pool: str = "demo"
+    split: str = "train"
+    data_dir: str = field(default_factory=default_data_dir)
+    backend: str = "ray"  # ray: WorkerProxy actors; local: in-process replay pool per rollout
+    iterations: int = 20
+    questions_per_iter: int = 4
+    group_size: int = 8
+    num_rollout_workers: int = 1
+    rollout_num_cpus: float = 1.0
+    rollout_num_gpus: float = 0.0
+    num_learners: int = 1
+    learner_num_cpus: float = 1.0
+    learner_num_gpus: float = 0.0
+    run_dir: str = "runs/conductor"
+    checkpoint_every: int = 5
+    keep_checkpoints: int = 3
+    resume: bool = False
+    eval_at_start: bool = False
+    eval_at_end: bool = True
+    eval_split: str = "test"
+    eval_limit: int | None = 200
+    eval_baselines: list[str] = field(default_factory=lambda: ["singles", "random", "knn",
+                                                               "oracle"])
+    seed: int = 0
+    progress: bool = True
+    conductor: ConductorConfig = field(default_factory=lambda: ConductorConfig(max_resamples=0))
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def pick_questions(queries: list, iteration: int, n: int, seed: int) -> list:
+    """The iteration's questions: a deterministic function of (seed, iteration), so a resumed
+    run sees the same sequence as an uninterrupted one."""
+    rng = random.Random(f"{seed}:{iteration}")
+    return rng.sample(queries, min(n, len(queries)))
+
+
+def rollout_metrics(trajs: list) -> dict[str, float]:
+    n = max(len(trajs), 1)
+    info = [t.info for t in trajs]
+    return {
+        "reward_mean": sum(t.reward for t in trajs) / n,
+        "parse_rate": sum(i["parsed"] for i in info) / n,
+        "accuracy": sum(i["correct"] for i in info) / n,
+        "cost_per_plan": sum(i["cost"] for i in info) / n,
+        "calls_per_plan": sum(i["calls"] for i in info) / n,
+        "completion_tokens": sum(len(t.completion_ids) for t in trajs) / n,
+        "trajectories": len(trajs),
+    }
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    import ray
+    from tqdm.auto import tqdm
+
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.graph import build_training_graph
+    from ray_conductor.rl.checkpoint import RunDir
+    from ray_conductor.rl.rollout import Question
+    from ray_conductor.runtime import init_ray
+
+    if cfg.iterations < 1 or cfg.group_size < 2:
+        raise ConfigError("iterations must be >= 1 and group_size >= 2 (GRPO compares a group)")
+    init_ray(cfg.ray)
+    run = RunDir(cfg.run_dir)
+    data = load_pool(cfg.pool, data_dir=cfg.data_dir)
+    train_q = [Question(q.query_id, q.query)
+               for q in sorted(data.queries(cfg.split), key=lambda q: q.query_id)]
+    if not train_q:
+        raise ConfigError(f"split={cfg.split!r} of pool {cfg.pool!r} has no questions")
+    graph = build_training_graph(cfg, data)
+
+    start, version = 0, 0
+    latest = run.latest() if cfg.resume else None
+    if latest is not None:
+        path, state = latest
+        graph.learners.load(str(path))
+        start, version = state["iteration"] + 1, state["weights_version"]
+        graph.sync_weights(version)
+        print(f"resumed from {path} (iteration {state['iteration']})")
+    result: dict[str, Any] = {"run_dir": str(run.path), "start_iteration": start}
+    if cfg.eval_at_start and start == 0:
+        result["eval_start"] = evaluate_conductor(cfg, graph, data, tag="untrained")
+
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
+               desc="train", disable=not cfg.progress)
+    for it in bar:
+        t0 = time.perf_counter()
+        questions = pick_questions(train_q, it, cfg.questions_per_iter, cfg.seed)  # sample
+        trajs = graph.rollout(questions, cfg.group_size, it, seed=cfg.seed * 100003 + it)  # execute+score
+        t_roll = time.perf_counter() - t0
+        stats = graph.learners.train_step(trajs)  # update
+        version += 1
+        graph.sync_weights(version)  # sync
+        m = {**rollout_metrics(trajs), **{f"learner/{k}": v for k, v in stats.items()},
+             "time/rollout_s": t_roll, "time/iteration_s": time.perf_counter() - t0}
+        run.log(it, m)  # log
+        bar.set_postfix(reward=f"{m['reward_mean']:.3f}", parse=f"{m['parse_rate']:.2f}")
+        if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:  # checkpoint
+            tmp = run.begin_checkpoint(it)
+            graph.learners.save(str(tmp))
+            run.commit_checkpoint(tmp, it, {"iteration": it, "weights_version": version,
+                                            "config": to_dict(cfg)}, keep=cfg.keep_checkpoints)
+    run.close()
+    if cfg.eval_at_end:
+        result["eval"] = evaluate_conductor(cfg, graph, data, tag="trained", baselines=True)
+    result["metrics"] = run.metrics()
+    ray.get(graph.ready())
+    return result
+
+
+def evaluate_conductor(cfg: TrainConfig, graph, data, *, tag: str,
+                       baselines: bool = False) -> dict[str, Any]:
+    """The conductor's greedy plans (and optionally the baselines) on the eval split."""
+    import asyncio
+
+    from ray_conductor.data.replay import ReplayPool
+    from ray_conductor.eval.evaluate import evaluate_policies
+    from ray_conductor.eval.policies import RemotePlanner, make_policies
+    from ray_conductor.eval.report import format_table, scatter_plot, write_json
+
+    queries = sorted(data.queries(cfg.eval_split), key=lambda q: q.query_id)[: cfg.eval_limit]
+    pool = ReplayPool(data)
+    workers = list(pool.workers())
+    policies = [RemotePlanner(f"conductor:{tag}", graph.plan_texts)]
+    if baselines:
+        policies += make_policies(list(cfg.eval_baselines), data, workers, seed=cfg.seed)
+    reports = asyncio.run(evaluate_policies(policies, queries, pool, data.judge, workers,
+                                            progress=cfg.progress))
+    report = {"pool": cfg.pool, "split": cfg.eval_split, "n_queries": len(queries),
+              "policies": {k: r.to_dict() for k, r in reports.items()}}
+    out = write_json(report, f"{cfg.run_dir}/eval_{tag}.json")
+    scatter_plot(report["policies"], out.with_suffix(".png"), title=f"{cfg.pool} ({tag})")
+    print(format_table(report["policies"]))
+    return report
