@@ -1,0 +1,50 @@
+"""`ray-conductor import pool=... out=...`: import recorded outputs into one canonical Parquet
+table and print what was found per model, so holes and price sources are seen before training."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_conductor.config import default_data_dir
+
+
+@dataclass
+class ImportConfig:
+    pool: str = "mmlu_pro"  # mmlu_pro[:PATH,...] | routerbench[:PATH,...] | parquet:PATH | demo
+    out: str = "data/pool.parquet"
+    data_dir: str = field(default_factory=default_data_dir)
+
+
+def format_report(summary: dict[str, dict[str, Any]], report: dict[str, Any] | None) -> str:
+    """A per-model table: rows, holes, accuracy (holes count as wrong), total cost, price source."""
+    models = (report or {}).get("models", {})
+    head = f"{'model':<34} {'rows':>6} {'holes':>6} {'acc':>6} {'cost $':>10}  price"
+    lines = [head, "-" * len(head)]
+    for m, s in summary.items():
+        r = models.get(m, {})
+        src = f"{r.get('price_source', '?')} {r.get('price_key', '')}".strip()
+        lines.append(f"{m:<34} {s['rows']:>6} {s['holes']:>6} {s['accuracy']:>6.1%} "
+                     f"{s['cost']:>10.2f}  {src}")
+    return "\n".join(lines)
+
+
+def run_import(cfg: Any) -> dict[str, Any]:
+    """Import `cfg.pool` (uncached), write `cfg.out`, print the table, return the report."""
+    from ray_conductor.data.pools import import_spec
+    from ray_conductor.data.table import oracle_accuracy, summarize, write_table
+
+    t0 = time.perf_counter()
+    table, report = import_spec(cfg.pool, cfg.data_dir)
+    out = write_table(table, cfg.out, report)
+    summary = summarize(table)
+    result = dict(report.to_dict() if report else {})
+    result.update(pool=cfg.pool, out=str(out), rows=table.num_rows, summary=summary,
+                  oracle_accuracy=oracle_accuracy(table),
+                  wall_s=round(time.perf_counter() - t0, 2))
+    print(format_report(summary, result))
+    print(f"\noracle (some model right): {result['oracle_accuracy']:.1%}   "
+          f"rows: {table.num_rows}   tokens: {result.get('token_counter', '?')}")
+    print(f"table: {out}  ({result['wall_s']} s)")
+    return result

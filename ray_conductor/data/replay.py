@@ -1,0 +1,194 @@
+"""Recorded answers as data (`ReplayData`) and as an in-process `WorkerPool` (`ReplayPool`).
+
+Replay is how the conductor trains and is evaluated offline: a step given to model M for query
+q returns what M really answered to q, with its tokens and cost. The step's subtask and the
+other agents' outputs cannot change a recording, so replay measures routing, not collaboration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from ray_conductor.data.pricing import fit_prices
+from ray_conductor.data.splits import select
+from ray_conductor.data.table import COLUMNS, ImportReport
+from ray_conductor.errors import DataError, PoolError
+from ray_conductor.verify.checkers import extract_choice
+from ray_conductor.workers.base import Completion, Message, WorkerInfo, failed
+
+
+@dataclass(frozen=True)
+class Query:
+    query_id: str
+    query: str
+    task: str
+    reference: str  # MC letter (the most common answer key among the files); "" for labels
+    answer_format: str  # "mc" | "label"
+
+    @property
+    def question(self) -> str:
+        """The executor's word for the same text."""
+        return self.query
+
+
+@dataclass(frozen=True)
+class Record:
+    model: str
+    response: str | None  # None: a hole, the model never answered
+    correct: bool | None
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    cost_source: str
+
+
+class Matrix(NamedTuple):
+    """correct[q, m] (holes and unlabeled = False) and cost[q, m] for baselines."""
+
+    correct: np.ndarray
+    cost: np.ndarray
+
+
+class ReplayData:
+    """A canonical table indexed for O(1) lookups by query id, (query, model) and query text."""
+
+    def __init__(self, table: pa.Table | Iterable[pa.RecordBatch],
+                 report: ImportReport | None = None, test_fraction: float = 0.2):
+        self.report = report
+        self.test_fraction = test_fraction
+        self._queries: dict[str, Query] = {}
+        self._records: dict[tuple[str, str], Record] = {}
+        self._labels: dict[str, dict[str, bool]] = {}  # label format: response text -> correct
+        self._by_text: dict[str, str] = {}
+        self._splits: dict[str, list[Query]] = {}
+        if isinstance(table, pa.Table):
+            table = table.select(COLUMNS).to_batches(max_chunksize=32768)
+        self.models = self._index(table)
+        self._infos = self._worker_infos()
+
+    def _index(self, batches: Iterable[pa.RecordBatch]) -> list[str]:
+        models: dict[str, None] = {}
+        refs: dict[str, Counter[str]] = {}
+        first: dict[str, tuple[str, str, str]] = {}
+        for batch in batches:
+            cols = [batch.column(c).to_pylist() for c in COLUMNS]
+            for qid, query, task, fmt, ref, model, resp, ok, tin, tout, cost, src in zip(*cols):
+                models.setdefault(model, None)
+                first.setdefault(qid, (query, task, fmt))
+                refs.setdefault(qid, Counter())[ref] += resp is not None
+                self._records[(qid, model)] = Record(model, resp, ok, tin, tout, cost, src)
+                if fmt == "label" and resp is not None:
+                    seen = self._labels.setdefault(qid, {})
+                    seen[resp.strip()] = seen.get(resp.strip(), False) or bool(ok)
+        for qid, (query, task, fmt) in first.items():
+            ref = refs[qid].most_common(1)[0][0]
+            self._queries[qid] = Query(qid, query, task, ref, fmt)
+            self._by_text.setdefault(query, qid)
+        return list(models)
+
+    def queries(self, split: str = "all") -> list[Query]:
+        """The split's queries in table order (the split is a hash of the query id)."""
+        if split not in self._splits:
+            keep = select(split, self.test_fraction)
+            self._splits[split] = [q for q in self._queries.values() if keep(q.query_id)]
+        return self._splits[split]
+
+    def query(self, query_id: str) -> Query | None:
+        return self._queries.get(query_id)
+
+    def find(self, query_id: str | None, question: str | None = None) -> Query | None:
+        """By id, else by the exact query text (for callers that only have the question)."""
+        q = self._queries.get(query_id) if query_id is not None else None
+        if q is None and question is not None and question in self._by_text:
+            q = self._queries[self._by_text[question]]
+        return q
+
+    def record(self, query_id: str, model: str) -> Record | None:
+        """The (query, model) row, holes included (`response is None`); None if no such row."""
+        return self._records.get((query_id, model))
+
+    def judge(self, query_id: str, text: str) -> bool:
+        """MC: the letter MMLU-Pro's extractor finds equals the reference. Label: the text is a
+        recorded response to this query, and the recording was labelled correct."""
+        q = self._queries.get(query_id)
+        if q is None:
+            raise DataError(f"cannot judge unknown query {query_id!r}: not in this pool")
+        if q.answer_format == "mc":
+            return extract_choice(text) == q.reference
+        if q.answer_format == "label":
+            return self._labels.get(query_id, {}).get((text or "").strip(), False)
+        return False
+
+    def matrix(self, split: str = "all") -> Matrix:
+        """correct[q, m] and cost[q, m], rows in `queries(split)` order, columns in `models`."""
+        qs = self.queries(split)
+        correct = np.zeros((len(qs), len(self.models)), dtype=bool)
+        cost = np.zeros((len(qs), len(self.models)), dtype=np.float64)
+        for i, q in enumerate(qs):
+            for j, m in enumerate(self.models):
+                r = self._records.get((q.query_id, m))
+                if r is not None:
+                    correct[i, j], cost[i, j] = bool(r.correct), r.cost
+        return Matrix(correct, cost)
+
+    def worker_infos(self) -> list[WorkerInfo]:
+        return list(self._infos)
+
+    def _worker_infos(self) -> list[WorkerInfo]:
+        """Mean $/1M in/out per model, fitted to its rows' tokens and costs (exact where the
+        costs were priced per token; an estimate where they were recorded)."""
+        n = len(self._queries)
+        answered: dict[str, list[Record]] = {m: [] for m in self.models}
+        for r in self._records.values():
+            if r.response is not None:
+                answered[r.model].append(r)
+        infos = []
+        for m, rows in answered.items():
+            pin, pout = fit_prices(np.array([r.input_tokens for r in rows]),
+                                   np.array([r.output_tokens for r in rows]),
+                                   np.array([r.cost for r in rows]))
+            src = rows[0].cost_source if rows else "none"
+            infos.append(WorkerInfo(m, f"recorded answers to {len(rows)} of {n} queries "
+                                       f"(cost: {src})", round(pin, 6), round(pout, 6)))
+        return infos
+
+
+class ReplayPool:
+    """A `WorkerPool` that answers each call with the recorded answer to the call's query.
+
+    The query comes from `params["metadata"]["query_id"]` (the executor sends it), else from an
+    exact match of `metadata["question"]`. Unknown queries and holes are failed completions."""
+
+    def __init__(self, data: ReplayData, latency_s: float = 0.0):
+        self.data = data
+        self.latency_s = latency_s
+        self._names = set(data.models)
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.data.worker_infos()
+
+    async def complete(self, worker: str, messages: list[Message], **params: Any) -> Completion:
+        if worker not in self._names:
+            raise PoolError(f"unknown worker {worker!r}: this replay pool has {self.data.models}")
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        meta = params.get("metadata") or {}
+        q = self.data.find(meta.get("query_id"), meta.get("question"))
+        if q is None:
+            what = meta.get("query_id") or repr(str(meta.get("question") or "")[:60])
+            return failed(worker, f"{worker} has no recording for query {what}: not in this pool",
+                          "unknown_query", latency_s=self.latency_s)
+        r = self.data.record(q.query_id, worker)
+        if r is None or r.response is None:
+            return failed(worker, f"{worker} has no recorded answer to query {q.query_id}",
+                          "missing_answer", latency_s=self.latency_s,
+                          meta={"query_id": q.query_id})
+        return Completion(worker=worker, text=r.response, input_tokens=r.input_tokens,
+                          output_tokens=r.output_tokens, cost=r.cost, latency_s=self.latency_s,
+                          meta={"query_id": q.query_id, "replay": True})

@@ -1,0 +1,191 @@
+"""The canonical table every importer writes: one row per (query, model), and its report.
+
+One schema for all sources lets the replay pool, the baselines and the trainer ignore where a
+recording came from. A missing answer stays a row with `response = null` (a hole), so every
+query has one row per model and holes are counted, not silently dropped. The `ImportReport`
+travels inside the Parquet file's metadata, so a cached or shared table keeps its provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ray_conductor.errors import DataError
+
+SCHEMA = pa.schema([
+    pa.field("query_id", pa.string(), nullable=False),  # "<source>/<id>", e.g. "mmlu_pro/70"
+    pa.field("query", pa.string(), nullable=False),  # the full text a worker would see
+    pa.field("task", pa.string(), nullable=False),  # e.g. "mmlu_pro/math", "routerbench/mbpp"
+    pa.field("answer_format", pa.string(), nullable=False),  # "mc" | "label"
+    pa.field("reference", pa.string(), nullable=False),  # MC letter; "" for labelled sources
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("response", pa.string()),  # null: the model has no recorded answer (a hole)
+    pa.field("correct", pa.bool_()),  # null: hole, or a row without a label
+    pa.field("input_tokens", pa.int64(), nullable=False),
+    pa.field("output_tokens", pa.int64(), nullable=False),
+    pa.field("cost", pa.float64(), nullable=False),  # dollars
+    pa.field("cost_source", pa.string(), nullable=False),  # "recorded"|"litellm"|"price_table"
+])
+COLUMNS = SCHEMA.names
+REPORT_KEY = b"ray_conductor.report"
+ROW_GROUP = 32768  # rows per Parquet row group: readers can stream a big table group by group
+
+
+@dataclass
+class ModelReport:
+    """What an import found for one model; `rows` counts its table rows, holes included."""
+
+    rows: int = 0
+    answered: int = 0
+    holes: int = 0  # queries other files have but this model has no answer for
+    null_preds: int = 0  # answered, but the publisher's extractor found no letter
+    junk: int = 0  # list entries that are not records (skipped)
+    unlabeled: int = 0  # answered rows without a correctness label (correct = null)
+    duplicates: int = 0  # second records for the same (query, model) (skipped)
+    missing_cost: int = 0  # answered rows with an empty recorded cost (cost = 0)
+    price_source: str = ""  # "recorded" | "litellm" | "price_table"
+    price_key: str = ""  # the litellm key or price-table entry the cost came from
+    input_price_per_mtok: float | None = None
+    output_price_per_mtok: float | None = None
+
+
+@dataclass
+class ImportReport:
+    """Counts and provenance of one import, for people and for `eval`'s report."""
+
+    source: str
+    files: list[str] = field(default_factory=list)
+    queries: int = 0
+    models: dict[str, ModelReport] = field(default_factory=dict)
+    token_counter: str = ""
+    reference_conflicts: int = 0  # queries whose files disagree on the answer key
+    notes: list[str] = field(default_factory=list)
+
+    def model(self, name: str) -> ModelReport:
+        return self.models.setdefault(name, ModelReport())
+
+    @property
+    def price_sources(self) -> dict[str, str]:
+        return {m: r.price_source for m, r in self.models.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["price_sources"] = self.price_sources
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImportReport:
+        known = {f.name for f in fields(ModelReport)}
+        models = {m: ModelReport(**{k: v for k, v in r.items() if k in known})
+                  for m, r in d.get("models", {}).items()}
+        top = {f.name for f in fields(cls)} - {"models"}
+        return cls(models=models, **{k: v for k, v in d.items() if k in top})
+
+
+class TableBuilder:
+    """Collects rows column by column (cheaper than a list of dicts for 100k+ rows)."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+
+    def add(self, **row: Any) -> None:
+        for name in COLUMNS:
+            self.cols[name].append(row[name])
+
+    def table(self) -> pa.Table:
+        return pa.table(self.cols, schema=SCHEMA)
+
+
+def files_under(paths: Sequence[str | os.PathLike], suffixes: tuple[str, ...],
+                what: str) -> list[Path]:
+    """Expand files and directories (recursively) into the sorted files an importer reads."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(suffixes))
+            if not found:
+                raise DataError(f"{p}: no {'/'.join(suffixes)} files in this directory "
+                                f"(expected {what})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory (expected {what})")
+    return out
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, report: ImportReport | None = None,
+                level: int | None = None) -> Path:
+    """Write zstd Parquet (at `level`; None: pyarrow's fast default) atomically, so a reader
+    never sees half a file, with the report in the file's metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if report is not None:
+        table = table.replace_schema_metadata({REPORT_KEY: json.dumps(report.to_dict())})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd", compression_level=level,
+                   row_group_size=ROW_GROUP)
+    os.replace(tmp, path)
+    return path
+
+
+def _open(path: str | os.PathLike) -> pq.ParquetFile:
+    """Open a canonical table, refusing files that are not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a canonical Parquet table)")
+    try:
+        f = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [c for c in COLUMNS if c not in f.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: expected the canonical table with columns {COLUMNS}, "
+                        f"missing {missing}")
+    return f
+
+
+def _report(f: pq.ParquetFile) -> ImportReport | None:
+    meta = f.schema_arrow.metadata or {}
+    return ImportReport.from_dict(json.loads(meta[REPORT_KEY])) if REPORT_KEY in meta else None
+
+
+def read_table(path: str | os.PathLike) -> tuple[pa.Table, ImportReport | None]:
+    """Read a canonical table and the report stored with it (None for foreign files)."""
+    f = _open(path)
+    return f.read(columns=COLUMNS).cast(SCHEMA), _report(f)
+
+
+def stream_table(path: str | os.PathLike, batch_size: int = ROW_GROUP,
+                 ) -> tuple[Iterator[pa.RecordBatch], ImportReport | None]:
+    """The table as record batches, one row group in memory at a time, and its report."""
+    f = _open(path)
+    return f.iter_batches(batch_size=batch_size, columns=COLUMNS), _report(f)
+
+
+def summarize(table: pa.Table) -> dict[str, dict[str, Any]]:
+    """Per model: rows, holes, correct rows, accuracy over its rows (holes = wrong), total $."""
+    g = table.group_by("model", use_threads=False).aggregate([
+        ("query_id", "count"), ("response", "count"), ("correct", "sum"), ("cost", "sum")])
+    out: dict[str, dict[str, Any]] = {}
+    for r in g.to_pylist():
+        rows, correct = r["query_id_count"], int(r["correct_sum"] or 0)
+        out[r["model"]] = {"rows": rows, "holes": rows - r["response_count"], "correct": correct,
+                           "accuracy": correct / rows if rows else 0.0, "cost": r["cost_sum"]}
+    return out
+
+
+def oracle_accuracy(table: pa.Table) -> float:
+    """Share of queries that at least one model answers correctly (a perfect router)."""
+    ids = pc.unique(table["query_id"])
+    hit = pc.unique(table.filter(pc.fill_null(table["correct"], False))["query_id"])
+    return len(hit) / len(ids) if len(ids) else 0.0
+
