@@ -1,0 +1,70 @@
+"""Code answers: pull the program out of a model's markdown and run its tests in the sandbox.
+
+HumanEval gives a prompt (imports, helpers, the signature and docstring), a `check(candidate)`
+test and an entry point; MBPP-style tasks give plain `assert` lines. Either way the verdict is
+"the program plus its tests exited 0 within the limits".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from ray_conductor.verify.sandbox import run_untrusted
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """The program in a model's answer: a fenced block, else the text itself.
+
+    Among python (or untagged) blocks, prefer the first that defines `entry_point`, then the
+    first with any `def`, then the first block.
+    """
+    blocks = [body for lang, body in _FENCE.findall(text or "")
+              if lang.lower() in ("", "python", "py", "python3")]
+    if not blocks:
+        return (text or "").strip("\n")
+    if entry_point:
+        for b in blocks:
+            if re.search(rf"def\s+{re.escape(entry_point)}\s*\(", b):
+                return b
+    return next((b for b in blocks if "def " in b), blocks[0])
+
+
+def humaneval_program(prompt: str, answer: str, entry_point: str) -> str:
+    """Prompt + answer as one program: a whole function replaces the prompt's stub, otherwise
+    the answer is taken as the body that continues the prompt."""
+    code = extract_code(answer, entry_point)
+    if re.search(rf"def\s+{re.escape(entry_point)}\s*\(", code):
+        return f"{prompt.rstrip()}\n    pass\n\n{code}"
+    return prompt + code
+
+
+def run_tests(program: str, tests: str, entry_point: str | None = None, *,
+              timeout_s: float = 10.0, memory_mb: int = 512) -> bool:
+    """Whether `program` passes `tests` in the sandbox (HumanEval: `check(entry_point)` is
+    called when an entry point is given)."""
+    script = f"{program}\n\n{tests}\n"
+    if entry_point:
+        script += f"\ncheck({entry_point})\n"
+    return run_untrusted(script, timeout_s=timeout_s, memory_mb=memory_mb).ok
+
+
+def humaneval_correct(answer: str, problem: dict[str, Any], **kw: Any) -> bool:
+    """A HumanEval record (`prompt`, `test`, `entry_point`) against a model's answer."""
+    ep = problem["entry_point"]
+    return run_tests(humaneval_program(problem["prompt"], answer, ep), problem["test"], ep, **kw)
+
+
+def mbpp_correct(answer: str, tests: str | Sequence[str] | dict[str, Any], **kw: Any) -> bool:
+    """MBPP-style: `tests` is assert lines (a string or a list), or a record with `test_list`
+    and optional `test_setup_code`."""
+    if isinstance(tests, dict):
+        setup = tests.get("test_setup_code") or ""
+        tests = setup + "\n" + "\n".join(tests.get("test_list") or [])
+    elif not isinstance(tests, str):
+        tests = "\n".join(tests)
+    if not tests.strip():
+        return False  # nothing to check against: never count it as correct
+    return run_tests(extract_code(answer), tests, None, **kw)
