@@ -1,0 +1,201 @@
+"""The `Conductor`: question + worker pool -> a `Workflow`, via the policy LM.
+
+It builds the prompt, samples, parses, re-samples a malformed plan up to `max_resamples`
+times and then falls back to a configured default plan. It never raises: engine failures
+and unparsable text become a fallback plan, with the reasons in `PlanResult.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ray_conductor.errors import ConductorError, ConfigError, WorkflowError
+from ray_conductor.policy.engine import GenerationEngine, Sample
+from ray_conductor.workers.base import Message, WorkerInfo
+from ray_conductor.workflow import Workflow, build_prompt, parse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConductorConfig:
+    """The policy's settings; an OmegaConf structured config (plain data)."""
+
+    model: str = "smollm2"  # "smollm2", "tiny-smollm2", or a local HF directory
+    engine: str = "hf"  # "hf" (transformers, CPU/CUDA) or "vllm" (GPU)
+    device: str = "cpu"
+    dtype: str = "float32"
+    autocast: Optional[str] = None  # "bfloat16": faster forward passes on AMX CPUs and GPUs
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 0.7  # sampling for training; set 0 for greedy plans at evaluation
+    top_p: float = 1.0
+    resample_temperature: float = 0.7  # re-samples when `temperature` is 0 (greedy repeats)
+    seed: Optional[int] = None
+    max_steps: int = 5
+    max_resamples: int = 5  # so at most 1 + max_resamples samples per plan
+    few_shot: bool = True
+    fallback_worker: str = "0"  # a worker id ("0") or name, used when no sample parses
+    fallback_subtask: str = "Answer the question."
+    recursion_depth: int = 1  # how deep the conductor may call itself; 0 disables it
+    self_name: str = "conductor"
+    gpu_memory_utilization: float = 0.5  # vLLM only
+
+
+@dataclass
+class PlanResult:
+    """The plan for one question, and everything tried on the way (for the learner)."""
+
+    question: str
+    workflow: Workflow
+    prompt: list[Message] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # raw conductor text per attempt
+    samples: list[Sample] = field(default_factory=list)  # the engine's sample per attempt
+    n_attempts: int = 0
+    fell_back: bool = False
+    errors: list[str] = field(default_factory=list)  # WorkflowError codes, or "engine_error"
+    workers: list[str] = field(default_factory=list)  # names in id order, as offered
+
+    @property
+    def sample(self) -> Sample | None:
+        """The sample the workflow was parsed from; None after a fallback."""
+        return None if self.fell_back or not self.samples else self.samples[-1]
+
+
+def build_engine(cfg: ConductorConfig) -> GenerationEngine:
+    """The engine `cfg` names; vLLM is imported only when asked for."""
+    if cfg.engine == "hf":
+        from ray_conductor.policy.hf_engine import TransformersEngine
+
+        return TransformersEngine(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                                  batch_size=cfg.batch_size, autocast=cfg.autocast)
+    if cfg.engine == "vllm":
+        from ray_conductor.policy.vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg.model, dtype=cfg.dtype,
+                          gpu_memory_utilization=cfg.gpu_memory_utilization)
+    raise ConfigError(f"policy engine {cfg.engine!r} is not 'hf' or 'vllm'")
+
+
+class Conductor:
+    """Writes workflows with a `GenerationEngine`. Thread-safe: engine calls are serialised."""
+
+    def __init__(self, engine: GenerationEngine, cfg: ConductorConfig | None = None):
+        self.engine = engine
+        self.cfg = cfg or ConductorConfig()
+        self._lock = threading.Lock()
+
+    def offered(self, workers: Sequence[WorkerInfo]) -> list[WorkerInfo]:
+        """The workers the prompt lists: the conductor itself only while recursion is on."""
+        if self.cfg.recursion_depth > 0:
+            return list(workers)
+        return [w for w in workers if w.name != self.cfg.self_name]
+
+    def fallback(self, workers: Sequence[WorkerInfo], previous: str | None = None) -> Workflow:
+        """The default plan. Inside a recursive call it is the empty plan (keep the answer)."""
+        if previous is not None:
+            return Workflow(())
+        names = [w.name for w in workers if w.name != self.cfg.self_name]
+        if not names:
+            return Workflow(())
+        want = str(self.cfg.fallback_worker).strip()
+        if want in names:
+            worker = want
+        elif want.isdigit() and int(want) < len(workers) and workers[int(want)].name in names:
+            worker = workers[int(want)].name
+        else:
+            worker = names[0]
+        return Workflow.single(worker, self.cfg.fallback_subtask)
+
+    def plan(self, question: str, workers: Sequence[WorkerInfo], *, previous: str | None = None,
+             temperature: float | None = None, seed: int | None = None) -> PlanResult:
+        """One plan for `question`; see `plan_many`."""
+        return self.plan_many([question], workers, previous=[previous], temperature=temperature,
+                              seed=seed)[0]
+
+    def plan_many(
+        self,
+        questions: Sequence[str],
+        workers: Sequence[WorkerInfo],
+        *,
+        previous: Sequence[str | None] | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> list[PlanResult]:
+        """Plans for many questions: the first attempt of all of them is one engine call, and
+        each re-sampling round re-asks only the ones still malformed. Repeat a question to get
+        a group of independent plans (GRPO). With `previous[i]` set (a recursive call), three
+        empty lists are a valid plan and the fallback is the empty plan.
+
+        Never raises on a malformed plan or a failing engine (only on mismatched arguments).
+        """
+        cfg = self.cfg
+        if previous is not None and len(previous) != len(questions):
+            raise ConfigError(f"plan_many got {len(questions)} questions but {len(previous)} "
+                              "previous entries; pass one per question (None for a fresh plan)")
+        offered = self.offered(workers)
+        names = [w.name for w in offered]
+        prevs = list(previous) if previous is not None else [None] * len(questions)
+        results = [
+            PlanResult(q, Workflow(()), workers=names,
+                       prompt=build_prompt(q, offered, max_steps=cfg.max_steps,
+                                           few_shot=cfg.few_shot, previous=p) if names else [])
+            for q, p in zip(questions, prevs)
+        ]
+        temp = cfg.temperature if temperature is None else temperature
+        seed = cfg.seed if seed is None else seed
+        pending = list(range(len(results)))
+        rounds = 1 + max(cfg.max_resamples, 0) if names else 0
+        if not names:
+            for r in results:
+                r.errors.append("no_workers")
+        for rnd in range(rounds):
+            if not pending:
+                break
+            round_temp = temp if rnd == 0 or temp > 0 else cfg.resample_temperature
+            samples = self._sample([results[i].prompt for i in pending], round_temp,
+                                   None if seed is None else seed + rnd)
+            if samples is None:  # the engine failed: no point in asking it again
+                for i in pending:
+                    results[i].errors.append("engine_error")
+                break
+            pending = [i for i, s in zip(pending, samples)
+                       if not self._accept(results[i], s, names, allow_empty=prevs[i] is not None)]
+        for i in pending:
+            results[i].fell_back = True
+            results[i].workflow = self.fallback(workers, prevs[i])
+        return results
+
+    def _sample(self, prompts: list[list[Message]], temperature: float,
+                seed: int | None) -> list[Sample] | None:
+        try:
+            with self._lock:
+                out = self.engine.generate(prompts, n=1, temperature=temperature,
+                                           max_tokens=self.cfg.max_new_tokens,
+                                           top_p=self.cfg.top_p, seed=seed)
+            if len(out) != len(prompts) or any(len(o) != 1 for o in out):
+                raise ConductorError(f"engine returned {len(out)} results for {len(prompts)} "
+                                     "prompts (expected one sample each)")
+            return [o[0] for o in out]
+        except Exception as e:  # never raise from planning: the caller gets the fallback plan
+            log.warning("conductor engine failed, falling back to the default plan: %s: %s",
+                        type(e).__name__, e)
+            return None
+
+    def _accept(self, result: PlanResult, sample: Sample, names: list[str], *,
+                allow_empty: bool) -> bool:
+        result.n_attempts += 1
+        result.samples.append(sample)
+        result.texts.append(sample.text)
+        try:
+            result.workflow = parse(sample.text, names, max_steps=self.cfg.max_steps,
+                                    allow_empty=allow_empty)
+            return True
+        except WorkflowError as e:
+            result.errors.append(e.code)
+        except Exception as e:  # a parser bug must not break planning; record it
+            result.errors.append(type(e).__name__)
+        return False

@@ -1,0 +1,225 @@
+"""`TransformersEngine`: batched sampling with a plain transformers causal LM, on CPU or CUDA.
+
+A small hand-written decode loop rather than `model.generate`, because we need exactly three
+things `generate` makes awkward: the log-prob of each sampled token under the untempered
+policy (see `engine`), a private `torch.Generator` so a seed makes a call reproducible
+without touching global RNG state, and no logits kept beyond the current step.
+Prompts are left-padded; positions come from the attention mask, so padding does not shift
+RoPE and a padded row's numbers match an unpadded forward pass. The prefix that all rows of a
+batch share (the conductor's long instructions; a GRPO group's repeated prompt) is run once.
+
+On a CPU, torch's thread count matters more than anything here: on a busy 2-core box one
+thread per process beat two by 4-8x in our measurements (benchmarks/generation_throughput.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.policy.engine import Prompt, Sample, check_sampling, prompt_ids
+from ray_conductor.policy.loading import load_causal_lm
+
+MIN_SHARED_PREFIX = 8  # tokens; below this, sharing a prefix saves less than it costs
+_AUTOCAST = {None: None, "": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TransformersEngine:
+    """`GenerationEngine` over a Hugging Face causal LM.
+
+    `model_name_or_model` is a name for `load_causal_lm` ("smollm2", "tiny-smollm2", a local
+    directory) or a loaded model, in which case `tokenizer` is required. `dtype` is the
+    weights' dtype; `autocast` ("bfloat16") runs the forward passes under torch.autocast
+    (log-probs are still taken in fp32). It pays on GPUs and CPUs with fast bf16 (AMX); on
+    other CPUs measure first, it can be slower.
+    """
+
+    def __init__(
+        self,
+        model_name_or_model: Any = "smollm2",
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
+        autocast: str | None = None,
+        tokenizer: Any = None,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if autocast not in _AUTOCAST:
+            raise ConfigError(f"autocast must be 'bfloat16', 'float16' or empty, got {autocast!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
+        if isinstance(model_name_or_model, str):
+            model, tokenizer = load_causal_lm(model_name_or_model, dtype=dtype, device=device)
+        else:
+            if tokenizer is None:
+                raise ConfigError("TransformersEngine got a model object but no tokenizer")
+            model = model_name_or_model.to(device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.autocast = _AUTOCAST[autocast]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.eos_ids = _eos_ids(model, tokenizer)
+        # transformers 5.x renamed `past_key_values` to `cache` (argument and output field)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    # -- the protocol --------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        check_sampling(n, temperature, max_tokens, top_p)
+        encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
+        rows = [(i, ids) for i, ids in enumerate(encoded) for _ in range(n)]
+        gen = torch.Generator(device=self.device)
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(seed)
+        out: list[list[Sample]] = [[] for _ in prompts]
+        for lo in range(0, len(rows), self.batch_size):
+            chunk = rows[lo : lo + self.batch_size]
+            samples = self._sample_batch([ids for _, ids in chunk], temperature, max_tokens,
+                                         top_p, gen)
+            for (i, _), s in zip(chunk, samples):
+                out[i].append(s)
+        return out
+
+    def get_state_dict(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the weights (safe to ship to another process)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.model.load_state_dict(state_dict, strict=True)
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def _forward_ctx(self) -> Any:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                 cache: Any) -> tuple[torch.Tensor, Any]:
+        """Last-position logits (fp32) and the updated KV cache."""
+        with self._forward_ctx():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+        return out.logits[:, -1, :].float(), getattr(out, self._cache_kw)
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _prefill(self, batch: list[list[int]]) -> tuple[torch.Tensor, Any, torch.Tensor,
+                                                         torch.Tensor]:
+        """Run the prompts; returns (logits, cache, attention mask, last positions).
+
+        Conductor prompts share a long head (instructions, pool, examples) and a GRPO group
+        repeats one prompt, so the common prefix is computed once and its cache copied to
+        every row; the rest is left-padded after it ([prefix][pad][suffix]), which the mask
+        and mask-derived positions make equivalent to separate forward passes."""
+        shared = _common_prefix(batch)
+        cache, head = None, None
+        if len(batch) > 1 and shared >= MIN_SHARED_PREFIX:
+            prefix = torch.tensor([batch[0][:shared]], device=self.device)
+            ones = torch.ones_like(prefix)
+            _, cache = self._forward(prefix, ones, torch.arange(shared, device=self.device)[None],
+                                     None)
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(len(batch))
+                head = ones.expand(len(batch), shared)
+            else:  # a legacy cache we cannot copy: prefill every row in full
+                cache = None
+        rows = [r[shared:] for r in batch] if head is not None else batch
+        ids, mask = self._left_pad(rows)
+        if head is not None:
+            mask = torch.cat([head, mask], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        logits, cache = self._forward(ids, mask, pos, cache)
+        return logits, cache, mask, pos[:, -1:]
+
+    @torch.no_grad()
+    def _sample_batch(self, batch: list[list[int]], temperature: float, max_tokens: int,
+                      top_p: float, gen: torch.Generator) -> list[Sample]:
+        logits, cache, mask, pos = self._prefill(batch)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        done = torch.zeros(len(batch), dtype=torch.bool, device=self.device)
+        tokens, logps = [], []
+        for step in range(max_tokens):
+            nxt = _pick(logits, temperature, top_p, gen)
+            logps.append(torch.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1))
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            tokens.append(nxt)
+            done |= torch.isin(nxt, eos)
+            if step == max_tokens - 1 or bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos + 1
+            logits, cache = self._forward(nxt[:, None], mask, pos, cache)
+        toks = torch.stack(tokens, 1).tolist()
+        lps = torch.stack(logps, 1).tolist()
+        return [self._sample(row, toks[r], lps[r]) for r, row in enumerate(batch)]
+
+    def _sample(self, prompt: list[int], toks: list[int], lps: list[float]) -> Sample:
+        end = next((k + 1 for k, t in enumerate(toks) if t in self.eos_ids), None)
+        reason = "length" if end is None else "stop"
+        toks, lps = toks[:end], lps[:end]
+        text = self.tokenizer.decode(toks, skip_special_tokens=True)
+        return Sample(list(prompt), toks, text, lps, reason)
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the prefix all rows share, leaving every row at least one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float,
+          gen: torch.Generator) -> torch.Tensor:
+    """The next token per row: argmax at temperature 0, else a draw from the tempered,
+    top-p-truncated distribution."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keeps at least the top token
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for v in (cfg_eos, tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    if not ids:
+        raise ConfigError("the model has no EOS token id; sampling would never stop early")
+    return ids
