@@ -1,0 +1,104 @@
+"""Typed config of the worker proxies: one `WorkerConfig` per worker, gathered in a
+`WorkerPoolConfig` that serving, evaluation and training all build their proxies from.
+
+`rpm` and `tpm` are always per minute, as providers state them. `window_s` is the length of the
+sliding window over which the limiter enforces the same rate (`rpm * window_s / 60` requests
+per window): the default 60 s matches the providers; a short window smooths bursts and keeps
+tests fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ray_conductor.errors import ConfigError
+
+
+@dataclass
+class WorkerConfig:
+    """One worker: which litellm model answers, how fast we may call it, what to do when it
+    fails, and what the conductor's prompt says about it."""
+
+    name: str = "???"
+    model: str = "???"  # litellm model string: openai/gpt-4o-mini, hosted_vllm/..., replay/...
+    api_base: str | None = None  # for replay/ models: the pool spec
+    api_key_env: str | None = None  # the *name* of the env var holding the key, never the key
+    rpm: float | None = None
+    tpm: float | None = None
+    max_concurrency: int = 16
+    timeout_s: float = 60.0  # per attempt
+    retries: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    fallbacks: list[str] = field(default_factory=list)
+    input_price_per_mtok: float | None = None  # overrides litellm's cost map when set
+    output_price_per_mtok: float | None = None
+    description: str = ""
+    cache: bool = False  # cache temperature-0 answers
+    cache_ttl_s: float = 3600.0
+    cache_size: int = 1024
+    circuit_failures: int = 5  # consecutive failed attempts that open the breaker
+    circuit_cooldown_s: float = 30.0
+    window_s: float = 60.0
+
+
+@dataclass
+class WorkerPoolConfig:
+    """All workers, the Ray namespace their proxies are named in, the default replay pool
+    spec for `replay/` workers without an `api_base`, and the default deadline of a call."""
+
+    workers: list[WorkerConfig] = field(default_factory=list)
+    namespace: str = "ray_conductor"
+    replay: str | None = None
+    queue_timeout_s: float = 300.0
+    detached: bool = False  # proxies outlive the driver that created them
+
+
+def replay_workers(pool_spec: str | None, models: Iterable[str], **overrides: Any
+                   ) -> list[WorkerConfig]:
+    """`replay/<model>` workers answering from the recorded pool `pool_spec` (None: the
+    pool config's `replay`); `overrides` set other `WorkerConfig` fields on all of them."""
+    return [WorkerConfig(**{"description": f"recorded answers of {m}", **overrides,
+                            "name": m, "model": f"replay/{m}", "api_base": pool_spec})
+            for m in models]
+
+
+def as_pool_config(cfg: Any) -> WorkerPoolConfig:
+    """A validated `WorkerPoolConfig` from a dataclass, a DictConfig or a plain dict."""
+    if isinstance(cfg, WorkerPoolConfig):
+        out = cfg
+    else:
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(WorkerPoolConfig),
+                                     cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
+            out = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"bad worker pool config at {key!r}: {first}") from None
+    validate(out.workers)
+    return out
+
+
+def validate(workers: Sequence[WorkerConfig]) -> None:
+    """Raise `ConfigError` for a config that would fail later, naming the worker and key."""
+    names = [w.name for w in workers]
+    for w in workers:
+        where = f"worker {w.name!r}"
+        if w.name in ("???", "") or w.model in ("???", ""):
+            raise ConfigError(f"{where}: every worker needs a name and a litellm model string")
+        if names.count(w.name) > 1:
+            raise ConfigError(f"{where} is defined twice; worker names must be unique")
+        for fb in w.fallbacks:
+            if fb not in names or fb == w.name:
+                raise ConfigError(f"{where}: fallback {fb!r} is not another configured worker")
+        if w.rpm is not None and w.rpm * w.window_s / 60.0 < 1.0:
+            raise ConfigError(f"{where}: rpm={w.rpm} allows less than one request per "
+                              f"window_s={w.window_s}; raise rpm or window_s")
+        if w.max_concurrency < 1 or w.retries < 0 or w.window_s <= 0 or w.timeout_s <= 0:
+            raise ConfigError(f"{where}: max_concurrency >= 1, retries >= 0, window_s > 0 and "
+                              "timeout_s > 0 are required")

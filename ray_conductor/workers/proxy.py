@@ -1,0 +1,308 @@
+"""`WorkerProxyCore`: everything one worker proxy does around a litellm call, without Ray.
+
+It owns the worker's rate limiter, retries, circuit breaker, response cache and accounting,
+and calls an injectable `acompletion` (default: `litellm.acompletion`, imported lazily). It
+never raises for a worker's fault: failures come back as a `Completion` with `error` set and
+every attempt listed. The API key is read from the environment at call time and scrubbed from
+every error text. The Ray actor in `actor.py` is a thin shell around this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from dataclasses import replace
+from typing import Any, Awaitable, Callable
+
+from ray_conductor.errors import ConductorError
+from ray_conductor.workers.accounting import CallRecord, WorkerStats
+from ray_conductor.workers.base import Attempt, Completion, Message, WorkerInfo, failed
+from ray_conductor.workers.cache import TTLCache, cache_key
+from ray_conductor.workers.config import WorkerConfig
+from ray_conductor.workers.ratelimit import Limits, Permit, RateLimiter
+from ray_conductor.workers.retry import CircuitBreaker, Fault, classify, retry_delay, scrub
+
+log = logging.getLogger(__name__)
+
+Fallback = Callable[[str, list[Message], dict[str, Any]], Awaitable[Completion]]
+Observer = Callable[[CallRecord], None]
+RESERVED = ("priority", "timeout_s", "via")  # call options that are not sampling parameters
+
+
+def litellm_module() -> Any:
+    """litellm, imported the only safe way offline: local cost map, no tokenizer downloads,
+    no debug banners on stdout."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    litellm.disable_hf_tokenizer_download = True
+    return litellm
+
+
+def count_tokens(model: str, messages: list[Message]) -> int:
+    return int(litellm_module().token_counter(model=model, messages=messages))
+
+
+def response_cost(response: Any) -> float:
+    """litellm's own figure (the cost map, or what a custom provider put there)."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    if hidden.get("response_cost") is not None:
+        return float(hidden["response_cost"])
+    try:
+        return float(litellm_module().completion_cost(completion_response=response) or 0.0)
+    except Exception:  # a model missing from the cost map costs what we cannot know
+        return 0.0
+
+
+def _usage(response: Any) -> tuple[int, int]:
+    u = getattr(response, "usage", None)
+    return int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0)
+
+
+def _text(response: Any) -> str:
+    return response.choices[0].message.content or ""
+
+
+class WorkerProxyCore:
+    """One worker behind a queue. `fallback(name, messages, params)` calls another worker's
+    proxy (the Ray shell resolves names to actor handles)."""
+
+    def __init__(self, cfg: WorkerConfig, *,
+                 acompletion: Callable[..., Awaitable[Any]] | None = None,
+                 fallback: Fallback | None = None, observer: Observer | None = None,
+                 queue_timeout_s: float = 300.0, default_api_base: str | None = None,
+                 token_counter: Callable[[str, list[Message]], int] = count_tokens,
+                 cost: Callable[[Any], float] = response_cost,
+                 clock: Callable[[], float] = time.monotonic, seed: int | None = None):
+        self.cfg = cfg
+        self._acompletion = acompletion
+        self._fallback, self._observer = fallback, observer
+        self.queue_timeout_s = queue_timeout_s
+        self._api_base = cfg.api_base or (default_api_base if cfg.model.startswith("replay/")
+                                          else None)
+        self._count, self._cost, self._clock = token_counter, cost, clock
+        self._rng = random.Random(seed)
+        self.limiter = RateLimiter(Limits.per_minute(cfg.rpm, cfg.tpm, cfg.window_s,
+                                                     cfg.max_concurrency), clock)
+        self.breaker = CircuitBreaker(cfg.circuit_failures, cfg.circuit_cooldown_s, clock)
+        self.cache: TTLCache[Completion] = TTLCache(cfg.cache_size, cfg.cache_ttl_s, clock)
+        self.accounts = WorkerStats()
+
+    # -- public -------------------------------------------------------------------------------
+    async def complete(self, messages: list[Message], *, priority: str = "serve",
+                       timeout_s: float | None = None, via: tuple[str, ...] = (),
+                       **params: Any) -> Completion:
+        """Answer `messages`; `timeout_s` is the call's deadline (queue waits, retries and
+        fallbacks included), `via` the workers that already passed this call on. A cache hit
+        costs nothing (`cost` 0.0, `cached` True; the first call's cost is in `meta`)."""
+        t0 = self._clock()
+        deadline = t0 + (timeout_s if timeout_s is not None else self.queue_timeout_s)
+        key = self._cache_key(messages, params)
+        if key and (hit := self.cache.get(key)) is not None:
+            return self._finish(replace(hit, cached=True, cost=0.0, queue_wait_s=0.0, attempts=[],
+                                        meta={**hit.meta, "cached_cost": hit.cost}), t0)
+        own = await self._call_with_retries(messages, priority, deadline, params)
+        c = own
+        if not own.ok and self.cfg.fallbacks and self._fallback is not None:
+            c = await self._via_fallbacks(own, messages, priority, deadline, via, params)
+        if key and own.ok:
+            self.cache.put(key, replace(own))
+        return self._finish(c, t0, own)
+
+    async def warm_up(self) -> None:
+        """Pay litellm's first-call setup (lazy imports, client, schemas: ~0.7 s) now, with a
+        mock answer, rather than inside the first real call's admission window."""
+        kw = {"api_base": self._api_base} if self._api_base else {}
+        await self._backend()(model=self.cfg.model, messages=[{"role": "user", "content": "hi"}],
+                              mock_response="ok", api_key="EMPTY", **kw)
+        count = self._count  # and the tokenizer the estimates use
+        count(self.cfg.model, [{"role": "user", "content": "warm up"}])
+
+    def stats(self) -> dict[str, Any]:
+        d = self.accounts.to_dict()
+        d.update(worker=self.cfg.name, model=self.cfg.model, circuit=self.breaker.state,
+                 circuit_opened=self.breaker.times_opened, cache_entries=len(self.cache),
+                 **self.limiter.state())
+        return d
+
+    def info(self) -> WorkerInfo:
+        """The conductor's view: description and prices (config override, else cost map)."""
+        inp, out = self.cfg.input_price_per_mtok, self.cfg.output_price_per_mtok
+        if inp is None or out is None:
+            entry = _cost_map_entry(self.cfg.model)
+            inp = inp if inp is not None else entry.get("input_cost_per_token", 0.0) * 1e6
+            out = out if out is not None else entry.get("output_cost_per_token", 0.0) * 1e6
+        return WorkerInfo(self.cfg.name, self.cfg.description, float(inp), float(out))
+
+    # -- one worker, with retries -------------------------------------------------------------
+    async def _call_with_retries(self, messages: list[Message], priority: str, deadline: float,
+                                 params: dict[str, Any]) -> Completion:
+        attempts: list[Attempt] = []
+        waited = 0.0
+        try:
+            kwargs = self._litellm_kwargs(messages, params)
+            estimate = self._estimate(messages, params)
+        except ConductorError as e:
+            return self._failed(str(e), e.code, attempts, waited)
+        for n in range(self.cfg.retries + 1):
+            if not self.breaker.allow():
+                return self._failed(f"circuit open after repeated failures of {self.cfg.name}",
+                                    "circuit_open", attempts, waited)
+            try:
+                permit = await self.limiter.acquire(estimate, priority, deadline - self._clock())
+            except ConductorError as e:
+                return self._failed(str(e), e.code, attempts, waited)
+            waited += permit.queue_wait_s
+            result = await self._attempt(kwargs, permit, attempts)
+            if isinstance(result, Completion):
+                result.queue_wait_s = waited
+                return result
+            if not result.retryable or n == self.cfg.retries:
+                break
+            delay = retry_delay(n, result, self.cfg.backoff_base_s, self.cfg.backoff_max_s,
+                                self._rng)
+            if self._clock() + delay >= deadline:
+                attempts[-1].error = f"{attempts[-1].error} (no time left to retry)"
+                break
+            await asyncio.sleep(delay)
+        tries = f"{len(attempts)} attempt{'s' * (len(attempts) != 1)}"
+        return self._failed(f"{self.cfg.name} failed after {tries}: {attempts[-1].error}",
+                            "worker_failed", attempts, waited)
+
+    async def _attempt(self, kwargs: dict[str, Any], permit: Permit,
+                       attempts: list[Attempt]) -> Completion | Fault:
+        """One call to the backend, holding a permit; the answer or the fault."""
+        t = self._clock()
+        actual: int | None = None
+        try:
+            resp = await asyncio.wait_for(self._backend()(**kwargs), self.cfg.timeout_s + 1.0)
+            inp, out = _usage(resp)
+            actual = inp + out
+            c = Completion(worker=self.cfg.name, text=_text(resp), input_tokens=inp,
+                           output_tokens=out, cost=self._price(resp, inp, out))
+        except Exception as e:  # every backend error becomes a recorded attempt
+            fault = classify(e)
+            fault = replace(fault, message=self._scrub(fault.message))
+            attempts.append(Attempt(self.cfg.model, fault.outcome, self._clock() - t, fault.status,
+                                    fault.message, fault.retry_after_s))
+            if fault.retryable:
+                self.breaker.failure()
+            log.info("worker %s attempt failed: %s", self.cfg.name, fault.message)
+            return fault
+        finally:
+            self.limiter.release(permit, actual)
+        self.breaker.success()
+        attempts.append(Attempt(self.cfg.model, "ok", self._clock() - t, 200))
+        c.attempts = attempts
+        c.meta["admitted_at"] = permit.admitted_at  # for checking limits across processes
+        return c
+
+    # -- fallbacks ----------------------------------------------------------------------------
+    async def _via_fallbacks(self, own: Completion, messages: list[Message], priority: str,
+                             deadline: float, via: tuple[str, ...],
+                             params: dict[str, Any]) -> Completion:
+        attempts, waited = list(own.attempts), own.queue_wait_s
+        tried = via + (self.cfg.name,)
+        for name in self.cfg.fallbacks:
+            left = deadline - self._clock()
+            if name in tried or left <= 0:
+                continue
+            try:
+                fb = await self._fallback(name, messages,  # type: ignore[misc]
+                                          {**params, "priority": priority, "timeout_s": left,
+                                           "via": tried})
+            except Exception as e:  # an unreachable fallback is one more failed attempt
+                attempts.append(Attempt(name, "error", 0.0, None, self._scrub(f"fallback: {e}")))
+                continue
+            attempts += fb.attempts
+            waited += fb.queue_wait_s
+            if fb.ok:
+                return replace(fb, worker=self.cfg.name, served_by=fb.served_by or name,
+                               attempts=attempts, queue_wait_s=waited,
+                               meta={**fb.meta, "primary_error": own.error})
+        return replace(own, attempts=attempts, queue_wait_s=waited)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _backend(self) -> Callable[..., Awaitable[Any]]:
+        if self._acompletion is None:
+            self._acompletion = litellm_module().acompletion
+        return self._acompletion
+
+    def _api_key(self) -> str | None:
+        env = self.cfg.api_key_env
+        if env:
+            key = os.environ.get(env)
+            if not key:
+                raise ConductorError(f"environment variable {env} (the API key of worker "
+                                     f"{self.cfg.name}) is not set", code="missing_api_key")
+            return key
+        return "EMPTY" if self._api_base and not self.cfg.model.startswith("replay/") else None
+
+    def _litellm_kwargs(self, messages: list[Message], params: dict[str, Any]) -> dict[str, Any]:
+        kw = {k: v for k, v in params.items() if k not in RESERVED}
+        kw.update(model=self.cfg.model, messages=messages, timeout=self.cfg.timeout_s,
+                  max_retries=0, drop_params=True)
+        if self._api_base:
+            kw["api_base"] = self._api_base
+        key = self._api_key()
+        if key:
+            kw["api_key"] = key
+        return kw
+
+    def _estimate(self, messages: list[Message], params: dict[str, Any]) -> int:
+        """Tokens a call is admitted with: the prompt plus the output it may produce."""
+        if not self.cfg.tpm:
+            return 0
+        out = params.get("max_tokens") or params.get("max_completion_tokens") or 0
+        return self._count(self.cfg.model, messages) + int(out)
+
+    def _price(self, resp: Any, inp: int, out: int) -> float:
+        p_in, p_out = self.cfg.input_price_per_mtok, self.cfg.output_price_per_mtok
+        if p_in is not None or p_out is not None:
+            return (inp * (p_in or 0.0) + out * (p_out or 0.0)) / 1e6
+        return self._cost(resp)
+
+    def _cache_key(self, messages: list[Message], params: dict[str, Any]) -> str | None:
+        if not self.cfg.cache or params.get("temperature", None) != 0:
+            return None
+        sampling = {k: v for k, v in params.items() if k not in RESERVED + ("metadata",)}
+        if self.cfg.model.startswith("replay/"):  # a replay answer depends on the query too
+            sampling["query_id"] = (params.get("metadata") or {}).get("query_id")
+        return cache_key(self.cfg.model, messages, sampling)
+
+    def _scrub(self, text: str) -> str:
+        env = self.cfg.api_key_env
+        return scrub(text, [os.environ.get(env) if env else None])
+
+    def _failed(self, error: str, code: str, attempts: list[Attempt], waited: float) -> Completion:
+        return failed(self.cfg.name, self._scrub(error), code, attempts=attempts,
+                      queue_wait_s=waited)
+
+    def _finish(self, c: Completion, t0: float, own: Completion | None = None) -> Completion:
+        """Stamp the latency, account for this worker's own part, tell the observer."""
+        c.latency_s = self._clock() - t0
+        mine, paid = own or c, not c.cached
+        rec = CallRecord(ok=c.ok, retries=max(0, len(mine.attempts) - 1),
+                         input_tokens=mine.input_tokens * paid,
+                         output_tokens=mine.output_tokens * paid, cost=mine.cost,
+                         queue_wait_s=c.queue_wait_s, latency_s=c.latency_s, cached=c.cached,
+                         fallback=c.served_by is not None, error_code=c.error_code)
+        self.accounts.record(rec)
+        if c.error:
+            log.warning("worker %s: %s", self.cfg.name, c.error)
+        if self._observer is not None:
+            try:
+                self._observer(rec)
+            except Exception:  # metrics must never fail a call that succeeded
+                log.exception("worker %s: the call's observer failed", self.cfg.name)
+        return c
+
+
+def _cost_map_entry(model: str) -> dict[str, Any]:
+    cost_map = litellm_module().model_cost
+    bare = model.split("/", 1)[1] if "/" in model else model
+    return cost_map.get(model) or cost_map.get(bare) or {}

@@ -1,0 +1,42 @@
+"""Shared fixtures: one Ray cluster for the whole test run, and a fault-injecting provider.
+
+Environment first: Ray 2.60 turns token auth on by default, and litellm downloads its cost map
+on import unless told to use the local copy.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import pytest  # noqa: E402
+
+from ray_conductor.testing import FaultServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster shared by every test that asks for it (started once: ~5 s)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=4, include_dashboard=False,
+                 object_store_memory=300 * 1024 * 1024)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fault_server_session():
+    with FaultServer(seed=0) as server:
+        yield server
+
+
+@pytest.fixture
+def fault_server(fault_server_session):
+    """The session's fault server, reset to good behaviour and an empty log for each test."""
+    fault_server_session.reset()
+    yield fault_server_session
+    fault_server_session.reset()
