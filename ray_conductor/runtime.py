@@ -30,3 +30,14 @@ def init_ray(cfg: RayConfig | Any | None = None) -> None:
     else:
         kw["address"] = cfg.address
     ray.init(**kw)
+
+
+def limit_torch_threads() -> None:
+    """Inside a Ray actor, torch uses the CPUs Ray assigned, not every core of the node
+    (oversubscribed threads made generation 4-8x slower on a busy 2-core machine)."""
+    import ray
+    import torch
+
+    n = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
+    torch.set_num_threads(max(1, int(n)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -50,7 +50,7 @@ def make_pool(cfg: Any, data):
         from ray_conductor.workers.ray_pool import make_ray_pool
 
         init_ray(cfg.ray)
-        wcfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.models), replay_pool=cfg.pool,
+        wcfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.models), replay=cfg.pool,
                                 namespace=cfg.ray.namespace)
         return make_ray_pool(wcfg, priority="serve")
     raise ConfigError(f"backend={cfg.backend!r}: use local or ray")

@@ -38,25 +38,29 @@ def _load():
     return tok, model
 
 
-def _encode(texts: Sequence[str], batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+def _encode(texts: Sequence[str], batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+    """Texts are encoded shortest first (little padding) and put back in their order; the
+    first `max_length` tokens carry the topic, which is what routing needs."""
     import torch
 
     tok, model = _load()
-    out = []
+    ids = tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i : i + batch_size]), padding=True, truncation=True,
-                      max_length=max_length, return_tensors="pt")
+        for i in range(0, len(order), batch_size):
+            rows = order[i : i + batch_size]
+            enc = tok.pad({"input_ids": [ids[r] for r in rows]}, return_tensors="pt")
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
 
 
 def embed_texts(texts: Sequence[str]) -> np.ndarray:
     """[N, 384] unit vectors; computed once per distinct list of texts, then read from disk."""
-    h = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:24]
+    h = hashlib.sha256(("v2\x00" + "\x00".join(texts)).encode()).hexdigest()[:24]
     path = CACHE / "embeddings" / f"minilm-{h}.npy"
     if path.exists():
         return np.load(path)

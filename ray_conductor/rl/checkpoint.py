@@ -33,6 +33,23 @@ class RunDir:
                     tb.add_scalar(k, v, iteration)
             tb.flush()
 
+    def truncate_metrics(self, start: int) -> None:
+        """Drop rows of iterations >= `start`: a resumed run logs them again."""
+        keep = [r for r in self.metrics() if r["iteration"] < start]
+        p = self.path / "metrics.jsonl"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
+        os.replace(tmp, p)
+
+    def is_used(self) -> bool:
+        return (self.path / "metrics.jsonl").exists() or bool(self.checkpoints())
+
+    def clear(self) -> None:
+        for name in ("metrics.jsonl", "tb", "checkpoints"):
+            p = self.path / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+
     def metrics(self) -> list[dict[str, Any]]:
         p = self.path / "metrics.jsonl"
         if not p.exists():

@@ -299,6 +299,11 @@ class Learner:
         torch.save({"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "steps": self.steps, "config": asdict(self.cfg)}, path)
 
+    def export_pretrained(self, directory: str) -> None:
+        """The LM and tokenizer as a Hugging Face directory: what `conductor.model=` loads."""
+        self.policy.lm.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
     def load(self, path: str) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=True)
         self.policy.load_state_dict(ckpt["policy"])

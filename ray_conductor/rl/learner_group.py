@@ -41,6 +41,9 @@ class LearnerActor:
     """One rank: joins the process group, then holds a `Learner`."""
 
     def __init__(self, cfg: LearnerConfig, device: str):
+        from ray_conductor.runtime import limit_torch_threads
+
+        limit_torch_threads()
         self.cfg, self.device = cfg, device
         self.learner: Learner | None = None
 
@@ -71,6 +74,10 @@ class LearnerActor:
     def save(self, path: str) -> None:
         assert self.learner is not None
         self.learner.save(path)
+
+    def export_pretrained(self, directory: str) -> None:
+        assert self.learner is not None
+        self.learner.export_pretrained(directory)
 
     def load(self, path: str) -> None:
         assert self.learner is not None
@@ -122,6 +129,9 @@ class LearnerGroup:
 
     def save(self, path: str) -> None:
         ray.get(self.actors[0].save.remote(path))
+
+    def export_pretrained(self, directory: str) -> None:
+        ray.get(self.actors[0].export_pretrained.remote(directory))
 
     def load(self, path: str) -> None:
         self._on_all("load", path)

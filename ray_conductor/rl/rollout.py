@@ -8,13 +8,15 @@ trajectories for the learner.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+import ray
 
 from ray_conductor.policy.conductor import Conductor, ConductorConfig, PlanResult, build_engine
 from ray_conductor.rl.rewards import RewardConfig, reward
 from ray_conductor.rl.types import Trajectory
+from ray_conductor.runtime import limit_torch_threads
 from ray_conductor.workers.base import WorkerInfo, WorkerPool
 from ray_conductor.workflow import execute
 
@@ -35,8 +37,8 @@ class RolloutWorker:
 
     def __init__(self, conductor_cfg: ConductorConfig, reward_cfg: RewardConfig,
                  pool: WorkerPool, judge: Callable[[str, str], bool], *,
-                 concurrency: int = 64):
-        self.conductor = Conductor(build_engine(conductor_cfg), conductor_cfg)
+                 concurrency: int = 64, engine: Any = None):
+        self.conductor = Conductor(engine or build_engine(conductor_cfg), conductor_cfg)
         self.reward_cfg = reward_cfg
         self.pool = pool
         self.judge = judge
@@ -78,12 +80,11 @@ class RolloutWorker:
             correct = bool(self.judge(q.query_id, trace.answer))
             cost, calls, final = trace.cost, trace.calls, trace.final_worker
         r = reward(parsed, correct, cost, calls, self.reward_cfg)
-        return Trajectory(
-            prompt_ids=list(sample.prompt_ids), completion_ids=list(sample.completion_ids),
-            old_logprobs=list(sample.logprobs), reward=r, group_id=f"{iteration}:{q.query_id}",
-            info={"query_id": q.query_id, "parsed": parsed, "correct": correct, "cost": cost,
-                  "calls": calls, "final_worker": final, "text": sample.text,
-                  "errors": list(plan.errors), "weights_version": self.weights_version},
+        return Trajectory.from_sample(
+            sample, r, f"{iteration}:{q.query_id}", cost=cost, calls=calls, parsed=parsed,
+            correct=correct, query_id=q.query_id,
+            info={"final_worker": final, "text": sample.text, "errors": list(plan.errors),
+                  "weights_version": self.weights_version},
         )
 
     def plan_texts(self, questions: Sequence[str]) -> list[dict[str, Any]]:
@@ -96,31 +97,26 @@ class RolloutWorker:
                 for p in plans]
 
 
-def _rollout_actor_cls():
-    import ray
+@ray.remote
+class RolloutActor:
+    """Thin Ray shell over `RolloutWorker`. It builds its pool and judge from picklable
+    factories, so litellm providers and replay data are set up in this process."""
 
-    @ray.remote
-    class RolloutActor:
-        """Thin Ray shell over `RolloutWorker`; builds its own pool from the worker config so
-        the litellm providers are registered in this process."""
+    def __init__(self, conductor_cfg, reward_cfg, pool_factory, judge_factory,
+                 concurrency: int = 64):
+        limit_torch_threads()
+        self.w = RolloutWorker(conductor_cfg, reward_cfg, pool_factory(), judge_factory(),
+                               concurrency=concurrency)
 
-        def __init__(self, conductor_cfg, reward_cfg, pool_factory, judge_factory,
-                     concurrency: int = 64):
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            self.w = RolloutWorker(conductor_cfg, reward_cfg, pool_factory(), judge_factory(),
-                                   concurrency=concurrency)
+    async def rollout(self, questions, group_size, iteration, temperature=None, seed=None):
+        return await self.w.rollout(questions, group_size, iteration=iteration,
+                                    temperature=temperature, seed=seed)
 
-        async def rollout(self, questions, group_size, iteration, temperature=None, seed=None):
-            return await self.w.rollout(questions, group_size, iteration=iteration,
-                                        temperature=temperature, seed=seed)
+    def load_weights(self, state_dict, version):
+        return self.w.load_weights(state_dict, version)
 
-        def load_weights(self, state_dict, version):
-            return self.w.load_weights(state_dict, version)
+    def plan_texts(self, questions):
+        return self.w.plan_texts(questions)
 
-        def plan_texts(self, questions):
-            return self.w.plan_texts(questions)
-
-        def ready(self):
-            return True
-
-    return RolloutActor
+    def ready(self):
+        return True

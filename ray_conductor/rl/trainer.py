@@ -19,6 +19,7 @@ from ray_conductor.rl.rewards import RewardConfig
 
 @dataclass
 class TrainConfig:
+    model: str = "smollm2"  # the conductor LM, for both rollouts and learners
     pool: str = "demo"
     split: str = "train"
     data_dir: str = field(default_factory=default_data_dir)
@@ -35,7 +36,8 @@ class TrainConfig:
     run_dir: str = "runs/conductor"
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
-    resume: bool = False
+    resume: bool = False  # continue from the last checkpoint in run_dir
+    overwrite: bool = False  # start afresh in a run_dir that holds an earlier run
     eval_at_start: bool = False
     eval_at_end: bool = True
     eval_split: str = "test"
@@ -59,20 +61,18 @@ def pick_questions(queries: list, iteration: int, n: int, seed: int) -> list:
 
 def rollout_metrics(trajs: list) -> dict[str, float]:
     n = max(len(trajs), 1)
-    info = [t.info for t in trajs]
     return {
         "reward_mean": sum(t.reward for t in trajs) / n,
-        "parse_rate": sum(i["parsed"] for i in info) / n,
-        "accuracy": sum(i["correct"] for i in info) / n,
-        "cost_per_plan": sum(i["cost"] for i in info) / n,
-        "calls_per_plan": sum(i["calls"] for i in info) / n,
+        "parse_rate": sum(t.parsed for t in trajs) / n,
+        "accuracy": sum(t.correct for t in trajs) / n,
+        "cost_per_plan": sum(t.cost for t in trajs) / n,
+        "calls_per_plan": sum(t.calls for t in trajs) / n,
         "completion_tokens": sum(len(t.completion_ids) for t in trajs) / n,
         "trajectories": len(trajs),
     }
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    import ray
     from tqdm.auto import tqdm
 
     from ray_conductor.data.pools import load_pool
@@ -83,8 +83,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     if cfg.iterations < 1 or cfg.group_size < 2:
         raise ConfigError("iterations must be >= 1 and group_size >= 2 (GRPO compares a group)")
-    init_ray(cfg.ray)
+    cfg.conductor.model = cfg.learner.model = cfg.model
     run = RunDir(cfg.run_dir)
+    if run.is_used() and not cfg.resume:
+        if not cfg.overwrite:
+            raise ConfigError(f"run_dir {cfg.run_dir!r} holds an earlier run: pass resume=true "
+                              "to continue it, overwrite=true to start afresh, or another run_dir")
+        run.clear()
+    init_ray(cfg.ray)
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
     train_q = [Question(q.query_id, q.query)
                for q in sorted(data.queries(cfg.split), key=lambda q: q.query_id)]
@@ -96,10 +102,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     latest = run.latest() if cfg.resume else None
     if latest is not None:
         path, state = latest
-        graph.learners.load(str(path))
+        graph.learners.load(str(path / "learner.pt"))
         start, version = state["iteration"] + 1, state["weights_version"]
         graph.sync_weights(version)
         print(f"resumed from {path} (iteration {state['iteration']})")
+    if cfg.resume:
+        run.truncate_metrics(start)  # iterations after the checkpoint are done again
     result: dict[str, Any] = {"run_dir": str(run.path), "start_iteration": start}
     if cfg.eval_at_start and start == 0:
         result["eval_start"] = evaluate_conductor(cfg, graph, data, tag="untrained")
@@ -120,14 +128,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", parse=f"{m['parse_rate']:.2f}")
         if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:  # checkpoint
             tmp = run.begin_checkpoint(it)
-            graph.learners.save(str(tmp))
+            graph.learners.save(str(tmp / "learner.pt"))  # resume state: weights + optimizer
+            graph.learners.export_pretrained(str(tmp / "model"))  # conductor.model=<this dir>
             run.commit_checkpoint(tmp, it, {"iteration": it, "weights_version": version,
                                             "config": to_dict(cfg)}, keep=cfg.keep_checkpoints)
     run.close()
     if cfg.eval_at_end:
         result["eval"] = evaluate_conductor(cfg, graph, data, tag="trained", baselines=True)
     result["metrics"] = run.metrics()
-    ray.get(graph.ready())
+    graph.shutdown()  # rollouts and learners; the worker proxies stay for other users
     return result
 
 
