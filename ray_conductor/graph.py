@@ -122,6 +122,10 @@ class TrainingGraph:
                 for i, r in enumerate(self.rollouts) if questions[i::n]]
         return [t for part in ray.get(refs) for t in part]
 
+    def demonstrations(self, questions: list, seed: int) -> list:
+        """Format warm-up trajectories (see `RolloutWorker.demonstrations`)."""
+        return ray.get(self.rollouts[0].demonstrations.remote(questions, seed))
+
     def sync_weights(self, version: int) -> None:
         """Learner weights -> every rollout worker, through the object store."""
         ref = self.learners.get_weights()

@@ -130,3 +130,17 @@ def workflows(draw):
 def test_round_trip(wf, by_id):
     names = WORKERS if by_id else None
     assert parse(render(wf, names), WORKERS) == wf
+
+
+def test_prompt_lists_the_pool_and_keeps_the_conductor_out_of_the_examples():
+    from ray_conductor.workers.base import WorkerInfo
+    from ray_conductor.workflow import build_prompt
+
+    ws = [WorkerInfo("gpt-4o", "strong", 2.5, 10), WorkerInfo("llama", "cheap"),
+          WorkerInfo("conductor", "myself")]
+    system, user = build_prompt("What is 2+2?", ws, self_name="conductor")
+    text = user["content"]
+    assert "0: gpt-4o ($2.5/$10 per 1M in/out tokens) - strong" in text
+    assert "2: conductor" in text and text.rstrip().endswith("Question: What is 2+2?")
+    assert "model_id = [2" not in text and ", 2]" not in text  # examples use workers 0 and 1
+    assert "model_id = [0, 1]" in text

@@ -38,6 +38,7 @@ class ConductorConfig:
     max_steps: int = 5
     max_resamples: int = 5  # so at most 1 + max_resamples samples per plan
     few_shot: bool = True
+    max_question_chars: Optional[int] = None  # the conductor's view of long questions
     fallback_worker: str = "0"  # a worker id ("0") or name, used when no sample parses
     fallback_subtask: str = "Answer the question."
     recursion_depth: int = 1  # how deep the conductor may call itself; 0 disables it
@@ -94,6 +95,18 @@ class Conductor:
             return list(workers)
         return [w for w in workers if w.name != self.cfg.self_name]
 
+    def prompt(self, question: str, offered: Sequence[WorkerInfo], *,
+               previous: str | None = None) -> list[Message]:
+        """The chat prompt for one question over the offered workers. The conductor may see
+        only the first `max_question_chars` of a long question (routing needs the topic, not
+        every option); the workers always get the whole question from the executor."""
+        cap = self.cfg.max_question_chars
+        if cap and len(question) > cap:
+            question = question[:cap] + " [...]"
+        return build_prompt(question, offered, max_steps=self.cfg.max_steps,
+                            few_shot=self.cfg.few_shot, previous=previous,
+                            self_name=self.cfg.self_name)
+
     def fallback(self, workers: Sequence[WorkerInfo], previous: str | None = None) -> Workflow:
         """The default plan. Inside a recursive call it is the empty plan (keep the answer)."""
         if previous is not None:
@@ -141,8 +154,7 @@ class Conductor:
         prevs = list(previous) if previous is not None else [None] * len(questions)
         results = [
             PlanResult(q, Workflow(()), workers=names,
-                       prompt=build_prompt(q, offered, max_steps=cfg.max_steps,
-                                           few_shot=cfg.few_shot, previous=p) if names else [])
+                       prompt=self.prompt(q, offered, previous=p) if names else [])
             for q, p in zip(questions, prevs)
         ]
         temp = cfg.temperature if temperature is None else temperature

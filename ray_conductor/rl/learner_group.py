@@ -117,7 +117,7 @@ class LearnerGroup:
         already global (all-reduced), so their mean is too."""
         if len(batch) < self.world:
             raise ValueError(f"a batch of {len(batch)} cannot feed {self.world} learners")
-        if self.cfg.advantage == "grpo":
+        if self.cfg.advantage == "grpo" and any(t.advantage is None for t in batch):
             batch = with_advantages(batch, self.cfg)
         refs = [a.train_step.remote(shard(batch, r, self.world)) for r, a in enumerate(self.actors)]
         results = ray.get(refs)

@@ -8,6 +8,7 @@ trajectories for the learner.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -19,6 +20,14 @@ from ray_conductor.rl.types import Trajectory
 from ray_conductor.runtime import limit_torch_threads
 from ray_conductor.workers.base import WorkerInfo, WorkerPool
 from ray_conductor.workflow import execute
+
+
+WARMUP_SUBTASKS = (
+    "Answer the question. End with 'The answer is (X)'.",
+    "Solve the problem step by step and give the final answer.",
+    "Answer the question.",
+)
+CHECK_SUBTASK = "Check the earlier answer and give the final answer as 'The answer is (X)'."
 
 
 @dataclass
@@ -87,6 +96,30 @@ class RolloutWorker:
                   "weights_version": self.weights_version},
         )
 
+    def demonstrations(self, questions: Sequence[Question], seed: int) -> list[Trajectory]:
+        """Format warm-up data: for each question a valid plan over uniformly random workers
+        (one step, sometimes a solve-then-check pair), as prompt + plan + EOS with advantage 1.
+        A learner step on these is supervised fine-tuning on the plan language; the uniform
+        choice teaches the format without a preference for any worker."""
+        from ray_conductor.policy.engine import prompt_ids
+        from ray_conductor.workflow import Step, Workflow, render
+
+        rng = random.Random(seed)
+        tok = self.conductor.engine.tokenizer
+        offered = self.conductor.offered(self.workers())
+        names = [w.name for w in offered if w.name != self.conductor.cfg.self_name]
+        out = []
+        for q in questions:
+            steps = [Step(rng.choice(names), rng.choice(WARMUP_SUBTASKS), ())]
+            if rng.random() < 0.25:
+                steps.append(Step(rng.choice(names), CHECK_SUBTASK, "all"))
+            text = render(Workflow(tuple(steps)), [w.name for w in offered])
+            completion = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            p = prompt_ids(tok, self.conductor.prompt(q.query, offered))
+            out.append(Trajectory(p, completion, None, 1.0, f"warmup:{q.query_id}",
+                                  advantage=1.0, parsed=True, query_id=q.query_id))
+        return out
+
     def plan_texts(self, questions: Sequence[str]) -> list[dict[str, Any]]:
         """Greedy plans for evaluation, as plain data (workflow text, fell_back, attempts)."""
         from ray_conductor.workflow import render
@@ -117,6 +150,9 @@ class RolloutActor:
 
     def plan_texts(self, questions):
         return self.w.plan_texts(questions)
+
+    def demonstrations(self, questions, seed):
+        return self.w.demonstrations(questions, seed)
 
     def ready(self):
         return True

@@ -25,6 +25,8 @@ class TrainConfig:
     data_dir: str = field(default_factory=default_data_dir)
     backend: str = "ray"  # ray: WorkerProxy actors; local: in-process replay pool per rollout
     iterations: int = 20
+    warmup_steps: int = 0  # supervised steps on random valid plans before GRPO (format only)
+    warmup_batch: int = 8
     questions_per_iter: int = 4
     group_size: int = 8
     num_rollout_workers: int = 1
@@ -112,6 +114,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.eval_at_start and start == 0:
         result["eval_start"] = evaluate_conductor(cfg, graph, data, tag="untrained")
 
+    if start == 0 and cfg.warmup_steps > 0:
+        version = warmup(cfg, graph, run, train_q)
+
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
                desc="train", disable=not cfg.progress)
     for it in bar:
@@ -138,6 +143,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     result["metrics"] = run.metrics()
     graph.shutdown()  # rollouts and learners; the worker proxies stay for other users
     return result
+
+
+def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
+    """A small model cannot write the plan language at first, and GRPO learns nothing from a
+    group whose rewards are all 0. A few supervised steps on random *valid* plans teach the
+    format (not a worker preference); logged as iterations -warmup_steps..-1."""
+    for s in range(cfg.warmup_steps):
+        it = s - cfg.warmup_steps
+        questions = pick_questions(train_q, it, cfg.warmup_batch, cfg.seed)
+        stats = graph.learners.train_step(graph.demonstrations(questions, cfg.seed + s))
+        run.log(it, {"warmup": 1, **{f"learner/{k}": v for k, v in stats.items()}})
+    graph.sync_weights(cfg.warmup_steps)
+    return cfg.warmup_steps
 
 
 def evaluate_conductor(cfg: TrainConfig, graph, data, *, tag: str,

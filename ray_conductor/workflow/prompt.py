@@ -27,9 +27,11 @@ def describe_pool(workers: Sequence[WorkerInfo]) -> str:
     return "\n".join(lines)
 
 
-def example_plans(workers: Sequence[WorkerInfo]) -> list[tuple[str, Workflow]]:
-    """Pool-independent few-shot plans: they use the first and last worker ids."""
-    names = [w.name for w in workers]
+def example_plans(workers: Sequence[WorkerInfo], exclude: str | None = None
+                  ) -> list[tuple[str, Workflow]]:
+    """Pool-independent few-shot plans over the first and last workers (never `exclude`, the
+    conductor itself, so the examples do not teach recursion by accident)."""
+    names = [w.name for w in workers if w.name != exclude] or [w.name for w in workers]
     a, b = names[0], names[-1]
     return [
         ("What is 17 * 23?", Workflow.single(a, "Compute the product and state the number.")),
@@ -53,11 +55,13 @@ def build_prompt(
     max_steps: int = DEFAULT_MAX_STEPS,
     few_shot: bool = True,
     previous: str | None = None,
+    self_name: str | None = None,
 ) -> list[Message]:
     """Chat messages asking for a plan for `question` over `workers`.
 
     `previous` (for a recursive call) holds the earlier workflow and its outputs; the conductor
-    may then answer with three empty lists to keep the earlier answer.
+    may then answer with three empty lists to keep the earlier answer. `self_name` is the
+    conductor's own worker name, kept out of the examples.
     """
     names = [w.name for w in workers]
     parts = [
@@ -65,7 +69,7 @@ def build_prompt(
         f"Write at most {max_steps} steps as three Python lists, exactly like the examples.",
     ]
     if few_shot:
-        for q, wf in example_plans(workers):
+        for q, wf in example_plans(workers, exclude=self_name):
             parts.append(f"Example question: {q}\n{render(wf, names)}")
     if previous:
         parts.append(
