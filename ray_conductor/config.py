@@ -39,7 +39,7 @@ class RayConfig:
     include_dashboard: bool = False
 
 
-def _resolve_config_file(name: str) -> Path:
+def resolve_config_file(name: str) -> Path:
     p = Path(name)
     for cand in (p, CONFIG_DIR / p, CONFIG_DIR / f"{name}.yaml"):
         if cand.is_file():
@@ -62,7 +62,7 @@ def load(schema: type[T], argv: Sequence[str] = (), *, defaults: str | None = No
     cfg = OmegaConf.structured(schema)
     try:
         for f in ([defaults] if defaults and not files else []) + files:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(_resolve_config_file(f)))
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(resolve_config_file(f)))
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""

@@ -159,7 +159,7 @@ def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
     ns = cfg.ray.namespace
     proxies: dict[str, Any] = {}
     if cfg.backend == "ray":
-        pool_cfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.models),
+        pool_cfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
                                     replay=cfg.pool, namespace=ns)
         proxies = build_worker_proxies(pool_cfg, ns)
         pool_factory = partial(_proxy_pool, pool_cfg)

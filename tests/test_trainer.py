@@ -125,3 +125,19 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
     report = json.loads((tmp_path / "eval_trained.json").read_text())
     assert set(report["policies"]) == {"conductor:trained", "random"}
     assert report["policies"]["conductor:trained"]["n"] == 8
+
+
+def test_warmup_demonstrations_are_valid_plans_over_the_offered_workers():
+    from ray_conductor.workflow import parse
+
+    cfg = ConductorConfig(model="tiny-smollm2", max_resamples=0, recursion_depth=0)
+    w = RolloutWorker(cfg, RewardConfig(), FakePool(), judge=lambda q, t: False)
+    demos = w.demonstrations([Question(f"q{i}", f"Question {i}?") for i in range(12)], seed=0)
+    tok = w.conductor.engine.tokenizer
+    seen = set()
+    for d in demos:
+        assert d.advantage == 1.0 and d.old_logprobs is None and d.completion_ids[-1] == tok.eos_token_id
+        wf = parse(tok.decode(d.completion_ids[:-1]), [x.name for x in WORKERS])
+        seen.update(wf.workers)
+        assert tok.decode(d.prompt_ids).count("Question") >= 1
+    assert seen == {"good", "bad"}  # uniform over workers: no preference is taught

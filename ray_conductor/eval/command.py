@@ -24,6 +24,7 @@ class EvalConfig:
     out: str = "reports/eval.json"
     plot: str | None = None  # default: `out` with .png
     backend: str = "local"  # local: in-process replay pool; ray: WorkerProxy actors
+    workers: str | None = None  # backend=ray: a worker-pool YAML (live providers); default replay
     limit: int | None = None  # evaluate only the first N queries of the split (by id order)
     seed: int = 0
     knn_k: int = 40
@@ -46,12 +47,18 @@ def make_pool(cfg: Any, data):
         return ReplayPool(data)
     if cfg.backend == "ray":
         from ray_conductor.runtime import init_ray
-        from ray_conductor.workers.config import WorkerPoolConfig, replay_workers
+        from omegaconf import OmegaConf
+
+        from ray_conductor.config import resolve_config_file
+        from ray_conductor.workers.config import WorkerPoolConfig, as_pool_config, replay_workers
         from ray_conductor.workers.ray_pool import make_ray_pool
 
         init_ray(cfg.ray)
-        wcfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.models), replay=cfg.pool,
-                                namespace=cfg.ray.namespace)
+        if cfg.workers:  # live workers, answers judged by the pool's checker
+            wcfg = as_pool_config(OmegaConf.load(resolve_config_file(cfg.workers)))
+        else:
+            wcfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
+                                    replay=cfg.pool, namespace=cfg.ray.namespace)
         return make_ray_pool(wcfg, priority="serve")
     raise ConfigError(f"backend={cfg.backend!r}: use local or ray")
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ray_conductor.errors import ConfigError
+from ray_conductor.workers.base import WorkerInfo
 
 
 @dataclass
@@ -58,13 +59,22 @@ class WorkerPoolConfig:
     detached: bool = False  # proxies outlive the driver that created them
 
 
-def replay_workers(pool_spec: str | None, models: Iterable[str], **overrides: Any
+def replay_workers(pool_spec: str | None, models: Iterable[str | WorkerInfo], **overrides: Any
                    ) -> list[WorkerConfig]:
     """`replay/<model>` workers answering from the recorded pool `pool_spec` (None: the
-    pool config's `replay`); `overrides` set other `WorkerConfig` fields on all of them."""
-    return [WorkerConfig(**{"description": f"recorded answers of {m}", **overrides,
-                            "name": m, "model": f"replay/{m}", "api_base": pool_spec})
-            for m in models]
+    pool config's `replay`); `overrides` set other `WorkerConfig` fields on all of them.
+    Given `WorkerInfo`s (a replay pool's `worker_infos()`), their prices become the workers'
+    price overrides, so the proxies quote what the recorded answers cost."""
+    out = []
+    for m in models:
+        kw: dict[str, Any] = {}
+        if isinstance(m, WorkerInfo):
+            kw = {"input_price_per_mtok": m.input_price_per_mtok,
+                  "output_price_per_mtok": m.output_price_per_mtok}
+            m = m.name
+        out.append(WorkerConfig(**{"description": f"recorded answers of {m}", **kw, **overrides,
+                                   "name": m, "model": f"replay/{m}", "api_base": pool_spec}))
+    return out
 
 
 def as_pool_config(cfg: Any) -> WorkerPoolConfig:
