@@ -49,6 +49,7 @@ class LearnerConfig:
     value_clip: float | None = None
     ppo_epochs: int = 1
     micro_batch_size: int = 8
+    gradient_checkpointing: bool = False  # recompute activations: far less memory, ~30% slower
     bf16: bool = False
     seed: int = 0
 
@@ -107,6 +108,18 @@ def collate(batch: Sequence[Trajectory], pad_id: int = 0) -> dict[str, Tensor]:
     }
 
 
+def _require_no_dropout(lm: nn.Module) -> None:
+    """Train mode (needed for checkpointing) must not switch dropout on: pi_old == pi_new."""
+    for name, m in lm.named_modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            raise ConfigError(f"gradient_checkpointing needs a model without dropout; {name} "
+                              f"has p={m.p}")
+    for key in ("attention_dropout", "hidden_dropout", "dropout"):
+        if float(getattr(lm.config, key, 0.0) or 0.0) > 0:
+            raise ConfigError(f"gradient_checkpointing needs a model without dropout; "
+                              f"config.{key}={getattr(lm.config, key)}")
+
+
 # -- the model -----------------------------------------------------------------------------------
 
 
@@ -150,6 +163,10 @@ class Learner:
             torch.manual_seed(cfg.seed)
             lm, self.tokenizer = load_causal_lm(model_name or cfg.model, "float32", device)
         lm.eval()  # no dropout: the ratio must be 1 when nothing has changed
+        if cfg.gradient_checkpointing:  # transformers checkpoints only in train mode
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _require_no_dropout(lm)
+            lm.train()
         self.reference = (PolicyModule(copy.deepcopy(lm).requires_grad_(False))
                           if cfg.kl_coef > 0 else None)
         head = None
