@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -86,17 +84,11 @@ def main() -> None:
     ap.add_argument("--tpm", type=float, default=1e9)
     a = ap.parse_args()
 
-    import ray
+    from _bench import local_ray, write_report
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=300 * 1024 * 1024)
-    try:
+    with local_ray(num_cpus=2):
         report = asyncio.run(run(a))
-    finally:
-        ray.shutdown()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps(report["summary"], indent=2))
+    write_report(report, a.out)
 
 
 if __name__ == "__main__":

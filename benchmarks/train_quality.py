@@ -11,12 +11,10 @@ config (see configs/train_cpu.yaml), e.g. `iterations=20 pool=mmlu_pro:../shared
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -79,11 +77,9 @@ def main(argv: list[str]) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps(summary, indent=2))
-    print(f"report: {out}")
+    from _bench import write_report
+
+    write_report(report, args.out)
     return 0
 
 
