@@ -141,3 +141,14 @@ def test_warmup_demonstrations_are_valid_plans_over_the_offered_workers():
         seen.update(wf.workers)
         assert tok.decode(d.prompt_ids).count("Question") >= 1
     assert seen == {"good", "bad"}  # uniform over workers: no preference is taught
+
+
+def test_the_conductor_sees_a_truncated_question_but_workers_get_it_whole():
+    from ray_conductor.policy.conductor import Conductor
+
+    c = Conductor(ScriptedEngine([]), ConductorConfig(max_question_chars=20, recursion_depth=0))
+    long_q = "Which of these is a prime number? " + "Options: A. 4 B. 6 C. 7 " * 20
+    user = c.prompt(long_q, WORKERS)[1]["content"]
+    assert "Question: Which of these is a prime [...]" in user and "Options" not in user
+    full = Conductor(ScriptedEngine([]), ConductorConfig(recursion_depth=0)).prompt(long_q, WORKERS)
+    assert long_q in full[1]["content"]
