@@ -149,6 +149,6 @@ def test_the_conductor_sees_a_truncated_question_but_workers_get_it_whole():
     c = Conductor(ScriptedEngine([]), ConductorConfig(max_question_chars=20, recursion_depth=0))
     long_q = "Which of these is a prime number? " + "Options: A. 4 B. 6 C. 7 " * 20
     user = c.prompt(long_q, WORKERS)[1]["content"]
-    assert "Question: Which of these is a prime [...]" in user and "Options" not in user
+    assert user.endswith("Question: Which of these is a  [...]") and "Options" not in user
     full = Conductor(ScriptedEngine([]), ConductorConfig(recursion_depth=0)).prompt(long_q, WORKERS)
     assert long_q in full[1]["content"]
