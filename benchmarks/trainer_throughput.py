@@ -7,8 +7,9 @@ JSON report.
     python benchmarks/trainer_throughput.py --model tiny-smollm2     # a quick run
 
 The defaults (1 question x G=4, 64 new tokens) are small because the conductor prompt is
-~1,200 tokens (12 workers + few-shot plans): on a 2-core CPU one smollm2 update takes minutes,
-and TRL in fp32 without gradient checkpointing needs ~10 GB at 4 samples, over 24 GB at 8.
+~1,100 tokens (12 workers + few-shot plans): on an idle 2-core CPU one smollm2 iteration takes
+about a minute (several when the machine is shared), each side's processes peak at ~16 GB at
+4 samples, and TRL in fp32 without gradient checkpointing was OOM-killed at 24 GB with 8.
 
 A sample is one sampled workflow, so samples/s = questions * group / seconds per iteration,
 where an iteration is sample + execute + score + one optimiser step (+ our weight sync). Each
@@ -364,15 +365,18 @@ class ProcessTree:
         import psutil
 
         me = psutil.Process()
+        seen: dict[tuple[int, float], float] = {}  # (pid, start) -> CPU s when last read
         while not self._stop.is_set():
-            cpu, rss = 0.0, 0
+            rss = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
                     t = p.cpu_times()
-                    cpu, rss = cpu + t.user + t.system, rss + p.memory_info().rss
+                    seen[(p.pid, p.create_time())] = t.user + t.system
+                    rss += p.memory_info().rss
                 except psutil.Error:  # exited between listing and reading
                     pass
-            self.samples.append((time.time(), cpu))
+            # a process that exited keeps its last reading, so the total never goes down
+            self.samples.append((time.time(), sum(seen.values())))
             self.peak_mib = max(self.peak_mib, rss / 2**20)
             self._stop.wait(self.interval_s)
 
@@ -431,7 +435,7 @@ def run_side(side: str, args: argparse.Namespace, argv: list[str]) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--model", default="smollm2", help="smollm2, tiny-smollm2 or an HF dir")
     ap.add_argument("--pool", default="demo")
     ap.add_argument("--iterations", type=int, default=2, help="timed (after one warm-up)")
