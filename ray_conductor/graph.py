@@ -154,6 +154,7 @@ def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
     from functools import partial
 
     from ray_conductor.rl.learner_group import LearnerGroup
+    from ray_conductor.runtime import TORCH_THREADS_ENV
     from ray_conductor.workers.config import replay_workers
 
     ns = cfg.ray.namespace
@@ -169,16 +170,19 @@ def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
         raise ConfigError(f"backend={cfg.backend!r}: use ray or local")
     judge_factory = partial(_replay_judge, cfg.pool, cfg.data_dir)
     role = ROLES["rollout"]
+    threads = int(getattr(cfg, "torch_threads", 0) or 0)
+    env = {"runtime_env": {"env_vars": {TORCH_THREADS_ENV: str(threads)}}} if threads > 0 else {}
     rollouts = [
         role.actor_class().options(
             num_cpus=cfg.rollout_num_cpus, num_gpus=cfg.rollout_num_gpus,
-            max_concurrency=role.max_concurrency, namespace=ns,
+            max_concurrency=role.max_concurrency, namespace=ns, **env,
         ).remote(cfg.conductor, cfg.reward, pool_factory, judge_factory)
         for _ in range(cfg.num_rollout_workers)
     ]
     learner_cfg = {**to_dict(cfg.learner), "model": cfg.conductor.model}
     learners = LearnerGroup(learner_cfg, cfg.num_learners,
-                            {"num_cpus": cfg.learner_num_cpus, "num_gpus": cfg.learner_num_gpus})
+                            {"num_cpus": cfg.learner_num_cpus, "num_gpus": cfg.learner_num_gpus,
+                             **env})
     graph = TrainingGraph(proxies, rollouts, learners)
     ray.get(graph.ready())
     return graph

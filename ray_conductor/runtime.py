@@ -32,12 +32,18 @@ def init_ray(cfg: RayConfig | Any | None = None) -> None:
     ray.init(**kw)
 
 
+TORCH_THREADS_ENV = "RAY_CONDUCTOR_TORCH_THREADS"
+
+
 def limit_torch_threads() -> None:
     """Inside a Ray actor, torch uses the CPUs Ray assigned, not every core of the node
-    (oversubscribed threads made generation 4-8x slower on a busy 2-core machine)."""
+    (oversubscribed threads made generation 4-8x slower on a busy 2-core machine).
+    `RAY_CONDUCTOR_TORCH_THREADS` overrides it: the training loop alternates rollouts and
+    updates, so on a small machine each phase may use every core (`torch_threads=`)."""
     import ray
     import torch
 
-    n = ray.get_runtime_context().get_assigned_resources().get("CPU") or 1
-    torch.set_num_threads(max(1, int(n)))
+    n = os.environ.get(TORCH_THREADS_ENV) or (
+        ray.get_runtime_context().get_assigned_resources().get("CPU") or 1)
+    torch.set_num_threads(max(1, int(float(n))))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

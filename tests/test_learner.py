@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from ray_conductor.errors import ConfigError
 from ray_conductor.rl import losses as L
 from ray_conductor.rl.learner import (
     Learner, LearnerConfig, batch_advantages, collate, shard, with_advantages,
@@ -160,3 +161,12 @@ def test_reward_rises_on_a_task_the_tiny_model_can_learn():
     print(f"reward first 5 steps {first:.3f}, last 5 {last:.3f}, "
           f"{time.monotonic() - t0:.1f}s: {' '.join(f'{r:.2f}' for r in history)}")
     assert last > 0.8 and last > first + 0.3
+
+
+def test_set_lr_changes_the_rate_and_rejects_nonsense(learner):
+    before = learner.optimizer.param_groups[0]["lr"]
+    learner.set_lr(3e-4)
+    assert {g["lr"] for g in learner.optimizer.param_groups} == {3e-4}
+    with pytest.raises(ConfigError, match="learning rate"):
+        learner.set_lr(0.0)
+    learner.set_lr(before)

@@ -74,7 +74,8 @@ def test_worker_prices_are_fitted_from_the_rows(data):
     infos = {w.name: w for w in data.worker_infos()}
     assert (infos["big"].input_price_per_mtok, infos["big"].output_price_per_mtok) == (1.0, 2.0)
     assert (infos["small"].input_price_per_mtok, infos["small"].output_price_per_mtok) == (1.0, 2.0)
-    assert "2 of 3 queries" in infos["small"].description
+    assert infos["small"].description == ""  # provenance stays out of the conductor's prompt
+    assert data.coverage()["small"]["answered"] == 2 and data.coverage()["small"]["queries"] == 3
 
 
 async def test_pool_returns_recordings_and_failures_as_data(data):

@@ -115,10 +115,14 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
     cfg = load(TrainConfig, ["config=train_cpu", "model=tiny-smollm2", "iterations=2",
                              "questions_per_iter=2", "group_size=2", f"run_dir={tmp_path}",
                              "checkpoint_every=1", "eval_limit=8", "eval_baselines=[random]",
-                             "progress=false", "conductor.max_new_tokens=16"])
+                             "progress=false", "conductor.max_new_tokens=16",
+                             "warmup_steps=1", "warmup_batch=2", "warmup_lr=1e-3",
+                             "torch_threads=1"])
     result = train(cfg)
     rows = result["metrics"]
-    assert [r["iteration"] for r in rows] == [0, 1]
+    assert [r["iteration"] for r in rows] == [-1, 0, 1]  # the format warm-up, then GRPO
+    assert rows[0]["warmup"] == 1 and rows[0]["learner/sequences"] == 2
+    rows = rows[1:]
     assert rows[0]["trajectories"] == 4 and rows[0]["learner/sequences"] == 4
     assert [p.name for p in RunDir(tmp_path).checkpoints()] == ["iter_000000", "iter_000001"]
     assert (tmp_path / "checkpoints" / "iter_000001" / "model" / "config.json").exists()
@@ -152,3 +156,16 @@ def test_the_conductor_sees_a_truncated_question_but_workers_get_it_whole():
     assert user.endswith("Question: Which of these is a  [...]") and "Options" not in user
     full = Conductor(ScriptedEngine([]), ConductorConfig(recursion_depth=0)).prompt(long_q, WORKERS)
     assert long_q in full[1]["content"]
+
+
+def test_rollout_metrics_report_the_share_of_each_final_worker():
+    from ray_conductor.rl.trainer import rollout_metrics
+    from ray_conductor.rl.types import Trajectory
+
+    def t(worker, reward):
+        return Trajectory([1], [2], None, reward, parsed=worker is not None,
+                          info={"final_worker": worker})
+
+    m = rollout_metrics([t("a", 1.0), t("a", 0.5), t("b", 1.0), t(None, 0.0)])
+    assert m["workers/a"] == pytest.approx(2 / 3) and m["workers/b"] == pytest.approx(1 / 3)
+    assert m["parse_rate"] == 0.75 and m["reward_mean"] == pytest.approx(0.625)

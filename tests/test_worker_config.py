@@ -47,4 +47,4 @@ def test_replay_workers():
     assert [(w.name, w.model, w.api_base, w.rpm, w.description) for w in ws] == [
         ("gpt-4o", "replay/gpt-4o", "demo", 600, "recorded"),
         ("claude", "replay/claude", "demo", 600, "recorded")]
-    assert replay_workers(None, ["m"])[0].description == "recorded answers of m"
+    assert replay_workers(None, ["m"])[0].description == ""

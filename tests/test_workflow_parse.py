@@ -144,3 +144,14 @@ def test_prompt_lists_the_pool_and_keeps_the_conductor_out_of_the_examples():
     assert "2: conductor" in text and text.rstrip().endswith("Question: What is 2+2?")
     assert "model_id = [2" not in text and ", 2]" not in text  # examples use workers 0 and 1
     assert "model_id = [0, 1]" in text
+
+
+def test_prompt_without_examples_states_the_format_itself():
+    from ray_conductor.workers.base import WorkerInfo
+    from ray_conductor.workflow import build_prompt
+
+    _, user = build_prompt("What is 2+2?", [WorkerInfo("a"), WorkerInfo("b")], few_shot=False)
+    text = user["content"]
+    assert "example" not in text.lower()  # no reference to examples that are not there
+    assert "model_id = [" in text and "subtasks = [" in text and "access_list = [" in text
+    assert "Example question" not in text

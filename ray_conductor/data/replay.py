@@ -138,7 +138,14 @@ class ReplayData:
         return Matrix(correct, cost)
 
     def worker_infos(self) -> list[WorkerInfo]:
+        """The workers as the conductor sees them: name and fitted prices. No description:
+        provenance ("recorded answers") tells the conductor nothing and costs prompt tokens."""
         return list(self._infos)
+
+    def coverage(self) -> dict[str, dict[str, Any]]:
+        """Per model: how many queries have a recorded answer, of how many, and where the
+        costs came from (recorded, litellm, price_table)."""
+        return dict(self._coverage)
 
     def _worker_infos(self) -> list[WorkerInfo]:
         """Mean $/1M in/out per model, fitted to its rows' tokens and costs (exact where the
@@ -148,14 +155,14 @@ class ReplayData:
         for r in self._records.values():
             if r.response is not None:
                 answered[r.model].append(r)
-        infos = []
+        infos, self._coverage = [], {}
         for m, rows in answered.items():
             pin, pout = fit_prices(np.array([r.input_tokens for r in rows]),
                                    np.array([r.output_tokens for r in rows]),
                                    np.array([r.cost for r in rows]))
             src = rows[0].cost_source if rows else "none"
-            infos.append(WorkerInfo(m, f"recorded answers to {len(rows)} of {n} queries "
-                                       f"(cost: {src})", round(pin, 6), round(pout, 6)))
+            infos.append(WorkerInfo(m, "", round(pin, 6), round(pout, 6)))
+            self._coverage[m] = {"answered": len(rows), "queries": n, "cost_source": src}
         return infos
 
 

@@ -304,6 +304,14 @@ class Learner:
                    sequences=n, step=float(self.steps))
         return out
 
+    def set_lr(self, lr: float) -> None:
+        """Change the optimiser's learning rate from the next step on (the format warm-up
+        runs at its own rate)."""
+        if not lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {lr}")
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(lr)
+
     # -- weights and checkpoints --
 
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:

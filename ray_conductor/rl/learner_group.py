@@ -67,6 +67,10 @@ class LearnerActor:
         assert self.learner is not None, "setup_dist first"
         return self.learner.train_step(batch)
 
+    def set_lr(self, lr: float) -> None:
+        assert self.learner is not None
+        self.learner.set_lr(lr)
+
     def state_dict(self, dtype: Any = None) -> dict[str, Any]:
         assert self.learner is not None
         return self.learner.state_dict(dtype)
@@ -122,6 +126,9 @@ class LearnerGroup:
         refs = [a.train_step.remote(shard(batch, r, self.world)) for r, a in enumerate(self.actors)]
         results = ray.get(refs)
         return {k: sum(m[k] for m in results) / len(results) for k in results[0]}
+
+    def set_lr(self, lr: float) -> None:
+        self._on_all("set_lr", lr)
 
     def get_weights(self, dtype: Any = None) -> ray.ObjectRef:
         """ObjectRef of rank 0's state dict (all ranks hold the same weights)."""

@@ -27,6 +27,7 @@ class TrainConfig:
     iterations: int = 20
     warmup_steps: int = 0  # supervised steps on random valid plans before GRPO (format only)
     warmup_batch: int = 8
+    warmup_lr: float | None = None  # the warm-up's learning rate (None: learner.lr)
     questions_per_iter: int = 4
     group_size: int = 8
     num_rollout_workers: int = 1
@@ -35,6 +36,9 @@ class TrainConfig:
     num_learners: int = 1
     learner_num_cpus: float = 1.0
     learner_num_gpus: float = 0.0
+    # torch threads per rollout/learner actor; 0: the CPUs Ray assigned it. Rollouts and
+    # updates take turns, so on a small CPU machine both may use every core.
+    torch_threads: int = 0
     run_dir: str = "runs/conductor"
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
@@ -71,7 +75,16 @@ def rollout_metrics(trajs: list) -> dict[str, float]:
         "calls_per_plan": sum(t.calls for t in trajs) / n,
         "completion_tokens": sum(len(t.completion_ids) for t in trajs) / n,
         "trajectories": len(trajs),
+        **worker_shares(trajs),
     }
+
+
+def worker_shares(trajs: list) -> dict[str, float]:
+    """`workers/<name>`: the share of executed plans whose answer came from each worker, the
+    quantity GRPO moves when it learns (or collapses onto) a routing preference."""
+    finals = [t.info.get("final_worker") for t in trajs]
+    finals = [w for w in finals if w]
+    return {f"workers/{w}": finals.count(w) / len(finals) for w in sorted(set(finals))}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -148,12 +161,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
     """A small model cannot write the plan language at first, and GRPO learns nothing from a
     group whose rewards are all 0. A few supervised steps on random *valid* plans teach the
-    format (not a worker preference); logged as iterations -warmup_steps..-1."""
+    format (not a worker preference); logged as iterations -warmup_steps..-1. It may run at
+    its own rate (`warmup_lr`): a rate that learns the format in a few steps also makes GRPO
+    collapse onto whichever worker the first parsable plans happened to name."""
+    if cfg.warmup_lr:
+        graph.learners.set_lr(cfg.warmup_lr)
     for s in range(cfg.warmup_steps):
         it = s - cfg.warmup_steps
         questions = pick_questions(train_q, it, cfg.warmup_batch, cfg.seed)
         stats = graph.learners.train_step(graph.demonstrations(questions, cfg.seed + s))
         run.log(it, {"warmup": 1, **{f"learner/{k}": v for k, v in stats.items()}})
+    if cfg.warmup_lr:
+        graph.learners.set_lr(cfg.learner.lr)
     graph.sync_weights(cfg.warmup_steps)
     return cfg.warmup_steps
 

@@ -72,7 +72,7 @@ def replay_workers(pool_spec: str | None, models: Iterable[str | WorkerInfo], **
             kw = {"input_price_per_mtok": m.input_price_per_mtok,
                   "output_price_per_mtok": m.output_price_per_mtok}
             m = m.name
-        out.append(WorkerConfig(**{"description": f"recorded answers of {m}", **kw, **overrides,
+        out.append(WorkerConfig(**{**kw, **overrides,
                                    "name": m, "model": f"replay/{m}", "api_base": pool_spec}))
     return out
 

@@ -64,13 +64,16 @@ def build_prompt(
     conductor's own worker name, kept out of the examples.
     """
     names = [w.name for w in workers]
-    parts = [
-        "Workers:\n" + describe_pool(workers),
-        f"Write at most {max_steps} steps as three Python lists, exactly like the examples.",
-    ]
+    parts = ["Workers:\n" + describe_pool(workers)]
     if few_shot:
+        parts.append(f"Write at most {max_steps} steps as three Python lists, exactly like the "
+                     "examples.")
         for q, wf in example_plans(workers, exclude=self_name):
             parts.append(f"Example question: {q}\n{render(wf, names)}")
+    else:
+        parts.append(f"Write at most {max_steps} steps as three Python lists of equal length: "
+                     "model_id = [worker ids], subtasks = [one instruction per step], "
+                     "access_list = ['all' or [] per step].")
     if previous:
         parts.append(
             "An earlier workflow already ran:\n" + previous + "\nImprove on it, or reply with "
