@@ -170,8 +170,8 @@ def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
         raise ConfigError(f"backend={cfg.backend!r}: use ray or local")
     judge_factory = partial(_replay_judge, cfg.pool, cfg.data_dir)
     role = ROLES["rollout"]
-    threads = int(getattr(cfg, "torch_threads", 0) or 0)
-    env = {"runtime_env": {"env_vars": {TORCH_THREADS_ENV: str(threads)}}} if threads > 0 else {}
+    env = ({"runtime_env": {"env_vars": {TORCH_THREADS_ENV: str(cfg.torch_threads)}}}
+           if cfg.torch_threads > 0 else {})
     rollouts = [
         role.actor_class().options(
             num_cpus=cfg.rollout_num_cpus, num_gpus=cfg.rollout_num_gpus,

@@ -122,6 +122,8 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
     rows = result["metrics"]
     assert [r["iteration"] for r in rows] == [-1, 0, 1]  # the format warm-up, then GRPO
     assert rows[0]["warmup"] == 1 and rows[0]["learner/sequences"] == 2
+    assert rows[0]["learner/lr"] == 1e-3  # the warm-up's own rate ...
+    assert rows[1]["learner/lr"] == rows[2]["learner/lr"] == cfg.learner.lr  # ... then GRPO's
     rows = rows[1:]
     assert rows[0]["trajectories"] == 4 and rows[0]["learner/sequences"] == 4
     assert [p.name for p in RunDir(tmp_path).checkpoints()] == ["iter_000000", "iter_000001"]

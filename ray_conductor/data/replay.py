@@ -70,7 +70,7 @@ class ReplayData:
         if isinstance(table, pa.Table):
             table = table.select(COLUMNS).to_batches(max_chunksize=32768)
         self.models = self._index(table)
-        self._infos = self._worker_infos()
+        self._infos, self._coverage = self._fit_workers()
 
     def _index(self, batches: Iterable[pa.RecordBatch]) -> list[str]:
         models: dict[str, None] = {}
@@ -147,23 +147,23 @@ class ReplayData:
         costs came from (recorded, litellm, price_table)."""
         return dict(self._coverage)
 
-    def _worker_infos(self) -> list[WorkerInfo]:
-        """Mean $/1M in/out per model, fitted to its rows' tokens and costs (exact where the
-        costs were priced per token; an estimate where they were recorded)."""
+    def _fit_workers(self) -> tuple[list[WorkerInfo], dict[str, dict[str, Any]]]:
+        """Per model: mean $/1M in/out, fitted to its rows' tokens and costs (exact where the
+        costs were priced per token; an estimate where they were recorded), and coverage."""
         n = len(self._queries)
         answered: dict[str, list[Record]] = {m: [] for m in self.models}
         for r in self._records.values():
             if r.response is not None:
                 answered[r.model].append(r)
-        infos, self._coverage = [], {}
+        infos, coverage = [], {}
         for m, rows in answered.items():
             pin, pout = fit_prices(np.array([r.input_tokens for r in rows]),
                                    np.array([r.output_tokens for r in rows]),
                                    np.array([r.cost for r in rows]))
             src = rows[0].cost_source if rows else "none"
             infos.append(WorkerInfo(m, "", round(pin, 6), round(pout, 6)))
-            self._coverage[m] = {"answered": len(rows), "queries": n, "cost_source": src}
-        return infos
+            coverage[m] = {"answered": len(rows), "queries": n, "cost_source": src}
+        return infos, coverage
 
 
 class ReplayPool:

@@ -301,7 +301,8 @@ class Learner:
         mean = float(stats[0]) / n
         out.update(reward_mean=mean, reward_std=max(float(stats[1]) / n - mean ** 2, 0.0) ** 0.5,
                    advantage_mean=float(stats[2]) / n, grad_norm=grad_norm, tokens=tokens,
-                   sequences=n, step=float(self.steps))
+                   sequences=n, step=float(self.steps),
+                   lr=float(self.optimizer.param_groups[0]["lr"]))
         return out
 
     def set_lr(self, lr: float) -> None:
