@@ -55,6 +55,9 @@ TRL_NOTES = [
     "completion tokens on Triton devices, but on CPU it projects the LM head over every "
     "position, prompt included, in a Python loop over tiles, and also computes the entropy; "
     "ours keeps the logits of the completion tokens only (`logits_to_keep`)",
+    "loss forward, prompts: TRL runs every row's full prompt with gradients; ours runs the "
+    "prefix the batch shares once and backpropagates through its KV cache "
+    "(`learner.share_prefix`, the same gradient)",
 ]
 
 

@@ -198,3 +198,39 @@ def test_tiny_model_end_to_end_never_raises():
         assert 1 <= r.n_attempts <= 2 and len(r.samples) == r.n_attempts
         assert r.workflow.steps  # a random model's text is malformed: the fallback plan
         assert all(len(s.logprobs) == len(s.completion_ids) for s in r.samples)
+
+
+class RankedEngine(ScriptedEngine):
+    """Returns, per prompt, the scripted (text, total log-prob) candidates, n of them."""
+
+    def generate(self, prompts, n, temperature, max_tokens, top_p=1.0, seed=None):
+        self.calls.append(dict(prompts=prompts, n=n, temperature=temperature, seed=seed))
+        out = []
+        for _ in prompts:
+            group = self.texts.pop(0)
+            assert len(group) == n
+            out.append([Sample([1], [2, 3], t, [lp / 2, lp / 2], "stop") for t, lp in group])
+        return out
+
+
+def test_greedy_samples_keeps_the_likeliest_parsable_plan():
+    engine = RankedEngine([[(GOOD, -3.0), (GOOD2, -1.0), (BAD, -0.1)]])
+    c = Conductor(engine, ConductorConfig(temperature=0.0, greedy_samples=3))
+    r = c.plan("q", WORKERS)
+    assert [s.worker for s in r.workflow] == ["small", "big"]  # GOOD2: the likeliest that parses
+    assert (r.n_attempts, r.fell_back, r.errors) == (1, False, [])  # one attempt of 3 draws
+    assert r.sample.text == GOOD2 and r.texts == [GOOD, GOOD2, BAD]
+    assert engine.calls[0]["n"] == 3 and engine.calls[0]["temperature"] == 1.0
+    assert engine.calls[0]["seed"] == 0  # reproducible, as greedy is
+
+
+def test_greedy_samples_none_parsable_resamples_then_falls_back():
+    engine = RankedEngine([[(BAD, -1.0), (BAD_RANGE, -2.0)], [(GOOD, -1.0)]])
+    c = Conductor(engine, ConductorConfig(temperature=0.0, greedy_samples=2, max_resamples=1,
+                                          resample_temperature=0.5))
+    r = c.plan("q", WORKERS)
+    assert r.errors == ["missing_list", "worker_out_of_range"]  # both draws of attempt 1
+    assert (r.n_attempts, r.fell_back) == (2, False) and r.workflow.steps[0].worker == "big"
+    assert [(k["n"], k["temperature"]) for k in engine.calls] == [(2, 1.0), (1, 0.5)]
+    sampled = Conductor(RankedEngine([[(GOOD, -1.0)]]), ConductorConfig(greedy_samples=4))
+    assert not sampled.plan("q", WORKERS).fell_back  # temperature > 0: one sample, as before

@@ -137,7 +137,8 @@ def chat(question):
 def test_shared_prefix_rows_match_separate_runs(engine):
     """Prompts with a common head (and repeats of one prompt) share its cache; the samples
     must be those of running every prompt alone."""
-    from ray_conductor.policy.hf_engine import MIN_SHARED_PREFIX, _common_prefix
+    from ray_conductor.policy.engine import common_prefix as _common_prefix
+    from ray_conductor.policy.hf_engine import MIN_SHARED_PREFIX
 
     prompts = [chat("What is 2+2?"), chat("Name the largest planet in the solar system, please.")]
     rows = [prompt_ids(engine.tokenizer, p) for p in prompts]
@@ -153,7 +154,7 @@ def test_shared_prefix_rows_match_separate_runs(engine):
 
 
 def test_common_prefix_leaves_each_row_a_token():
-    from ray_conductor.policy.hf_engine import _common_prefix
+    from ray_conductor.policy.engine import common_prefix as _common_prefix
 
     assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
     assert _common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2

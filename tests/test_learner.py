@@ -9,7 +9,7 @@ import torch
 from ray_conductor.errors import ConfigError
 from ray_conductor.rl import losses as L
 from ray_conductor.rl.learner import (
-    Learner, LearnerConfig, batch_advantages, collate, shard, with_advantages,
+    Learner, LearnerConfig, batch_advantages, collate, policy_inputs, shard, with_advantages,
 )
 from ray_conductor.rl.types import Trajectory
 
@@ -63,6 +63,71 @@ def test_collate_aligns_completions():
     assert b["has_old"].tolist() == [True, False]
     with pytest.raises(ValueError, match="old log-probs"):
         collate([Trajectory([1], [2, 3], [-1.0], 0.0)])
+
+
+def test_collate_moves_the_shared_prefix_out_of_the_rows():
+    head = list(range(100, 110))  # 10 shared tokens
+    batch = [Trajectory(head + [1, 2], [4], None, 1.0), Trajectory(head + [5], [6, 7], None, 0.0)]
+    b = collate(batch, pad_id=0, share_prefix=True)
+    assert b["prefix_ids"].tolist() == [head]
+    assert b["input_ids"].tolist() == [[1, 2, 4, 0], [0, 5, 6, 7]]
+    assert b["attention_mask"].tolist() == [[1] * 10 + [1, 1, 1, 0], [1] * 10 + [0, 1, 1, 1]]
+    assert b["position_ids"].tolist() == [[10, 11, 12, 12], [9, 10, 11, 12]]
+    assert b["completion"].tolist() == [[4, 0], [6, 7]]
+    # every row keeps a prompt token of its own; short or absent prefixes are not split off
+    same = collate([Trajectory(head, [4], None, 1.0)] * 2, share_prefix=True)
+    assert same["prefix_ids"].shape == (1, 9) and same["input_ids"].shape == (2, 2)
+    short = collate([Trajectory([1, 2, 3], [4], None, 1.0)] * 2, share_prefix=True)
+    assert "prefix_ids" not in short and short["input_ids"].shape == (2, 4)
+
+
+def prefix_batch(seed=0):
+    """Six trajectories whose prompts share a 40-token head, in two groups."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(0, 49152, (40,), generator=g).tolist()
+    return [Trajectory(head + torch.randint(0, 49152, (1 + i % 3,), generator=g).tolist(),
+                       torch.randint(0, 49152, (1 + (i * 3) % 5,), generator=g).tolist(),
+                       None, float(i % 2), group_id=i // 3) for i in range(6)]
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "gae"])
+def test_shared_prefix_pass_gives_the_same_logprobs_values_and_gradients(advantage):
+    lrn = Learner(MODEL, LearnerConfig(advantage=advantage))
+    batch = prefix_batch()
+    res = []
+    for share in (False, True):
+        mb = collate(batch, lrn.pad_id, share_prefix=share)
+        assert ("prefix_ids" in mb) == share
+        lrn.policy.zero_grad()
+        logp, values = lrn.policy(*policy_inputs(mb))
+        (logp * mb["mask"]).sum().add(0.0 if values is None else values.sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in lrn.policy.parameters()
+                           if p.grad is not None])
+        res.append((logp * mb["mask"], values, grads))
+    (lp0, v0, g0), (lp1, v1, g1) = res
+    assert (lp0 - lp1).abs().max() < 1e-4
+    assert (g0 - g1).abs().max() < 1e-4 * max(1.0, float(g0.abs().max()))
+    if advantage == "gae":
+        assert (v0 - v1).abs().max() < 1e-5
+
+
+def test_shared_prefix_update_equals_the_full_update():
+    batch = prefix_batch()
+    # Adam's first step is lr * sign(g) where |g| >> eps: a large eps keeps the step a
+    # continuous function of g, so float noise in near-zero gradients cannot flip it
+    cfg = dict(lr=1e-3, adam_eps=1e-3, micro_batch_size=3)
+    a = Learner(MODEL, LearnerConfig(share_prefix=False, **cfg))
+    b = Learner(MODEL, LearnerConfig(share_prefix=True, **cfg))
+    ma, mb = a.train_step(batch), b.train_step(batch)
+    assert ma["loss"] == pytest.approx(mb["loss"], abs=1e-5)
+    wa, wb = a.state_dict(), b.state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_gradient_checkpointing_runs_rows_in_full():
+    lrn = Learner(MODEL, LearnerConfig(gradient_checkpointing=True, share_prefix=True))
+    assert all("prefix_ids" not in mb for mb, _ in lrn._micro_batches(prefix_batch()))
+    assert lrn.train_step(prefix_batch())["tokens"] > 0
 
 
 # -- with the tiny model --

@@ -17,7 +17,8 @@ def test_checkpointed_step_equals_the_plain_step():
     outs = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        lr = Learner("tiny-smollm2", LearnerConfig(lr=1e-3, gradient_checkpointing=ckpt))
+        lr = Learner("tiny-smollm2", LearnerConfig(lr=1e-3, gradient_checkpointing=ckpt,
+                                                   share_prefix=False))
         m = lr.train_step(batch())
         assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)  # train mode added no dropout
         outs.append(lr.state_dict())

@@ -41,8 +41,11 @@ def test_metrics_log_and_truncate(tmp_path):
     run = RunDir(tmp_path)
     for it in range(5):
         run.log(it, {"reward_mean": it / 10})
+        run.log_samples(it, [{"text": "model_id = ['a']", "reward": 0.5}] * 2)
     run.truncate_metrics(3)
     assert [r["iteration"] for r in run.metrics()] == [0, 1, 2]
+    assert [r["iteration"] for r in run.samples()] == [0, 0, 1, 1, 2, 2]
+    assert run.samples()[0] == {"iteration": 0, "text": "model_id = ['a']", "reward": 0.5}
     run.close()
     assert (tmp_path / "tb").exists()
 

@@ -34,6 +34,13 @@ class ConductorConfig:
     temperature: float = 0.7  # sampling for training; set 0 for greedy plans at evaluation
     top_p: float = 1.0
     resample_temperature: float = 0.7  # re-samples when `temperature` is 0 (greedy repeats)
+    # Temperature-0 planning. 1: token-by-token argmax. n > 1: draw n plans from the policy
+    # (temperature 1) and keep the parsable one with the highest log-prob, a closer
+    # approximation of the most likely plan when a choice spans several tokens: a
+    # digit-splitting tokenizer (SmolLM2, Qwen2.5) writes worker ids 10, 11, ... as "1" plus
+    # a digit, so the argmax of the first token favours ids starting with 1 whatever each
+    # id's own probability.
+    greedy_samples: int = 1
     seed: Optional[int] = None
     max_steps: int = 5
     max_resamples: int = 5  # so at most 1 + max_resamples samples per plan
@@ -164,9 +171,21 @@ class Conductor:
         if not names:
             for r in results:
                 r.errors.append("no_workers")
+        best_of = max(cfg.greedy_samples, 1) if temp == 0 else 1
         for rnd in range(rounds):
             if not pending:
                 break
+            if rnd == 0 and best_of > 1:  # most likely of n: deterministic unless seeded
+                drawn = self._sample([results[i].prompt for i in pending], 1.0,
+                                     0 if seed is None else seed, n=best_of)
+                if drawn is None:
+                    for i in pending:
+                        results[i].errors.append("engine_error")
+                    break
+                pending = [i for i, group in zip(pending, drawn)
+                           if not self._accept_likeliest(results[i], group, names,
+                                                         allow_empty=prevs[i] is not None)]
+                continue
             round_temp = temp if rnd == 0 or temp > 0 else cfg.resample_temperature
             samples = self._sample([results[i].prompt for i in pending], round_temp,
                                    None if seed is None else seed + rnd)
@@ -175,27 +194,56 @@ class Conductor:
                     results[i].errors.append("engine_error")
                 break
             pending = [i for i, s in zip(pending, samples)
-                       if not self._accept(results[i], s, names, allow_empty=prevs[i] is not None)]
+                       if not self._accept(results[i], s[0], names,
+                                           allow_empty=prevs[i] is not None)]
         for i in pending:
             results[i].fell_back = True
             results[i].workflow = self.fallback(workers, prevs[i])
         return results
 
     def _sample(self, prompts: list[list[Message]], temperature: float,
-                seed: int | None) -> list[Sample] | None:
+                seed: int | None, n: int = 1) -> list[list[Sample]] | None:
         try:
             with self._lock:
-                out = self.engine.generate(prompts, n=1, temperature=temperature,
+                out = self.engine.generate(prompts, n=n, temperature=temperature,
                                            max_tokens=self.cfg.max_new_tokens,
                                            top_p=self.cfg.top_p, seed=seed)
-            if len(out) != len(prompts) or any(len(o) != 1 for o in out):
+            if len(out) != len(prompts) or any(len(o) != n for o in out):
                 raise ConductorError(f"engine returned {len(out)} results for {len(prompts)} "
-                                     "prompts (expected one sample each)")
-            return [o[0] for o in out]
+                                     f"prompts (expected {n} sample(s) each)")
+            return [list(o) for o in out]
         except Exception as e:  # never raise from planning: the caller gets the fallback plan
             log.warning("conductor engine failed, falling back to the default plan: %s: %s",
                         type(e).__name__, e)
             return None
+
+    def _accept_likeliest(self, result: PlanResult, group: list[Sample], names: list[str], *,
+                          allow_empty: bool) -> bool:
+        """One attempt that drew several samples: keep the parsable one with the highest
+        log-prob. The errors of the others are recorded only when none parses."""
+        result.n_attempts += 1
+        best, errors = None, []
+        for sample in group:
+            result.texts.append(sample.text)
+            try:
+                wf = parse(sample.text, names, max_steps=self.cfg.max_steps,
+                           allow_empty=allow_empty)
+            except WorkflowError as e:
+                errors.append(e.code)
+                continue
+            except Exception as e:  # a parser bug must not break planning; record it
+                errors.append(type(e).__name__)
+                continue
+            score = sum(sample.logprobs)
+            if best is None or score > best[0]:
+                best = (score, sample, wf)
+        if best is None:
+            result.samples.append(group[0])
+            result.errors.extend(errors)
+            return False
+        result.samples.append(best[1])
+        result.workflow = best[2]
+        return True
 
     def _accept(self, result: PlanResult, sample: Sample, names: list[str], *,
                 allow_empty: bool) -> bool:

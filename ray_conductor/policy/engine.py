@@ -82,3 +82,14 @@ def check_sampling(n: int, temperature: float, max_tokens: int, top_p: float) ->
         raise ConfigError(f"max_tokens must be at least 1, got {max_tokens}")
     if not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all rows share, leaving every row at least one token of its
+    own (the next-token logits after a prompt are read at its last position)."""
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n

@@ -21,7 +21,9 @@ from typing import Any, Sequence
 import torch
 
 from ray_conductor.errors import ConfigError
-from ray_conductor.policy.engine import Prompt, Sample, check_sampling, prompt_ids
+from ray_conductor.policy.engine import (
+    Prompt, Sample, check_sampling, common_prefix, prompt_ids,
+)
 from ray_conductor.policy.loading import load_causal_lm
 
 MIN_SHARED_PREFIX = 8  # tokens; below this, sharing a prefix saves less than it costs
@@ -137,7 +139,7 @@ class TransformersEngine:
         repeats one prompt, so the common prefix is computed once and its cache copied to
         every row; the rest is left-padded after it ([prefix][pad][suffix]), which the mask
         and mask-derived positions make equivalent to separate forward passes."""
-        shared = _common_prefix(batch)
+        shared = common_prefix(batch)
         cache, head = None, None
         if len(batch) > 1 and shared >= MIN_SHARED_PREFIX:
             prefix = torch.tensor([batch[0][:shared]], device=self.device)
@@ -185,16 +187,6 @@ class TransformersEngine:
         toks, lps = toks[:end], lps[:end]
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         return Sample(list(prompt), toks, text, lps, reason)
-
-
-def _common_prefix(rows: list[list[int]]) -> int:
-    """Length of the prefix all rows share, leaving every row at least one token of its own."""
-    limit = min(len(r) for r in rows) - 1
-    first = rows[0]
-    n = 0
-    while n < limit and all(r[n] == first[n] for r in rows):
-        n += 1
-    return n
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float,

@@ -33,19 +33,37 @@ class RunDir:
                     tb.add_scalar(k, v, iteration)
             tb.flush()
 
+    def log_samples(self, iteration: int, rows: list[dict[str, Any]]) -> None:
+        """The iteration's sampled plans and how they fared, one JSON line each
+        (`samples.jsonl`): what to read when a curve moves the wrong way."""
+        with open(self.path / "samples.jsonl", "a") as f:
+            for r in rows:
+                f.write(json.dumps({"iteration": iteration, **r}, default=str) + "\n")
+
     def truncate_metrics(self, start: int) -> None:
-        """Drop rows of iterations >= `start`: a resumed run logs them again."""
-        keep = [r for r in self.metrics() if r["iteration"] < start]
-        p = self.path / "metrics.jsonl"
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in keep))
-        os.replace(tmp, p)
+        """Drop rows of iterations >= `start` (metrics and samples): a resumed run logs them
+        again."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            p = self.path / name
+            if not p.exists():
+                continue
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            keep = [r for r in rows if r["iteration"] < start]
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in keep))
+            os.replace(tmp, p)
+
+    def samples(self) -> list[dict[str, Any]]:
+        p = self.path / "samples.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
     def is_used(self) -> bool:
         return (self.path / "metrics.jsonl").exists() or bool(self.checkpoints())
 
     def clear(self) -> None:
-        for name in ("metrics.jsonl", "tb", "checkpoints"):
+        for name in ("metrics.jsonl", "samples.jsonl", "tb", "checkpoints"):
             p = self.path / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         self.ckpt_root.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ray_conductor.errors import ConfigError
+from ray_conductor.policy.engine import common_prefix
 from ray_conductor.rl import losses as L
 from ray_conductor.rl.types import Trajectory
 
@@ -50,6 +51,11 @@ class LearnerConfig:
     ppo_epochs: int = 1
     micro_batch_size: int = 8
     gradient_checkpointing: bool = False  # recompute activations: far less memory, ~30% slower
+    # Run the prompt prefix every sequence of a micro-batch shares (the conductor's
+    # instructions and pool; all of a GRPO group's prompt) once, and backpropagate through its
+    # KV cache: the same gradient for a fraction of the compute. Not with checkpointing (a
+    # recomputed layer would append to the cache twice), which then runs every row in full.
+    share_prefix: bool = True
     bf16: bool = False
     seed: int = 0
 
@@ -77,10 +83,22 @@ def shard(batch: Sequence[Any], rank: int, world: int) -> list[Any]:
     return list(batch[lo:hi])
 
 
-def collate(batch: Sequence[Trajectory], pad_id: int = 0) -> dict[str, Tensor]:
+MIN_SHARED_PREFIX = 8  # tokens; below this a separate prefix pass saves less than it costs
+
+
+def collate(batch: Sequence[Trajectory], pad_id: int = 0,
+            share_prefix: bool = False) -> dict[str, Tensor]:
     """Pad trajectories into one aligned block: prompts left-padded to P, completions
-    right-padded to C, so completion token j of every row sits at position P + j."""
-    P = max(len(t.prompt_ids) for t in batch)
+    right-padded to C, so completion token j of every row sits at position P + j.
+
+    With `share_prefix` (and at least MIN_SHARED_PREFIX common tokens), the prompts' common
+    prefix S moves to `prefix_ids` [1, S] and the rows hold only the rest: `input_ids` is
+    [B, P - S + C], while `attention_mask` covers prefix and row ([B, S + P - S + C]) and
+    `position_ids` continue the prefix's, so the numbers equal those of the full rows."""
+    S = common_prefix([t.prompt_ids for t in batch]) if share_prefix and len(batch) > 1 else 0
+    if S < MIN_SHARED_PREFIX:
+        S = 0
+    P = max(len(t.prompt_ids) for t in batch) - S
     C = max(len(t.completion_ids) for t in batch)
     B = len(batch)
     ids = torch.full((B, P + C), pad_id, dtype=torch.long)
@@ -88,8 +106,8 @@ def collate(batch: Sequence[Trajectory], pad_id: int = 0) -> dict[str, Tensor]:
     old = torch.zeros((B, C), dtype=torch.float32)
     has_old = torch.zeros(B, dtype=torch.bool)
     for i, t in enumerate(batch):
-        p, c = len(t.prompt_ids), len(t.completion_ids)
-        ids[i, P - p:P] = torch.tensor(t.prompt_ids, dtype=torch.long)
+        p, c = len(t.prompt_ids) - S, len(t.completion_ids)
+        ids[i, P - p:P] = torch.tensor(t.prompt_ids[S:], dtype=torch.long)
         ids[i, P:P + c] = torch.tensor(t.completion_ids, dtype=torch.long)
         attn[i, P - p:P + c] = 1
         if t.old_logprobs is not None:
@@ -98,14 +116,24 @@ def collate(batch: Sequence[Trajectory], pad_id: int = 0) -> dict[str, Tensor]:
                     f"trajectory {i}: {len(t.old_logprobs)} old log-probs for {c} tokens")
             old[i, :c] = torch.tensor(t.old_logprobs, dtype=torch.float32)
             has_old[i] = True
-    return {
-        "input_ids": ids, "attention_mask": attn,
-        "position_ids": (attn.cumsum(dim=1) - 1).clamp(min=0),
+    full = torch.cat([torch.ones((B, S), dtype=torch.long), attn], dim=1)
+    out = {
+        "input_ids": ids, "attention_mask": full,
+        "position_ids": ((full.cumsum(dim=1) - 1).clamp(min=0))[:, S:],
         "completion": ids[:, P:], "mask": attn[:, P:].float(), "old_logprobs": old,
         "has_old": has_old,
         "rewards": torch.tensor([t.reward for t in batch], dtype=torch.float32),
         "advantages": torch.tensor([t.advantage or 0.0 for t in batch], dtype=torch.float32),
     }
+    if S:
+        out["prefix_ids"] = torch.tensor([batch[0].prompt_ids[:S]], dtype=torch.long)
+    return out
+
+
+def policy_inputs(mb: dict[str, Tensor]) -> tuple[Tensor, ...]:
+    """The `PolicyModule` arguments in a collated micro-batch."""
+    return (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["completion"],
+            mb.get("prefix_ids"))
 
 
 def _require_no_dropout(lm: nn.Module) -> None:
@@ -130,15 +158,33 @@ class PolicyModule(nn.Module):
         super().__init__()
         self.lm = lm
         self.value_head = value_head
-        self._keep_arg = "logits_to_keep" in inspect.signature(lm.forward).parameters
+        params = inspect.signature(lm.forward).parameters
+        self._keep_arg = "logits_to_keep" in params
+        # transformers 5.x renamed `past_key_values` to `cache` (argument and output field)
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor,
-                completion: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Log-probs [B, C] of the completion tokens, and values [B, C] (None without head)."""
+                completion: Tensor, prefix_ids: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """Log-probs [B, C] of the completion tokens, and values [B, C] (None without head).
+
+        With `prefix_ids` [1, S] (see `collate`), the shared prefix runs once and its KV
+        cache, repeated over the rows, is what the rows attend to; gradients flow back
+        through it to the prefix pass."""
         C = completion.shape[1]
-        kw = {"logits_to_keep": C + 1} if self._keep_arg else {}
+        kw: dict[str, Any] = {"logits_to_keep": C + 1} if self._keep_arg else {}
+        use_cache = False
+        if prefix_ids is not None:
+            S = prefix_ids.shape[1]
+            head = self.lm(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids),
+                           position_ids=torch.arange(S, device=prefix_ids.device)[None],
+                           use_cache=True, **({"logits_to_keep": 1} if self._keep_arg else {}))
+            cache = getattr(head, self._cache_kw)
+            cache.batch_repeat_interleave(input_ids.shape[0])
+            kw[self._cache_kw] = cache
+            use_cache = True
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids, use_cache=False,
+                      position_ids=position_ids, use_cache=use_cache,
                       output_hidden_states=self.value_head is not None, **kw)
         logits = out.logits[:, -(C + 1):-1]
         values = None
@@ -205,7 +251,8 @@ class Learner:
         n = int(self._all_reduce(torch.tensor([n]), dist.ReduceOp.MAX if self.world > 1 else None))
         chunks = [shard(batch, k, n) for k in range(n)]
         out = [(c, True) if c else ([batch[0]], False) for c in chunks]
-        return [({k: v.to(self.device) for k, v in collate(c, self.pad_id).items()}, real)
+        share = self.cfg.share_prefix and not self.cfg.gradient_checkpointing
+        return [({k: v.to(self.device) for k, v in collate(c, self.pad_id, share).items()}, real)
                 for c, real in out]
 
     @torch.no_grad()
@@ -213,7 +260,7 @@ class Learner:
         """Fill in what the loss needs from the policy before it changes: pi_old (when the
         sampler gave none), pi_ref, and the GAE advantages from V_old."""
         need_old = not bool(mb["has_old"].all())
-        args = (mb["input_ids"], mb["attention_mask"], mb["position_ids"], mb["completion"])
+        args = policy_inputs(mb)
         if need_old or self.policy.value_head is not None:
             with self._autocast():
                 logp, values = self.policy(*args)
@@ -231,8 +278,7 @@ class Learner:
     def _loss(self, mb: dict[str, Tensor], normalizer: float) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         with self._autocast():
-            logp, values = self.module(mb["input_ids"], mb["attention_mask"],
-                                       mb["position_ids"], mb["completion"])
+            logp, values = self.module(*policy_inputs(mb))
         adv = mb["token_advantages"] if "token_advantages" in mb else mb["advantages"]
         loss, metrics = L.ppo_loss(
             logp.float(), mb["old_logprobs"], adv, mb["mask"], clip_eps=cfg.clip_eps,

@@ -44,6 +44,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the last checkpoint in run_dir
     overwrite: bool = False  # start afresh in a run_dir that holds an earlier run
+    log_samples: bool = True  # every sampled plan, its reward and errors, in samples.jsonl
     eval_at_start: bool = False
     eval_at_end: bool = True
     eval_split: str = "test"
@@ -85,6 +86,14 @@ def worker_shares(trajs: list) -> dict[str, float]:
     finals = [t.info.get("final_worker") for t in trajs]
     finals = [w for w in finals if w]
     return {f"workers/{w}": finals.count(w) / len(finals) for w in sorted(set(finals))}
+
+
+def sample_rows(trajs: list) -> list[dict[str, Any]]:
+    """What `samples.jsonl` keeps of each trajectory: the plan text and how it fared."""
+    return [{"query_id": t.query_id, "reward": t.reward, "parsed": t.parsed,
+             "correct": t.correct, "cost": t.cost, "calls": t.calls,
+             "final_worker": t.info.get("final_worker"), "text": t.info.get("text"),
+             "errors": t.info.get("errors") or []} for t in trajs]
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -143,6 +152,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         m = {**rollout_metrics(trajs), **{f"learner/{k}": v for k, v in stats.items()},
              "time/rollout_s": t_roll, "time/iteration_s": time.perf_counter() - t0}
         run.log(it, m)  # log
+        if cfg.log_samples:
+            run.log_samples(it, sample_rows(trajs))
         bar.set_postfix(reward=f"{m['reward_mean']:.3f}", parse=f"{m['parse_rate']:.2f}")
         if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:  # checkpoint
             tmp = run.begin_checkpoint(it)
