@@ -11,7 +11,6 @@ config (see configs/train_cpu.yaml), e.g. `iterations=20 pool=mmlu_pro:../shared
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,7 +34,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # favours ids starting with 1 (seen: all greedy plans of the earlier trained run went to
 # worker 10). About 105 minutes on an idle 2-core machine, 65 of them the two evaluations
 # (the untrained conductor's plans never parse and run to the 80-token cap). A checkpoint
-# every 7 iterations: after a crash, rerun with `resume=true overwrite=false`.
+# every 7 iterations: after a crash, rerun with `resume=true`.
 BUDGET = [
     "warmup_steps=16", "warmup_batch=8", "warmup_lr=1e-4", "iterations=28",
     "questions_per_iter=4", "group_size=12", "learner.lr=2e-5", "learner.bf16=true",
@@ -54,9 +53,6 @@ def pick(p: dict) -> dict:
 
 
 def summarize(result: dict) -> dict:
-    if "eval_start" not in result:  # a resumed run: the untrained eval ran before the crash
-        with open(os.path.join(result["run_dir"], "eval_untrained.json")) as f:
-            result["eval_start"] = json.load(f)
     start = result["eval_start"]["policies"]
     end = result["eval"]["policies"]
     singles = {k: v for k, v in end.items() if k.startswith("single:")}

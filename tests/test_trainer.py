@@ -120,7 +120,7 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
                              "checkpoint_every=1", "eval_limit=8", "eval_baselines=[random]",
                              "progress=false", "conductor.max_new_tokens=16",
                              "warmup_steps=1", "warmup_batch=2", "warmup_lr=1e-3",
-                             "torch_threads=1"])
+                             "torch_threads=1", "eval_at_start=true"])
     result = train(cfg)
     rows = result["metrics"]
     assert [r["iteration"] for r in rows] == [-1, 0, 1]  # the format warm-up, then GRPO
@@ -134,6 +134,13 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
     report = json.loads((tmp_path / "eval_trained.json").read_text())
     assert set(report["policies"]) == {"conductor:trained", "random"}
     assert report["policies"]["conductor:trained"]["n"] == 8
+    untrained = json.loads((tmp_path / "eval_untrained.json").read_text())
+    assert result["eval_start"] == untrained
+
+    # Resumed, the run does not judge the untrained conductor again but still reports it.
+    cfg.iterations, cfg.resume, cfg.eval_at_end = 3, True, False
+    resumed = train(cfg)
+    assert resumed["start_iteration"] == 2 and resumed["eval_start"] == untrained
 
 
 def test_warmup_demonstrations_are_valid_plans_over_the_offered_workers():

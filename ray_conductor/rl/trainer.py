@@ -5,9 +5,11 @@ workers, log, checkpoint. At the end, evaluate the trained conductor beside the 
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray_conductor.config import RayConfig, default_data_dir, to_dict
@@ -135,6 +137,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"run_dir": str(run.path), "start_iteration": start}
     if cfg.eval_at_start and start == 0:
         result["eval_start"] = evaluate_conductor(cfg, graph, data, tag="untrained")
+    elif cfg.eval_at_start and eval_report_path(cfg.run_dir, "untrained").exists():
+        # a resumed run: the untrained conductor was judged before the stop
+        result["eval_start"] = json.loads(eval_report_path(cfg.run_dir, "untrained").read_text())
 
     if start == 0 and cfg.warmup_steps > 0:
         version = warmup(cfg, graph, run, train_q)
@@ -188,6 +193,11 @@ def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
     return cfg.warmup_steps
 
 
+def eval_report_path(run_dir: str, tag: str) -> Path:
+    """Where `evaluate_conductor` writes its report for `tag` (untrained, trained)."""
+    return Path(run_dir) / f"eval_{tag}.json"
+
+
 def evaluate_conductor(cfg: TrainConfig, graph, data, *, tag: str,
                        baselines: bool = False) -> dict[str, Any]:
     """The conductor's greedy plans (and optionally the baselines) on the eval split."""
@@ -208,7 +218,7 @@ def evaluate_conductor(cfg: TrainConfig, graph, data, *, tag: str,
                                             progress=cfg.progress))
     report = {"pool": cfg.pool, "split": cfg.eval_split, "n_queries": len(queries),
               "policies": {k: r.to_dict() for k, r in reports.items()}}
-    out = write_json(report, f"{cfg.run_dir}/eval_{tag}.json")
+    out = write_json(report, eval_report_path(cfg.run_dir, tag))
     scatter_plot(report["policies"], out.with_suffix(".png"), title=f"{cfg.pool} ({tag})")
     print(format_table(report["policies"]))
     return report
