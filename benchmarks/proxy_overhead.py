@@ -45,7 +45,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     from ray_conductor.testing import FaultProcess
     from ray_conductor.workers.config import WorkerConfig, WorkerPoolConfig
     from ray_conductor.workers.proxy import WorkerProxyCore, litellm_module
-    from ray_conductor.workers.ray_pool import make_ray_pool
+    from ray_conductor.graph import GraphSpec, make_ray_pool
 
     server = FaultProcess(latency_s=0.0)
     try:
@@ -53,7 +53,8 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         worker = WorkerConfig(name="w", model="openai/bench", api_base=server.url, retries=0,
                               rpm=a.rpm, tpm=a.tpm, timeout_s=30)
         core = WorkerProxyCore(worker)
-        pool = make_ray_pool(WorkerPoolConfig(namespace="bench_overhead", workers=[worker]))
+        spec = GraphSpec.from_config(namespace="bench_overhead")
+        pool = make_ray_pool(spec, WorkerPoolConfig(workers=[worker]))
 
         async def direct() -> Any:
             return await litellm.acompletion(model=worker.model, messages=MSG,

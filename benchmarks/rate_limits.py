@@ -70,16 +70,17 @@ async def rollout_caller(pool: Any, stop: asyncio.Event, out: list, k: int) -> N
 async def run(a: argparse.Namespace) -> dict[str, Any]:
     from ray_conductor.testing import FaultProcess
     from ray_conductor.workers.config import WorkerConfig, WorkerPoolConfig
-    from ray_conductor.workers.ray_pool import make_ray_pool
+    from ray_conductor.graph import GraphSpec, make_ray_pool
 
     server = FaultProcess(latency_s=a.latency_s, seed=a.seed)
     limit = int(a.rpm * a.window_s / 60)
-    cfg = WorkerPoolConfig(namespace="bench_rate_limits", queue_timeout_s=600, workers=[
+    cfg = WorkerPoolConfig(queue_timeout_s=600, workers=[
         WorkerConfig(name="w", model="openai/bench", api_base=server.url, rpm=a.rpm,
                      window_s=a.window_s, max_concurrency=a.max_concurrency, retries=0,
                      timeout_s=30)])
     try:
-        serve = make_ray_pool(cfg, priority="serve")
+        spec = GraphSpec.from_config(namespace="bench_rate_limits")
+        serve = make_ray_pool(spec, cfg, priority="serve")
         rollout = serve.with_priority("rollout")
         rng = random.Random(a.seed)
         # phase 1: serve alone

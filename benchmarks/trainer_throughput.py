@@ -28,18 +28,17 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import ProcessTree, environment, mean, run_side  # noqa: E402
+
 SIDES = ("ours", "trl")
-ENV = {"RAY_AUTH_MODE": "disabled", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 TRL_NOTES = [
     "generation: TRL calls transformers `model.generate` on the whole Q*G batch (no vLLM on "
     "CPU) and prefills every row's full prompt; ours decodes with its own loop and computes "
@@ -75,25 +74,28 @@ def train_config(args: argparse.Namespace, run_dir: str = "unused") -> Any:
 def load_questions(cfg: Any) -> tuple[Any, list[list[Any]]]:
     """The pool and the questions of every iteration, exactly as `train()` picks them."""
     from ray_conductor.data.pools import load_pool
-    from ray_conductor.rl.rollout import Question
+    from ray_conductor.data.selection import select_queries
     from ray_conductor.rl.trainer import pick_questions
 
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
-    train_q = [Question(q.query_id, q.query)
-               for q in sorted(data.queries(cfg.split), key=lambda q: q.query_id)]
+    train_q = select_queries(data, cfg.split)
     return data, [pick_questions(train_q, it, cfg.questions_per_iter, cfg.seed)
                   for it in range(cfg.iterations)]
 
 
-def conductor_prompts(cfg: Any, data: Any, questions: list[Any]) -> list[Any]:
-    """The chat prompts our rollout worker builds: `Conductor.prompt` over the workers it
-    offers (the conductor's prompt needs no engine, so none is loaded here)."""
+def offered(cfg: Any, data: Any) -> list[Any]:
     from ray_conductor.data.replay import ReplayPool
-    from ray_conductor.policy.conductor import Conductor
+    from ray_conductor.policy.conductor import offered_workers
 
-    conductor = Conductor(None, cfg.conductor)  # type: ignore[arg-type]
-    offered = conductor.offered(ReplayPool(data).workers())
-    return [conductor.prompt(q.query, offered) for q in questions]
+    return offered_workers(ReplayPool(data).workers(), cfg.conductor)
+
+
+def conductor_prompts(cfg: Any, data: Any, questions: list[Any]) -> list[Any]:
+    """The chat prompts our rollout worker builds (no engine needed)."""
+    from ray_conductor.policy.conductor import conductor_prompt
+
+    workers = offered(cfg, data)
+    return [conductor_prompt(q.query, workers, cfg.conductor) for q in questions]
 
 
 def prompt_tokens(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,20 +130,15 @@ def ours_overrides(args: argparse.Namespace, run_dir: str) -> list[str]:
     """`train()` settings matching TRL's: the same batch in one generate call and one forward
     pass, and `threads` torch threads in each actor (actors use as many threads as Ray CPUs
     they hold; rollout and learner take turns, so the cluster may count 2x the cores)."""
-    from dataclasses import fields
-
-    from ray_conductor.rl.trainer import TrainConfig
-
     batch = args.questions * args.group
-    model = ([f"model={args.model}"] if "model" in {f.name for f in fields(TrainConfig)}
-             else [f"conductor.model={args.model}", f"learner.model={args.model}"])
     out = [
-        *model, f"pool={args.pool}", "split=train", "backend=local",
+        f"model={args.model}", f"pool={args.pool}", "split=train", "backend=local",
         f"iterations={args.iterations + 1}", "warmup_steps=0",
         f"questions_per_iter={args.questions}", f"group_size={args.group}", f"run_dir={run_dir}",
         "eval_at_end=false", "eval_at_start=false", "checkpoint_every=1000000", "progress=false",
-        f"seed={args.seed}", f"rollout_num_cpus={args.threads}",
-        f"learner_num_cpus={args.threads}", f"ray.num_cpus={2 * args.threads}",
+        f"seed={args.seed}", f"graph.rollout.num_cpus={args.threads}",
+        f"graph.learner.num_cpus={args.threads}", f"graph.rollout.torch_threads={args.threads}",
+        f"graph.learner.torch_threads={args.threads}", f"ray.num_cpus={2 * args.threads}",
         f"conductor.max_new_tokens={args.max_new_tokens}",
         f"conductor.temperature={args.temperature}", "conductor.top_p=1.0",
         f"conductor.batch_size={batch}", f"learner.micro_batch_size={batch}",
@@ -174,7 +171,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     side.update(_reward_means(per_it, "reward_mean"),
                 mean_rollout_s=round(statistics.fmean(r["time/rollout_s"] for r in rows[1:]), 3)
                 if len(rows) > 1 else None,
-                mean_completion_tokens=_mean(per_it[1:], "completion_tokens"),
+                mean_completion_tokens=mean(per_it[1:], "completion_tokens"),
                 per_iteration=per_it, total_wall_s=round(total, 2),
                 torch_threads_per_actor=args.threads, config=to_dict(cfg))
     return side
@@ -184,52 +181,43 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class PaperReward:
-    """The reward our rollouts compute, as a TRL reward function: parse the plan (a malformed
-    one scores `parse_fail`), run it over the replay pool, judge the final answer."""
+    """The reward our rollouts compute (`rl.rewards.score_plan`), as a TRL reward function."""
 
     __name__ = "paper_reward"  # TRL names its reward columns after the function
 
     def __init__(self, data: Any, cfg: Any):
         from ray_conductor.data.replay import ReplayPool
-        from ray_conductor.policy.conductor import Conductor
 
         self.data, self.max_steps, self.cfg = data, cfg.conductor.max_steps, cfg.reward
         self.pool = ReplayPool(data)
-        conductor = Conductor(None, cfg.conductor)  # type: ignore[arg-type]
-        self.names = [w.name for w in conductor.offered(self.pool.workers())]
-        self.calls: list[dict[str, float]] = []  # per call (= per iteration): parse rate etc.
+        self.names = [w.name for w in offered(cfg, data)]
+        self.calls: list[dict[str, Any]] = []  # per call (= per iteration): parse rate etc.
 
     def __call__(self, prompts: list, completions: list, query_id: list[str],
                  question: list[str], **_: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         scored = asyncio.run(self._score_all(texts, query_id, question))
         n = max(len(scored), 1)
-        self.calls.append({"reward_mean": sum(r for r, _, _ in scored) / n,
-                           "parse_rate": sum(p for _, p, _ in scored) / n,
-                           "accuracy": sum(c for _, _, c in scored) / n,
+        self.calls.append({"reward_mean": sum(s.reward for s in scored) / n,
+                           "parse_rate": sum(s.parsed for s in scored) / n,
+                           "accuracy": sum(s.correct for s in scored) / n,
                            "query_ids": sorted(set(query_id))})
-        return [r for r, _, _ in scored]
+        return [s.reward for s in scored]
 
-    async def _score_all(self, texts: list[str], qids: list[str],
-                         questions: list[str]) -> list[tuple[float, bool, bool]]:
-        return list(await asyncio.gather(*(self._score(t, q, x)
-                                           for t, q, x in zip(texts, qids, questions))))
-
-    async def _score(self, text: str, qid: str, question: str) -> tuple[float, bool, bool]:
+    async def _score_all(self, texts: list[str], qids: list[str], questions: list[str]) -> list:
         from ray_conductor.errors import WorkflowError
-        from ray_conductor.rl.rewards import reward
-        from ray_conductor.workflow import execute, parse
+        from ray_conductor.rl.rewards import score_plan
+        from ray_conductor.workflow import parse
 
-        try:
-            wf = parse(text, self.names, max_steps=self.max_steps)
-        except WorkflowError:
-            return reward(False, False, cfg=self.cfg), False, False
-        correct, cost, calls = False, 0.0, 0
-        if len(wf):
-            trace = await execute(wf, question, self.pool, query_id=qid)
-            correct = bool(self.data.judge(qid, trace.answer))
-            cost, calls = trace.cost, trace.calls
-        return reward(True, correct, cost, calls, self.cfg), True, correct
+        def plan(text: str) -> Any:
+            try:
+                return parse(text, self.names, max_steps=self.max_steps)
+            except WorkflowError:
+                return None
+
+        return list(await asyncio.gather(*(
+            score_plan(plan(t), x, q, self.pool, self.data.judge, self.cfg)
+            for t, q, x in zip(texts, qids, questions))))
 
 
 def trl_dataset(cfg: Any, data: Any, iterations: list[list[Any]]) -> Any:
@@ -309,7 +297,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     side = summarize_times(timer.steps, args.questions * args.group)
     side["same_questions_as_ours"] = [r.get("query_ids") for r in per_it] == expected
     side.update(_reward_means(per_it, "reward_mean"),
-                mean_completion_tokens=_mean(per_it[1:], "completion_tokens"),
+                mean_completion_tokens=mean(per_it[1:], "completion_tokens"),
                 per_iteration=per_it, total_wall_s=round(total, 2),
                 torch_threads=torch.get_num_threads(), model_path=path,
                 model_dtype=str(trainer.model.dtype),
@@ -320,120 +308,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 # -- the report -------------------------------------------------------------------------------
 
 
-def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rows if r.get(key) is not None]
-    return round(statistics.fmean(vals), 4) if vals else None
-
-
 def _reward_means(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    return {"mean_reward": _mean(rows, key), "mean_parse_rate": _mean(rows, "parse_rate"),
-            "mean_accuracy": _mean(rows, "accuracy")}
-
-
-def environment(threads: int) -> dict[str, Any]:
-    import importlib.metadata as md
-
-    import torch
-
-    def version(pkg: str) -> str | None:
-        try:
-            return md.version(pkg)
-        except md.PackageNotFoundError:
-            return None
-
-    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": threads, "device": "cpu", "python": platform.python_version(),
-            "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
-            **{pkg: version(pkg) for pkg in ("transformers", "trl", "accelerate", "ray")},
-            "loadavg_1m_at_end": round(os.getloadavg()[0], 2)}
-
-
-class ProcessTree:
-    """CPU seconds and resident memory of this process and all its descendants (for our side
-    the Ray processes it starts, actors included), sampled every `interval_s` in a thread.
-
-    CPU time per iteration is the contention-proof twin of wall time: on a shared machine,
-    another job's load stretches wall time but not the CPU seconds our work needs. Memory is
-    the sum of RSS, so pages shared between processes count once per process."""
-
-    def __init__(self, interval_s: float = 0.5):
-        import threading
-
-        self.interval_s, self.peak_mib = interval_s, 0.0
-        self.samples: list[tuple[float, float]] = []  # (time.time(), CPU seconds of the tree)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        seen: dict[tuple[int, float], float] = {}  # (pid, start) -> CPU s when last read
-        while not self._stop.is_set():
-            rss = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    t = p.cpu_times()
-                    seen[(p.pid, p.create_time())] = t.user + t.system
-                    rss += p.memory_info().rss
-                except psutil.Error:  # exited between listing and reading
-                    pass
-            # a process that exited keeps its last reading, so the total never goes down
-            self.samples.append((time.time(), sum(seen.values())))
-            self.peak_mib = max(self.peak_mib, rss / 2**20)
-            self._stop.wait(self.interval_s)
-
-    def cpu_at(self, t: float) -> float:
-        """CPU seconds of the tree at wall time `t`, interpolated between samples."""
-        import bisect
-
-        times = [s[0] for s in self.samples]
-        i = bisect.bisect_left(times, t)
-        if i == 0 or i == len(times):
-            return self.samples[min(i, len(times) - 1)][1]
-        (t0, c0), (t1, c1) = self.samples[i - 1], self.samples[i]
-        return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
-
-    def add_cpu(self, side: dict[str, Any]) -> None:
-        """Per-iteration CPU seconds from each row's wall-clock `window`, and their mean."""
-        for row in side["per_iteration"]:
-            start, end = row.pop("window")
-            row["cpu_s"] = round(self.cpu_at(end) - self.cpu_at(start), 3)
-        timed = [r["cpu_s"] for r in side["per_iteration"][1:]]
-        side["mean_cpu_s_per_iteration"] = round(statistics.fmean(timed), 3) if timed else None
-        side["peak_rss_mib_process_tree"] = round(self.peak_mib)
-
-    def __enter__(self) -> "ProcessTree":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def run_side(side: str, args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    """One side in a fresh interpreter (its own Ray cluster or none, its own threads)."""
-    env = {**os.environ, **ENV, "OMP_NUM_THREADS": str(args.threads),
-           "MKL_NUM_THREADS": str(args.threads)}
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        part = f.name
-    try:
-        t0, load0 = time.perf_counter(), os.getloadavg()[0]
-        proc = subprocess.run([sys.executable, __file__, *argv, "--side", side,
-                               "--side-out", part], env=env)
-        host = {"process_wall_s": round(time.perf_counter() - t0, 2),
-                "loadavg_1m_before": round(load0, 2),
-                "loadavg_1m_after": round(os.getloadavg()[0], 2)}
-        text = Path(part).read_text()
-        result = json.loads(text) if text else {}
-        if proc.returncode != 0:
-            why = result.get("error") or ("killed by signal 9 (out of memory?)"
-                                          if proc.returncode == -9 else "see its output")
-            return {"error": f"{side} exited with status {proc.returncode}: {why}", **host}
-        return {**result, **host}
-    finally:
-        Path(part).unlink(missing_ok=True)
+    return {"mean_reward": mean(rows, key), "mean_parse_rate": mean(rows, "parse_rate"),
+            "mean_accuracy": mean(rows, "accuracy")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -478,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     results = {}
     for side in sides:
         print(f"== {side} ==", flush=True)
-        results[side] = run_side(side, args, [a for a in argv])
+        results[side] = run_side(__file__, side, list(argv), args.threads)
     n = args.questions * args.group
     sps = {s: results.get(s, {}).get("samples_per_s") for s in SIDES}
     cpu = {s: results.get(s, {}).get("mean_cpu_s_per_iteration") for s in SIDES}
@@ -506,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "= the same per CPU-second of each side's process tree, which another job on a "
             "shared machine does not inflate (see each side's loadavg)",
             "reward numbers are a sanity check over few samples, not a result"],
-        "environment": environment(args.threads),
+        "environment": environment(args.threads, ("transformers", "trl", "accelerate", "ray")),
         "sides": results,
     }
     out = Path(args.out)

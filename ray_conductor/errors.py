@@ -67,3 +67,22 @@ class SandboxError(ConductorError):
     """Untrusted code could not be run in the sandbox (not: the code failed its tests)."""
 
     code = "sandbox_error"
+
+
+class EngineError(ConductorError):
+    """The conductor's generation engine failed (e.g. out of GPU memory) where a plan was
+    needed for learning, not just for answering."""
+
+    code = "engine_error"
+
+
+class BadRequest(ConductorError):
+    """An HTTP request body is malformed: `param` names the field, `status` is the HTTP status
+    to answer with (400 unless the resource is missing), `code` OpenAI's error code if any."""
+
+    code = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 status: int = 400):
+        super().__init__(message, code)
+        self.param, self.status = param, status

@@ -1,188 +1,293 @@
-"""The actor graph: the one place that declares which Ray actors exist, under which names,
-with which resources, and builds them. Serving, evaluation and training all build from here,
-so they share the same named actors (and so the same rate limits).
+"""The actor graph: the one declaration of which Ray actors exist, under which names, with
+which resources and restart policy. Evaluation, training, serving and online retraining all
+build from a `GraphSpec`, so they drive the same named actors (and so the same rate limits).
 
-A role names its actor class as "module:Class" and is imported only when built, so reading
-this file imports neither torch nor litellm. Roles of the trainer (rollout, learner) belong
-here beside `worker_proxy`.
+A role names its actor class as "module:Class", imported only when built, so reading this
+file imports neither torch nor litellm. Builders for the trainer's roles live beside their
+actors (`rl.rollout_group`, `rl.learner_group`) and read their `ActorSpec` from here; worker
+proxies are built here because every caller shares them.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Mapping, Sequence
 
 import ray
 
-from ray_conductor.config import to_dict
 from ray_conductor.errors import ConfigError
-from ray_conductor.workers.config import WorkerPoolConfig, as_pool_config
+from ray_conductor.workers.config import (
+    WorkerConfig, WorkerPoolConfig, as_pool_config, fingerprint)
+from ray_conductor.workers.ray_pool import RayWorkerPool
+
+log = logging.getLogger(__name__)
+
+PROXY_ROLE = "worker_proxy"
 
 
-@dataclass(frozen=True)
-class Role:
-    """A kind of actor: its class, the resources of one instance, its call concurrency."""
-
-    actor: str  # "module:Class" of a @ray.remote class
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
-    max_concurrency: int = 1
-
-    def actor_class(self) -> Any:
-        module, cls = self.actor.split(":")
-        return getattr(importlib.import_module(module), cls)
-
-
-ROLES: dict[str, Role] = {
-    # IO-bound: takes no CPU from the cluster, runs up to 1000 calls at once
-    "worker_proxy": Role("ray_conductor.workers.actor:WorkerProxy", num_cpus=0,
-                         max_concurrency=1000),
-    # holds the conductor's generation engine; resources come from the training config
-    "rollout": Role("ray_conductor.rl.rollout:RolloutActor", num_cpus=1, max_concurrency=4),
-    # one data-parallel rank each; `rl.learner_group.LearnerGroup` creates and wires them
-    "learner": Role("ray_conductor.rl.learner_group:LearnerActor", num_cpus=1),
-}
-
-
-def actor_name(role: str, key: str) -> str:
-    """The Ray name of the `key` instance of `role`, e.g. `worker_proxy/gpt-4o`."""
-    return f"{role}/{key}"
-
-
-def build_actor(role: str, key: str, *args: Any, namespace: str, detached: bool = False) -> Any:
-    """Create the named actor, or get it if some other caller already did."""
-    r = ROLES[role]
-    return r.actor_class().options(
-        name=actor_name(role, key), namespace=namespace, get_if_exists=True,
-        lifetime="detached" if detached else None, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-        max_concurrency=r.max_concurrency).remote(*args)
-
-
-def fan_out(handles: dict[str, Any], method: str, *args: Any, timeout_s: float = 60.0,
-            **kw: Any) -> dict[str, Any]:
-    """Call `method` on every actor and wait for all the answers, by name."""
-    refs = {k: getattr(h, method).remote(*args, **kw) for k, h in handles.items()}
-    return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
-
-
-def build_worker_proxies(cfg: WorkerPoolConfig | Any, namespace: str | None = None,
-                         timeout_s: float = 120.0) -> dict[str, Any]:
-    """One `WorkerProxy` per configured worker, named in the namespace; returns handles by
-    worker name once all are ready. An existing proxy of the same name is reused as it is
-    (its config is the one it was created with)."""
-    pool = as_pool_config(cfg)
-    ns = namespace or pool.namespace
-    handles = {w.name: build_actor("worker_proxy", w.name, w, ns, pool.replay,
-                                   pool.queue_timeout_s, namespace=ns, detached=pool.detached)
-               for w in pool.workers}
-    fan_out(handles, "ready", timeout_s=timeout_s)
-    return handles
-
-
-# -- the trainer's roles -----------------------------------------------------------------------
-
-
-def _replay_pool(spec: str, data_dir: str | None) -> Any:
-    """In-process replay pool, built inside the rollout actor (backend=local)."""
-    from ray_conductor.data.pools import load_pool
-    from ray_conductor.data.replay import ReplayPool
-
-    return ReplayPool(load_pool(spec, data_dir=data_dir))
-
-
-def _replay_judge(spec: str, data_dir: str | None) -> Any:
-    from ray_conductor.data.pools import load_pool
-
-    return load_pool(spec, data_dir=data_dir).judge
-
-
-def _proxy_pool(pool_cfg: WorkerPoolConfig) -> Any:
-    """The shared `WorkerProxy` actors at rollout priority (backend=ray)."""
-    from ray_conductor.workers.ray_pool import make_ray_pool
-
-    return make_ray_pool(pool_cfg, priority="rollout")
+# -- the declaration, as typed config ----------------------------------------------------------
 
 
 @dataclass
-class TrainingGraph:
-    """The actors one training run drives: worker proxies (shared with serving), rollout
-    workers and the learner group."""
+class RoleConfig:
+    """Resources and restart policy of one role; `count` instances of it."""
 
-    proxies: dict[str, Any]
-    rollouts: list[Any]
-    learners: Any  # rl.learner_group.LearnerGroup
-
-    def rollout(self, questions: list, group_size: int, iteration: int,
-                seed: int | None = None) -> list:
-        """Questions dealt round-robin to the rollout workers; trajectories in one list."""
-        n = len(self.rollouts)
-        refs = [r.rollout.remote(questions[i::n], group_size, iteration, None,
-                                 None if seed is None else seed + i)
-                for i, r in enumerate(self.rollouts) if questions[i::n]]
-        return [t for part in ray.get(refs) for t in part]
-
-    def demonstrations(self, questions: list, seed: int) -> list:
-        """Format warm-up trajectories (see `RolloutWorker.demonstrations`)."""
-        return ray.get(self.rollouts[0].demonstrations.remote(questions, seed))
-
-    def sync_weights(self, version: int) -> None:
-        """Learner weights -> every rollout worker, through the object store."""
-        ref = self.learners.get_weights()
-        ray.get([r.load_weights.remote(ref, version) for r in self.rollouts])
-
-    def plan_texts(self, questions: list[str]) -> list[dict]:
-        n = len(self.rollouts)
-        parts = ray.get([r.plan_texts.remote(questions[i::n]) for i, r in enumerate(self.rollouts)])
-        out: list[dict] = [{}] * len(questions)
-        for i, part in enumerate(parts):
-            out[i::n] = part
-        return out
-
-    def ready(self) -> list:
-        return [r.ready.remote() for r in self.rollouts]
-
-    def shutdown(self) -> None:
-        self.learners.shutdown()
-        for r in self.rollouts:
-            ray.kill(r)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    count: int = 1
+    max_concurrency: int = 1
+    max_restarts: int = 0  # -1: restart forever
+    max_task_retries: int = 0  # calls in flight when the actor died are re-run this often
+    torch_threads: int = 0  # 0: the CPUs Ray assigned; n: n threads (roles that take turns)
+    resources: dict[str, float] = field(default_factory=dict)  # custom resources, e.g. proxy
 
 
-def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
-    """Worker proxies (backend=ray), `cfg.num_rollout_workers` rollout actors and a learner
-    group of `cfg.num_learners`, all from the training config."""
-    from functools import partial
+def _proxy_role() -> RoleConfig:
+    # IO-bound: takes no CPU from the cluster, runs up to 1000 calls at once, comes back
+    # under its name when killed (the OOM killer), and re-runs the calls that were in flight
+    return RoleConfig(num_cpus=0, max_concurrency=1000, max_restarts=-1, max_task_retries=3)
 
-    from ray_conductor.rl.learner_group import LearnerGroup
-    from ray_conductor.runtime import TORCH_THREADS_ENV
-    from ray_conductor.workers.config import replay_workers
 
-    ns = cfg.ray.namespace
-    proxies: dict[str, Any] = {}
-    if cfg.backend == "ray":
-        pool_cfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
-                                    replay=cfg.pool, namespace=ns)
-        proxies = build_worker_proxies(pool_cfg, ns)
-        pool_factory = partial(_proxy_pool, pool_cfg)
-    elif cfg.backend == "local":
-        pool_factory = partial(_replay_pool, cfg.pool, cfg.data_dir)
-    else:
-        raise ConfigError(f"backend={cfg.backend!r}: use ray or local")
-    judge_factory = partial(_replay_judge, cfg.pool, cfg.data_dir)
-    role = ROLES["rollout"]
-    env = ({"runtime_env": {"env_vars": {TORCH_THREADS_ENV: str(cfg.torch_threads)}}}
-           if cfg.torch_threads > 0 else {})
-    rollouts = [
-        role.actor_class().options(
-            num_cpus=cfg.rollout_num_cpus, num_gpus=cfg.rollout_num_gpus,
-            max_concurrency=role.max_concurrency, namespace=ns, **env,
-        ).remote(cfg.conductor, cfg.reward, pool_factory, judge_factory)
-        for _ in range(cfg.num_rollout_workers)
-    ]
-    learner_cfg = {**to_dict(cfg.learner), "model": cfg.conductor.model}
-    learners = LearnerGroup(learner_cfg, cfg.num_learners,
-                            {"num_cpus": cfg.learner_num_cpus, "num_gpus": cfg.learner_num_gpus,
-                             **env})
-    graph = TrainingGraph(proxies, rollouts, learners)
-    ray.get(graph.ready())
-    return graph
+@dataclass
+class GraphConfig:
+    """Every role of the system. `detached_proxies`: worker proxies outlive the driver that
+    created them (a training job that exits leaves serving's proxies alone).
+    `workers_per_proxy`: how many workers one proxy process hosts (each import of litellm costs
+    ~250 MB); each worker keeps its own limiter, breaker and accounting."""
+
+    worker_proxy: RoleConfig = field(default_factory=_proxy_role)
+    detached_proxies: bool = True
+    workers_per_proxy: int = 1
+    rollout: RoleConfig = field(default_factory=lambda: RoleConfig(max_concurrency=4))
+    learner: RoleConfig = field(default_factory=RoleConfig)
+    planner: RoleConfig = field(default_factory=lambda: RoleConfig(max_concurrency=16))
+
+
+ACTOR_CLASSES: dict[str, str | None] = {
+    PROXY_ROLE: "ray_conductor.workers.actor:WorkerProxy",
+    "rollout": "ray_conductor.rl.rollout:RolloutActor",
+    "learner": "ray_conductor.rl.learner_group:LearnerActor",
+    "planner": None,  # a Serve deployment: `serve` reads its resources from the spec
+}
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """One role as built: its class, the resources of one instance, how many, restarts."""
+
+    role: str
+    actor: str | None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    count: int = 1
+    max_concurrency: int = 1
+    max_restarts: int = 0
+    max_task_retries: int = 0
+    torch_threads: int = 0
+    resources: tuple[tuple[str, float], ...] = ()
+    detached: bool = False
+
+    def actor_class(self) -> Any:
+        if not self.actor:
+            raise ConfigError(f"role {self.role!r} is not a Ray actor")
+        module, cls = self.actor.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def options(self, *, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+        """`.options(...)` for one instance (named ones are get-or-create)."""
+        from ray_conductor.runtime import TORCH_THREADS_ENV
+
+        opts: dict[str, Any] = {
+            "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+            "max_concurrency": self.max_concurrency, "max_restarts": self.max_restarts,
+            "max_task_retries": self.max_task_retries}
+        if self.resources:
+            opts["resources"] = dict(self.resources)
+        if namespace:
+            opts["namespace"] = namespace
+        if name:
+            opts.update(name=name, get_if_exists=True)
+        if self.detached:
+            opts["lifetime"] = "detached"
+        if self.torch_threads > 0:
+            opts["runtime_env"] = {"env_vars": {TORCH_THREADS_ENV: str(self.torch_threads)}}
+        return opts
+
+    def ray_resources(self) -> dict[str, float]:
+        """What one instance reserves on a node, for `serve` deployments."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **dict(self.resources)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The whole graph: every role's `ActorSpec`, and the namespace actors are named in."""
+
+    namespace: str
+    roles: Mapping[str, ActorSpec]
+    workers_per_proxy: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: GraphConfig | Any | None = None,
+                    namespace: str = "ray_conductor") -> "GraphSpec":
+        cfg = cfg if cfg is not None else GraphConfig()
+        roles = {}
+        for role, actor in ACTOR_CLASSES.items():
+            rc = getattr(cfg, role)
+            kw = {f.name: getattr(rc, f.name) for f in fields(RoleConfig)}
+            kw["resources"] = tuple(sorted(dict(kw["resources"] or {}).items()))
+            roles[role] = ActorSpec(role, actor, detached=role == PROXY_ROLE and bool(
+                cfg.detached_proxies), **kw)
+        spec = cls(namespace, roles, int(cfg.workers_per_proxy))
+        spec.validate()
+        return spec
+
+    def role(self, name: str) -> ActorSpec:
+        if name not in self.roles:
+            raise ConfigError(f"unknown role {name!r}; the graph has {sorted(self.roles)}")
+        return self.roles[name]
+
+    def validate(self) -> None:
+        """Ranges, before anything is built."""
+        if self.workers_per_proxy < 1:
+            raise ConfigError(f"graph.workers_per_proxy={self.workers_per_proxy}: use 1 or more")
+        for r in self.roles.values():
+            where = f"graph.{r.role}"
+            if r.num_cpus < 0 or r.num_gpus < 0 or r.count < 1 or r.max_concurrency < 1:
+                raise ConfigError(f"{where}: num_cpus and num_gpus must be >= 0, count and "
+                                  f"max_concurrency >= 1 (got {r.num_cpus}, {r.num_gpus}, "
+                                  f"{r.count}, {r.max_concurrency})")
+            if r.max_restarts < -1 or r.max_task_retries < -1:
+                raise ConfigError(f"{where}: max_restarts and max_task_retries are -1 (forever) "
+                                  "or >= 0")
+
+    def check_resources(self, roles: Iterable[str]) -> None:
+        """Refuse, with a `ConfigError`, roles that ask for GPUs a cluster without any GPU
+        cannot give (their actors would wait forever); warn when a cluster has fewer than
+        asked (an autoscaler may still add them)."""
+        have = ray.cluster_resources()
+        gpus = float(have.get("GPU", 0.0))
+        for name in roles:
+            r = self.role(name)
+            need = r.num_gpus * r.count
+            if need > 0 and gpus == 0:
+                raise ConfigError(
+                    f"graph.{name} asks for {r.num_gpus:g} GPU(s) x {r.count}, but this Ray "
+                    f"cluster has no GPU: set graph.{name}.num_gpus=0 to run it on CPUs, or "
+                    f"join a GPU cluster (ray.address=...)")
+            if need > gpus:
+                log.warning("graph.%s asks for %g GPUs in all; the cluster has %g now",
+                            name, need, gpus)
+
+    def build(self, role: str, *args: Any, name: str | None = None, **kw: Any) -> Any:
+        """One instance of `role` (named ones: get-or-create in the namespace)."""
+        spec = self.role(role)
+        return spec.actor_class().options(**spec.options(
+            name=name, namespace=self.namespace)).remote(*args, **kw)
+
+
+def fan_out(handles: Mapping[str, Any] | Sequence[Any], method: str, *args: Any,
+            timeout_s: float | None = 120.0, **kw: Any) -> Any:
+    """Call `method` on every actor and wait for all the answers (a dict by key for a
+    mapping, a list for a sequence)."""
+    if isinstance(handles, Mapping):
+        refs = {k: getattr(h, method).remote(*args, **kw) for k, h in handles.items()}
+        return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+    return ray.get([getattr(h, method).remote(*args, **kw) for h in handles], timeout=timeout_s)
+
+
+# -- worker proxies ----------------------------------------------------------------------------
+
+
+def proxy_name(workers: Sequence[str]) -> str:
+    """The Ray name of the proxy process hosting `workers`, e.g. `worker_proxy/gpt-4o` or
+    `worker_proxy/a+b+c` for one process hosting three."""
+    return f"{PROXY_ROLE}/" + "+".join(workers)
+
+
+def proxy_groups(workers: Sequence[WorkerConfig], per_process: int) -> list[list[WorkerConfig]]:
+    """Workers in config order, `per_process` to a proxy process."""
+    return [list(workers[i : i + per_process]) for i in range(0, len(workers), per_process)]
+
+
+def running_proxies(namespace: str) -> dict[str, str]:
+    """worker name -> Ray name of the live proxy hosting it, in `namespace`."""
+    out: dict[str, str] = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = a["name"]
+        if a["namespace"] == namespace and name.startswith(f"{PROXY_ROLE}/"):
+            for w in name.split("/", 1)[1].split("+"):
+                out[w] = name
+    return out
+
+
+def _check_grouping(groups: list[list[WorkerConfig]], running: dict[str, str],
+                    namespace: str) -> None:
+    """A worker hosted by a differently grouped proxy would get a second rate limit."""
+    for g in groups:
+        want = proxy_name([w.name for w in g])
+        for w in g:
+            have = running.get(w.name)
+            if have is not None and have != want:
+                raise ConfigError(
+                    f"worker {w.name!r} is already served by proxy {have!r} in namespace "
+                    f"{namespace!r}, grouped differently from {want!r}: a second proxy would "
+                    f"double its rate limit. Use the same graph.workers_per_proxy and worker "
+                    f"order, or stop the running proxies first (graph.stop_worker_proxies)")
+
+
+def build_worker_proxies(spec: GraphSpec, cfg: WorkerPoolConfig | Any,
+                         timeout_s: float = 180.0) -> dict[str, Any]:
+    """worker name -> the handle of the named proxy process hosting it; created or reused.
+
+    A running proxy is reused only if it was built from the same worker configs (compared by
+    fingerprint); otherwise `ConfigError`, so one worker never has two differently configured
+    limits."""
+    pool = as_pool_config(cfg)
+    ns, role = spec.namespace, spec.role(PROXY_ROLE)
+    groups = proxy_groups(pool.workers, spec.workers_per_proxy)
+    _check_grouping(groups, running_proxies(ns), ns)
+    actor_of = {w.name: proxy_name([x.name for x in g]) for g in groups for w in g}
+    prints = {w.name: fingerprint(w, pool.replay, pool.queue_timeout_s) for w in pool.workers}
+    hosts: dict[str, Any] = {}
+    cls = role.actor_class()
+    for g in groups:
+        name = proxy_name([w.name for w in g])
+        fallback_actors = {fb: actor_of[fb] for w in g for fb in w.fallbacks}
+        hosts[name] = cls.options(**role.options(name=name, namespace=ns)).remote(
+            g, ns, pool.replay, pool.queue_timeout_s, fallback_actors,
+            {w.name: prints[w.name] for w in g})
+    seen = fan_out(hosts, "fingerprints", timeout_s=timeout_s)
+    for name, got in seen.items():
+        for w, fp in got.items():
+            if fp != prints[w]:
+                raise ConfigError(
+                    f"proxy {name!r} in namespace {ns!r} runs worker {w!r} with another config "
+                    f"(fingerprint {fp}, this config {prints[w]}): stop it first "
+                    f"(graph.stop_worker_proxies) or use another ray.namespace")
+    fan_out(hosts, "ready", timeout_s=timeout_s)
+    return {w.name: hosts[actor_of[w.name]] for w in pool.workers}
+
+
+def make_ray_pool(spec: GraphSpec, cfg: WorkerPoolConfig | Any, priority: str = "serve",
+                  timeout_s: float = 180.0) -> RayWorkerPool:
+    """The pool serving (`serve`), evaluation and training (`rollout`) run workflows on."""
+    handles = build_worker_proxies(spec, cfg, timeout_s)
+    infos: dict[str, Any] = {}
+    for h in {id(h): h for h in handles.values()}.values():
+        infos.update(ray.get(h.info.remote(), timeout=timeout_s))
+    return RayWorkerPool(handles, [infos[w] for w in handles], priority)
+
+
+def stop_worker_proxies(namespace: str, workers: Iterable[str] | None = None) -> list[str]:
+    """Kill the named proxies (all in `namespace`, or those hosting `workers`); their names
+    are free again. Returns the Ray names killed."""
+    running = running_proxies(namespace)
+    names = sorted({n for w, n in running.items() if workers is None or w in set(workers)})
+    for n in names:
+        try:
+            ray.kill(ray.get_actor(n, namespace=namespace), no_restart=True)
+        except ValueError:  # already gone
+            pass
+    return names

@@ -56,7 +56,10 @@ def test_unknown_command_exits_2(capsys):
 def test_backend_ray_gives_the_same_numbers_as_in_process(ray_cluster, tmp_path):
     common = ["pool=demo", "split=test", "limit=25", POLICIES, "progress=false"]
     local = run_eval(load(EvalConfig, common + [f"out={tmp_path}/local.json"]))
-    remote = run_eval(load(EvalConfig, common + ["backend=ray", f"out={tmp_path}/ray.json"]))
+    # six workers per proxy process: two processes import litellm instead of twelve
+    remote = run_eval(load(EvalConfig, common + ["backend=ray", f"out={tmp_path}/ray.json",
+                                                 "graph.workers_per_proxy=6",
+                                                 "ray.namespace=test_cli_eval"]))
     for name, p in local["policies"].items():
         q = remote["policies"][name]
         assert q["accuracy"] == p["accuracy"], name

@@ -2,11 +2,13 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from ray_conductor.config import default_data_dir
 from ray_conductor.data import pricing
 from ray_conductor.data.mmlu_pro import import_mmlu_pro, model_from_name, query_text
 from ray_conductor.data.table import (
@@ -215,3 +217,68 @@ def test_fit_prices_recovers_per_token_prices_and_falls_back_to_a_blend():
     assert pricing.fit_prices(np.array([60]), np.array([40]), np.array([0.01])) == (
         pytest.approx(100.0), pytest.approx(100.0))
     assert pricing.fit_prices(np.array([]), np.array([]), np.array([])) == (0.0, 0.0)
+
+
+def test_answer_column_is_the_publishers_pred_letter(mmlu_dir):
+    table, _ = import_mmlu_pro([mmlu_dir], prices=PRICES)
+    got = {(r["model"], r["query_id"]): r["answer"] for r in table.to_pylist()}
+    assert got == {
+        ("alpha", "mmlu_pro/1"): "A", ("alpha", "mmlu_pro/2"): None,  # pred null: no letter
+        ("alpha", "mmlu_pro/3"): "D",
+        ("gamma", "mmlu_pro/1"): "B", ("gamma", "mmlu_pro/2"): None,  # a hole
+        ("gamma", "mmlu_pro/3"): "C",
+        ("gpt-4o", "mmlu_pro/1"): "A", ("gpt-4o", "mmlu_pro/2"): "B",
+        ("gpt-4o", "mmlu_pro/3"): None,  # a hole
+    }
+    assert table.schema.field("answer").type == pa.string()
+
+
+def test_answer_column_round_trips_through_parquet(mmlu_dir, tmp_path):
+    table, rep = import_mmlu_pro([mmlu_dir], prices=PRICES)
+    back, _ = read_table(write_table(table, tmp_path / "t.parquet", rep))
+    assert back.column("answer").to_pylist() == table.column("answer").to_pylist()
+    assert back.column("answer").null_count == 3
+
+
+def test_old_tables_without_the_answer_column_still_read(mmlu_dir, tmp_path):
+    """Tables written before `answer` existed (an old cache, a shared file) read it as null."""
+    import pyarrow.parquet as pq
+
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.data.replay import ReplayData
+
+    table, _ = import_mmlu_pro([mmlu_dir], prices=PRICES)
+    old = table.drop_columns(["answer"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    back, rep = read_table(tmp_path / "old.parquet")
+    assert rep is None and back.column_names == table.column_names
+    assert back.column("answer").null_count == back.num_rows == 9
+    assert back.drop_columns(["answer"]).equals(old)
+    streamed = load_pool(f"parquet:{tmp_path / 'old.parquet'}")  # the streaming path
+    assert streamed.record("mmlu_pro/1", "alpha").answer is None
+    assert streamed.record("mmlu_pro/1", "alpha").correct is True
+    in_memory = ReplayData(old)  # a table built in memory without the column
+    assert in_memory.answers("all").tolist() == [[None] * 3] * 3
+
+
+REAL = Path(default_data_dir()) / "mmlu_pro"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"no MMLU-Pro data at {REAL}")
+def test_real_pred_letters_match_the_publishers_zips():
+    """Counted by hand from the zips (json.load, then pred == answer / pred is None / pred ==
+    "A" over every record): gpt-4o 8671 right (72.1%), 571 null preds, 1451 A's; Mixtral 5040,
+    1426, 1664. answer == reference must give the recorded accuracy exactly."""
+    files = [REAL / "gpt4o_cot_results.zip",
+             REAL / "model_outputs_Mixtral-8x7B-Instruct-v0.1_5shots.zip"]
+    table, _ = import_mmlu_pro(files)
+    s = summarize(table)
+    expected = {"gpt-4o": (8671, 571, 1451), "Mixtral-8x7B-Instruct-v0.1": (5040, 1426, 1664)}
+    for m, (right, null_preds, a_count) in expected.items():
+        rows = [r for r in table.to_pylist() if r["model"] == m]
+        assert len(rows) == 12032 and s[m]["holes"] == 0
+        assert sum(r["answer"] == r["reference"] for r in rows) == right == s[m]["correct"], m
+        assert sum(r["answer"] is None for r in rows) == null_preds, m
+        assert sum(r["answer"] == "A" for r in rows) == a_count, m
+        assert {r["answer"] for r in rows} == set("ABCDEFGHIJ") | {None}, m

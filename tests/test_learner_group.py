@@ -25,9 +25,11 @@ CFG = LearnerConfig(lr=1e-3, micro_batch_size=3)  # 4 per rank -> 2 micro-batche
 
 @pytest.fixture(scope="module")
 def group(ray_cluster):
+    from ray_conductor.graph import GraphConfig, GraphSpec, RoleConfig
     from ray_conductor.rl.learner_group import LearnerGroup
 
-    g = LearnerGroup(CFG, num_learners=2, resources={"num_cpus": 1})
+    spec = GraphSpec.from_config(GraphConfig(learner=RoleConfig(num_cpus=1, count=2)))
+    g = LearnerGroup(CFG, spec.role("learner"))
     yield g
     g.shutdown()
 

@@ -3,9 +3,12 @@
 import json
 import time
 import zipfile
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from ray_conductor.config import default_data_dir
 from ray_conductor.data import pools
 from ray_conductor.data.commands import ImportConfig, run_import
 from ray_conductor.data.pools import DEMO_PATH, load_pool, parse_spec
@@ -18,10 +21,10 @@ from ray_conductor.workflow import Step, Workflow, execute
 Q1 = "What is 2+2?\n\nA. 3\nB. 4"
 
 
-def row(qid, model, response, correct, tin, tout, ref="B", query=Q1):
+def row(qid, model, response, correct, tin, tout, ref="B", query=Q1, answer=None):
     # priced at $1 / $2 per 1M input / output tokens
     return dict(query_id=qid, query=query, task="mmlu_pro/math", answer_format="mc",
-                reference=ref, model=model, response=response, correct=correct,
+                reference=ref, model=model, response=response, answer=answer, correct=correct,
                 input_tokens=tin if response else 0, output_tokens=tout,
                 cost=(tin * 1 + tout * 2) / 1e6 if response else 0.0, cost_source="price_table")
 
@@ -29,12 +32,13 @@ def row(qid, model, response, correct, tin, tout, ref="B", query=Q1):
 @pytest.fixture
 def data():
     b = TableBuilder()
-    for r in [row("q1", "big", "The answer is (B).", True, 100, 10),
-              row("q1", "small", "The answer is (A).", False, 100, 20),
-              row("q2", "big", "Answer: C", True, 300, 30, ref="C", query="Q2"),
+    for r in [row("q1", "big", "The answer is (B).", True, 100, 10, answer="B"),
+              row("q1", "small", "The answer is (A).", False, 100, 20, answer="A"),
+              row("q2", "big", "Answer: C", True, 300, 30, ref="C", query="Q2", answer="C"),
               row("q2", "small", None, None, 0, 0, ref="C", query="Q2"),
               row("q3", "big", "The answer is (D).", False, 50, 8, ref="A", query="Q3"),
-              row("q3", "small", "The answer is (A).", True, 50, 7, ref="B", query="Q3")]:
+              row("q3", "small", "The answer is (A).", True, 50, 7, ref="B", query="Q3",
+                  answer="A")]:
         b.add(**r)
     return ReplayData(b.table())
 
@@ -70,6 +74,19 @@ def test_matrix_holes_are_wrong_and_splits_partition(data):
         data.queries("dev")
 
 
+def test_answers_are_aligned_with_the_matrix(data):
+    ans = data.answers("all")
+    assert ans.dtype == object and ans.shape == data.matrix("all").correct.shape
+    # q3/big answered but no letter was extracted: None, like the hole q2/small
+    assert ans.tolist() == [["B", "A"], ["C", None], [None, "A"]]
+    assert data.record("q1", "small").answer == "A" and data.record("q2", "small").answer is None
+    for split in ("train", "test"):
+        rows = [q.query_id for q in data.queries(split)]
+        full = {q.query_id: i for i, q in enumerate(data.queries("all"))}
+        assert data.answers(split).tolist() == [ans[full[q]].tolist() for q in rows]
+        assert data.answers(split).shape == data.matrix(split).correct.shape
+
+
 def test_worker_prices_are_fitted_from_the_rows(data):
     infos = {w.name: w for w in data.worker_infos()}
     assert (infos["big"].input_price_per_mtok, infos["big"].output_price_per_mtok) == (1.0, 2.0)
@@ -83,9 +100,12 @@ async def test_pool_returns_recordings_and_failures_as_data(data):
     assert isinstance(pool, WorkerPool)
     c = await pool.complete("big", [], metadata={"query_id": "q2", "question": "Q2"})
     assert (c.ok, c.text, c.input_tokens, c.output_tokens) == (True, "Answer: C", 300, 30)
+    assert c.meta["answer"] == "C"  # the extracted answer travels with the completion
     assert c.cost == pytest.approx(360e-6)
     by_text = await pool.complete("small", [], metadata={"query_id": None, "question": Q1})
-    assert by_text.text == "The answer is (A)."
+    assert by_text.text == "The answer is (A)." and by_text.meta["answer"] == "A"
+    no_letter = await pool.complete("big", [], metadata={"query_id": "q3"})
+    assert no_letter.ok and no_letter.meta["answer"] is None
     hole = await pool.complete("small", [], metadata={"query_id": "q2"})
     assert (hole.ok, hole.error_code) == (False, "missing_answer")
     assert "small" in hole.error and "q2" in hole.error
@@ -168,6 +188,32 @@ def test_demo_pool_is_small_complete_and_judgeable():
     rows = [(q.query_id, data.record(q.query_id, "gpt-4o")) for q in data.queries("test")]
     agree = [data.judge(qid, r.response) == r.correct for qid, r in rows if r.response]
     assert sum(agree) / len(agree) > 0.95
+    # the stored letters are the publisher's: answer == the row's own answer key is the
+    # recorded accuracy, model by model (a few files carry a revised key, so the pool's
+    # majority `Query.reference` would differ on a handful of rows)
+    cols = read_table(DEMO_PATH)[0].select(["model", "answer", "reference"]).to_pydict()
+    right = Counter(m for m, a, r in zip(*cols.values()) if a == r)
+    ok = data.matrix("all").correct.sum(axis=0)
+    assert [right[m] for m in data.models] == ok.tolist()
+    assert set(data.answers("all").ravel().tolist()) == set("ABCDEFGHIJ") | {None}
+
+
+REAL_JAMBA = (Path(default_data_dir()) / "mmlu_pro" /
+              "model_outputs_jamba-1.5-large_5shots.zip")
+
+
+@pytest.mark.skipif(not (DEMO_PATH.is_file() and REAL_JAMBA.is_file()),
+                    reason="demo pool or MMLU-Pro data missing")
+def test_demo_answers_are_the_zips_pred_letters():
+    """jamba's letters in the demo are its zip's `pred` for the same questions, one by one."""
+    with zipfile.ZipFile(REAL_JAMBA) as z:
+        raw = {f"mmlu_pro/{r['question_id']}": r for n in z.namelist() if n.endswith(".json")
+               for r in json.load(z.open(n)) if isinstance(r, dict)}
+    data = load_pool("demo")
+    got = {q.query_id: data.record(q.query_id, "jamba-1.5-large").answer
+           for q in data.queries()}
+    assert got == {qid: raw[qid]["pred"] for qid in got}
+    assert sum(a is None for a in got.values()) == 9  # counted from the zip's demo questions
 
 
 def test_parquet_spec_streams_the_stored_table(tmp_path):

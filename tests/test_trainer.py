@@ -11,7 +11,8 @@ from ray_conductor.policy.conductor import ConductorConfig
 from ray_conductor.policy.engine import Sample
 from ray_conductor.rl.checkpoint import RunDir
 from ray_conductor.rl.rewards import RewardConfig
-from ray_conductor.rl.rollout import Question, RolloutWorker
+from ray_conductor.data.replay import Query
+from ray_conductor.rl.rollout import RolloutWorker
 from ray_conductor.rl.trainer import TrainConfig, pick_questions, rollout_metrics, train
 from ray_conductor.workers.base import Completion, WorkerInfo
 
@@ -89,7 +90,7 @@ async def test_rollout_scores_each_sample_with_the_papers_reward():
     w = RolloutWorker(ConductorConfig(max_resamples=0, recursion_depth=0), RewardConfig(),
                       FakePool(), judge=lambda qid, text: text == "answer from good",
                       engine=engine)
-    trajs = await w.rollout([Question("q1", "What?"), Question("q2", "Why?")], group_size=2,
+    trajs = await w.rollout([Query("q1", "What?"), Query("q2", "Why?")], group_size=2,
                             iteration=5)
     assert [t.reward for t in trajs] == [1.0, 0.5, 0.0, 0.0]
     assert [t.parsed for t in trajs] == [True, True, False, False]
@@ -120,7 +121,9 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
                              "checkpoint_every=1", "eval_limit=8", "eval_baselines=[random]",
                              "progress=false", "conductor.max_new_tokens=16",
                              "warmup_steps=1", "warmup_batch=2", "warmup_lr=1e-3",
-                             "torch_threads=1", "eval_at_start=true"])
+                             "graph.rollout.torch_threads=1", "graph.learner.torch_threads=1",
+                             "graph.workers_per_proxy=4", "ray.namespace=test_trainer_run",
+                             "eval_at_start=true"])
     result = train(cfg)
     rows = result["metrics"]
     assert [r["iteration"] for r in rows] == [-1, 0, 1]  # the format warm-up, then GRPO
@@ -136,11 +139,21 @@ def test_tiny_training_run_through_the_worker_proxies(ray_cluster, tmp_path):
     assert report["policies"]["conductor:trained"]["n"] == 8
     untrained = json.loads((tmp_path / "eval_untrained.json").read_text())
     assert result["eval_start"] == untrained
+    # every checkpoint is published; the last one is promoted, with its training settings
+    from ray_conductor.policy.registry import PolicyRegistry
+
+    reg = PolicyRegistry(tmp_path / "registry")
+    assert [v.version for v in reg.versions()] == [1, 2] and reg.promoted().version == 2
+    assert reg.promoted().meta["iteration"] == 1
+    assert reg.promoted().meta["config"]["conductor"]["max_new_tokens"] == 16
 
     # Resumed, the run does not judge the untrained conductor again but still reports it.
     cfg.iterations, cfg.resume, cfg.eval_at_end = 3, True, False
     resumed = train(cfg)
     assert resumed["start_iteration"] == 2 and resumed["eval_start"] == untrained
+    from ray_conductor.graph import stop_worker_proxies
+
+    assert len(stop_worker_proxies("test_trainer_run")) == 3  # 12 workers, 4 per process
 
 
 def test_warmup_demonstrations_are_valid_plans_over_the_offered_workers():
@@ -148,7 +161,7 @@ def test_warmup_demonstrations_are_valid_plans_over_the_offered_workers():
 
     cfg = ConductorConfig(model="tiny-smollm2", max_resamples=0, recursion_depth=0)
     w = RolloutWorker(cfg, RewardConfig(), FakePool(), judge=lambda q, t: False)
-    demos = w.demonstrations([Question(f"q{i}", f"Question {i}?") for i in range(12)], seed=0)
+    demos = w.demonstrations([Query(f"q{i}", f"Question {i}?") for i in range(12)], seed=0)
     tok = w.conductor.engine.tokenizer
     seen = set()
     for d in demos:

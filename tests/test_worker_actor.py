@@ -12,15 +12,20 @@ import pytest
 import ray.cloudpickle
 
 from ray_conductor.errors import PoolError
-from ray_conductor.graph import actor_name
+from ray_conductor.graph import GraphSpec, build_worker_proxies, make_ray_pool, proxy_name
 from ray_conductor.workers.config import WorkerConfig, WorkerPoolConfig, replay_workers
 from ray_conductor.workers.ratelimit import max_in_window
-from ray_conductor.workers.ray_pool import create_worker_proxies, make_ray_pool
 from ray_conductor.workflow import Step, Workflow, execute
 
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 NS = "test_worker_proxies"
+SPEC = GraphSpec.from_config(namespace=NS)
+
+
+def create_worker_proxies(cfg):
+    return build_worker_proxies(SPEC, cfg)
+
 DEMO_MODEL = "gpt-4o"
 PER_WINDOW, WINDOW_S = 5, 1.0
 
@@ -28,7 +33,7 @@ PER_WINDOW, WINDOW_S = 5, 1.0
 @pytest.fixture(scope="module")
 def pool_cfg(ray_cluster, fault_server_session):
     url = fault_server_session.url
-    return WorkerPoolConfig(namespace=NS, replay="demo", queue_timeout_s=30, workers=[
+    return WorkerPoolConfig(replay="demo", queue_timeout_s=30, workers=[
         # three actors only: each one imports litellm (~5 s of CPU)
         WorkerConfig(name="alpha", model="openai/alpha", api_base=url, retries=0,
                      fallbacks=["beta"], description="the first", max_concurrency=1,
@@ -50,13 +55,13 @@ def msg(text: str) -> list[dict[str, str]]:
 def test_proxies_are_shared_by_name(ray_cluster, pool_cfg, handles):
     ray = ray_cluster
     again = create_worker_proxies(pool_cfg)
-    by_name = ray.get_actor(actor_name("worker_proxy", "alpha"), namespace=NS)
+    by_name = ray.get_actor(proxy_name(["alpha"]), namespace=NS)
     assert again["alpha"]._actor_id == handles["alpha"]._actor_id == by_name._actor_id
 
     @ray.remote
     def other_process() -> str:
-        h = ray.get_actor(actor_name("worker_proxy", "beta"), namespace=NS)
-        return ray.get(h.complete.remote(msg("hi from elsewhere"))).text
+        h = ray.get_actor(proxy_name(["beta"]), namespace=NS)
+        return ray.get(h.complete.remote("beta", msg("hi from elsewhere"))).text
 
     assert ray.get(other_process.remote()) == "echo: hi from elsewhere"
 
@@ -66,9 +71,10 @@ def test_the_limit_holds_across_calling_processes(ray_cluster, handles, fault_se
 
     @ray.remote
     def caller(tag: str, n: int, start: float) -> list:
-        h = ray.get_actor(actor_name("worker_proxy", "alpha"), namespace=NS)
+        h = ray.get_actor(proxy_name(["alpha"]), namespace=NS)
         time.sleep(max(0.0, start - time.time()))  # all callers up before any fires
-        return ray.get([h.complete.remote(msg(f"{tag}-{i}"), timeout_s=20) for i in range(n)])
+        return ray.get([h.complete.remote("alpha", msg(f"{tag}-{i}"), timeout_s=20)
+                        for i in range(n)])
 
     start = time.time() + 2.0
     results = sum(ray.get([caller.remote(t, 6, start) for t in "abc"]), [])
@@ -83,7 +89,7 @@ def test_the_limit_holds_across_calling_processes(ray_cluster, handles, fault_se
 
 
 async def test_serve_calls_overtake_queued_rollouts(pool_cfg, handles, fault_server):
-    serve = make_ray_pool(pool_cfg, priority="serve")
+    serve = make_ray_pool(SPEC, pool_cfg, priority="serve")
     rollout = serve.with_priority("rollout")
     await asyncio.sleep(WINDOW_S)  # a fresh rate window for alpha
     fault_server.configure(model="alpha", latency_s=0.6)
@@ -104,16 +110,16 @@ def test_fallback_between_actors_and_errors_do_not_kill_the_actor(ray_cluster, h
                                                                   fault_server):
     ray = ray_cluster
     fault_server.configure(model="alpha", rate_5xx=1.0)
-    before = ray.get(handles["alpha"].stats.remote())
-    c = ray.get(handles["alpha"].complete.remote(msg("please")))
+    before = ray.get(handles["alpha"].stats.remote())["alpha"]
+    c = ray.get(handles["alpha"].complete.remote("alpha", msg("please")))
     assert c.ok and c.worker == "alpha" and c.served_by == "beta"
     assert [a.outcome for a in c.attempts] == ["server_error", "ok"]
     fault_server.configure(model="beta", script=["400"])
-    c = ray.get(handles["alpha"].complete.remote(msg("again")))
+    c = ray.get(handles["alpha"].complete.remote("alpha", msg("again")))
     assert not c.ok and c.served_by is None and len(c.attempts) == 2
-    after = ray.get(handles["alpha"].stats.remote())
+    after = ray.get(handles["alpha"].stats.remote())["alpha"]
     assert after["calls"] - before["calls"] == 2 and after["fallbacks"] - before["fallbacks"] == 1
-    assert ray.get(handles["alpha"].ready.remote()) == "alpha"
+    assert ray.get(handles["alpha"].ready.remote()) == ["alpha"]
 
 
 async def test_ray_pool_runs_a_workflow_with_live_and_replay_workers(pool_cfg, handles):
@@ -122,7 +128,7 @@ async def test_ray_pool_runs_a_workflow_with_live_and_replay_workers(pool_cfg, h
     data = load_pool("demo")
     q = next(q for q in data.queries() if (r := data.record(q.query_id, DEMO_MODEL)) and r.response)
     rec = data.record(q.query_id, DEMO_MODEL)
-    pool = make_ray_pool(pool_cfg)
+    pool = make_ray_pool(SPEC, pool_cfg)
     assert [w.name for w in pool.workers()] == ["alpha", "beta", DEMO_MODEL]
     assert pool.workers()[0].description == "the first"
     assert pool.workers()[2].input_price_per_mtok > 0  # from litellm's cost map, in the actor

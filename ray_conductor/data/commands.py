@@ -1,19 +1,26 @@
 """`ray-conductor import pool=... out=...`: import recorded outputs into one canonical Parquet
-table and print what was found per model, so holes and price sources are seen before training."""
+table and print what was found per model, so holes and price sources are seen before training.
+
+Nothing is lost: every check (pool spec, inputs readable, `out` not an input, not a directory,
+not an existing file unless `overwrite=true`, in a writable place) runs before any import work,
+and the table is written atomically."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray_conductor.config import default_data_dir
+from ray_conductor.errors import DataError
 
 
 @dataclass
 class ImportConfig:
     pool: str = "mmlu_pro"  # mmlu_pro[:PATH,...] | routerbench[:PATH,...] | parquet:PATH | demo
     out: str = "data/pool.parquet"
+    overwrite: bool = False  # replace an existing `out` (never an input)
     data_dir: str = field(default_factory=default_data_dir)
 
 
@@ -30,14 +37,35 @@ def format_report(summary: dict[str, dict[str, Any]], report: dict[str, Any] | N
     return "\n".join(lines)
 
 
+def check_import(cfg: Any) -> Path:
+    """Everything that can be wrong with the command, checked before any work: returns `out`."""
+    from ray_conductor.data.files import check_output, check_readable
+    from ray_conductor.data.pools import IMPORTERS, parse_spec, stored_path
+    from ray_conductor.data.table import files_under
+
+    fmt, paths = parse_spec(cfg.pool, cfg.data_dir)
+    if fmt == "parquet":
+        src = stored_path(cfg.pool, cfg.data_dir)
+        if src is None or not src.is_file():
+            raise DataError(f"{src}: no such file (expected a canonical Parquet table)")
+        inputs, suffixes = [src], (".parquet",)
+    else:
+        _, suffixes, what = IMPORTERS[fmt]
+        inputs = files_under(paths, suffixes, what)
+    check_readable(inputs)
+    return check_output(cfg.out, inputs, [p for p in paths if p.is_dir()], suffixes,
+                        bool(cfg.overwrite))
+
+
 def run_import(cfg: Any) -> dict[str, Any]:
     """Import `cfg.pool` (uncached), write `cfg.out`, print the table, return the report."""
     from ray_conductor.data.pools import import_spec
     from ray_conductor.data.table import oracle_accuracy, summarize, write_table
 
     t0 = time.perf_counter()
+    out = check_import(cfg)
     table, report = import_spec(cfg.pool, cfg.data_dir)
-    out = write_table(table, cfg.out, report)
+    out = write_table(table, out, report, overwrite=bool(cfg.overwrite))
     summary = summarize(table)
     result = dict(report.to_dict() if report else {})
     result.update(pool=cfg.pool, out=str(out), rows=table.num_rows, summary=summary,

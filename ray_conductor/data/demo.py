@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ray_conductor.config import default_data_dir
+from ray_conductor.data.files import write_text
 from ray_conductor.data.mmlu_pro import collect, import_mmlu_pro
 from ray_conductor.data.pools import DEMO_PATH
 from ray_conductor.data.splits import unit_hash
@@ -27,9 +28,10 @@ This directory holds data derived from TIGER-AI-Lab/MMLU-Pro, eval_results/
 mmlu_pro_demo.parquet: {n} of the {total} MMLU-Pro questions (stratified by category) with the
 recorded chain-of-thought answers of {m} models, converted to ray_conductor's canonical table by
 ray_conductor/data/demo.py (python -m ray_conductor.data.demo). Changes from the source: the
-selection of questions; options rendered as lettered lines; token counts and dollar costs added
-(estimated, see ray_conductor/data/pricing.py and configs/prices.yaml). Answer texts are not
-shortened or otherwise edited.
+selection of questions; options rendered as lettered lines; the publisher's extracted letter
+(`pred`) kept in the column `answer`; token counts and dollar costs added (estimated, see
+ray_conductor/data/pricing.py and configs/prices.yaml). Answer texts are not shortened or
+otherwise edited.
 """
 
 
@@ -54,7 +56,7 @@ def build(src: str | Path, out: Path = DEMO_PATH) -> Path:
                         f"stratified by category (ray_conductor/data/demo.py)")
     write_table(table, out, report, level=9)  # smaller to ship; read speed is unchanged
     notice = NOTICE.format(n=report.queries, total=len(questions), m=len(report.models))
-    (out.parent / "NOTICE").write_text(notice)
+    write_text(out.parent / "NOTICE", notice)
     return out
 
 

@@ -15,6 +15,7 @@ import json
 import re
 import string
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterator, Sequence
@@ -22,6 +23,7 @@ from typing import Any, Collection, Iterator, Sequence
 import pyarrow as pa
 
 from ray_conductor.data import pricing
+from ray_conductor.data.files import brief
 from ray_conductor.data.table import ImportReport, ModelReport, TableBuilder, files_under
 from ray_conductor.errors import DataError
 
@@ -77,33 +79,58 @@ def iter_lists(paths: Sequence[str | Path]) -> Iterator[tuple[str, str, list[Any
         if f.suffix == ".zip":
             yield from _zip_lists(f)
         elif f.suffix == ".json":
-            with open(f, "rb") as fh:
-                yield str(f), _member_model(f, f.name), _parse(fh, str(f))
+            yield str(f), _member_model(f, f.name), _read_json(f)
         else:
             raise DataError(f"{f}: expected a .zip or .json file of {WHAT}")
+
+
+def _read_json(f: Path) -> list[Any]:
+    try:
+        with open(f, "rb") as fh:
+            return _parse(fh, str(f))
+    except OSError as e:
+        raise DataError(f"{f}: cannot read this file ({e.strerror or brief(e)}); check the path "
+                        f"and its permissions") from None
 
 
 def _zip_lists(f: Path) -> Iterator[tuple[str, str, list[Any]]]:
     try:
         z = zipfile.ZipFile(f)
-    except zipfile.BadZipFile:
-        raise DataError(f"{f}: not a readable zip file (expected {WHAT})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise DataError(f"{f}: not a readable zip file ({brief(e)}); re-download it or give "
+                        f"the unpacked .json (expected {WHAT})") from None
     with z:
         members = sorted(n for n in z.namelist()
                          if n.endswith(".json") and not n.startswith("__MACOSX/"))
         if not members:
             raise DataError(f"{f}: the zip holds no .json file (expected {WHAT})")
         for n in members:
-            with z.open(n) as fh:
-                yield f"{f}!{n}", _member_model(f, n), _parse(fh, f"{f}!{n}")
+            yield f"{f}!{n}", _member_model(f, n), _read_member(z, f, n)
+
+
+def _read_member(z: zipfile.ZipFile, f: Path, name: str) -> list[Any]:
+    """One member's JSON list; a damaged member (bad CRC, broken deflate stream, cut short,
+    encrypted, unknown compression) is a one-line `DataError`."""
+    try:
+        with z.open(name) as fh:
+            return _parse(fh, f"{f}!{name}")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError,
+            NotImplementedError) as e:
+        raise DataError(f"{f}!{name}: damaged zip member ({brief(e)}); re-download {f.name} "
+                        f"(expected {WHAT})") from None
 
 
 def _parse(fh: Any, where: str) -> list[Any]:
     try:
         data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{where}: not valid JSON ({e}); "
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({brief(e)}); the file may be cut short; "
                         f"expected a list of MMLU-Pro records") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not valid JSON: not UTF-8 text ({brief(e)}); re-save it as "
+                        f"UTF-8 (expected a list of MMLU-Pro records)") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be MMLU-Pro records") from None
     if not isinstance(data, list):
         raise DataError(f"{where}: expected a JSON list of MMLU-Pro records, "
                         f"found {type(data).__name__}")
@@ -115,7 +142,7 @@ def parse_options(options: Any, where: str) -> list[str]:
     if isinstance(options, str):
         try:
             options = ast.literal_eval(options)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             options = None
     if not isinstance(options, list) or len(options) > len(string.ascii_uppercase):
         raise DataError(f"{where}: `options` must be a list (or its Python literal) of at most 26 "
@@ -129,11 +156,18 @@ def query_text(question: str, options: list[str]) -> str:
     return f"{question.strip()}\n\n" + "\n".join(lines)
 
 
-def _text_of(rec: dict[str, Any]) -> str | None:
+def _text_of(rec: dict[str, Any], where: str, i: int) -> str | None:
+    """The answer text: a string, a list of strings (joined by lines), or null (a hole)."""
     for k in TEXT_KEYS:
         if k in rec:
             v = rec[k]
-            return "\n".join(map(str, v)) if isinstance(v, list) else v
+            if isinstance(v, list) and all(isinstance(t, str) for t in v):
+                return "\n".join(v)
+            if v is None or isinstance(v, str):
+                return v
+            raise DataError(f"{where}: record {i} (question_id {str(rec['question_id'])[:40]}): "
+                            f"`{k}` must be text, a list of texts or null, found "
+                            f"{type(v).__name__}; fix or drop the record")
     return None
 
 
@@ -144,9 +178,14 @@ def _check(rec: dict[str, Any], where: str, i: int) -> None:
                         f"{list(REQUIRED)} and one of {list(TEXT_KEYS)}, found {sorted(rec)}")
 
 
-def _letter(v: Any) -> str | None:
-    v = (str(v).strip() if v is not None else "")
-    return v or None
+def _letter(rec: dict[str, Any], key: str, where: str, i: int) -> str | None:
+    """A letter field (`answer`, `pred`): a string or null; blank reads as null."""
+    v = rec.get(key)
+    if v is not None and not isinstance(v, str):
+        raise DataError(f"{where}: record {i} (question_id {str(rec['question_id'])[:40]}): "
+                        f"`{key}` must be a letter or null, found {type(v).__name__} "
+                        f"{str(v)[:20]!r}; fix or drop the record")
+    return (v or "").strip() or None
 
 
 def collect(paths: Sequence[str | Path], report: ImportReport, keep: Collection[str] | None = None,
@@ -168,11 +207,11 @@ def collect(paths: Sequence[str | Path], report: ImportReport, keep: Collection[
             if qid in mine:
                 mrep.duplicates += 1
                 continue
-            answer = _letter(rec["answer"]) or ""
+            answer = _letter(rec, "answer", where, i) or ""
             if qid not in questions:
                 text = query_text(str(rec["question"]), parse_options(rec["options"], where))
                 questions[qid] = Question(text, str(rec["category"]), answer)
-            mine[qid] = Answer(_text_of(rec), _letter(rec.get("pred")), answer)
+            mine[qid] = Answer(_text_of(rec, where, i), _letter(rec, "pred", where, i), answer)
         del records  # free this list before the next one is parsed
     if not questions:
         raise DataError(f"{', '.join(map(str, paths))}: found no MMLU-Pro records ({WHAT})")
@@ -181,7 +220,7 @@ def collect(paths: Sequence[str | Path], report: ImportReport, keep: Collection[
 
 def _order(qid: str) -> tuple[int, Any]:
     tail = qid.split("/", 1)[1]
-    return (0, int(tail)) if tail.isdigit() else (1, tail)
+    return (0, int(tail)) if tail.isascii() and tail.isdigit() else (1, tail)
 
 
 def import_mmlu_pro(paths: Sequence[str | Path], keep: Collection[str] | None = None,
@@ -245,5 +284,6 @@ def _add_row(out: TableBuilder, qid: str, qu: Question, model: str, a: Answer | 
     cost = 0.0 if hole else price.cost(q_tokens, out_tokens)
     out.add(query_id=qid, query=qu.text, task=f"{SOURCE}/{qu.category.replace(' ', '_')}",
             answer_format="mc", reference=ref, model=model, response=None if hole else a.text,
+            answer=None if hole else a.pred,
             correct=correct, input_tokens=q_tokens if not hole else 0, output_tokens=out_tokens,
             cost=cost, cost_source=price.source)

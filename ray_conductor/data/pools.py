@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from ray_conductor.config import default_data_dir
 from ray_conductor.data import pricing
+from ray_conductor.data.files import brief
 from ray_conductor.data.mmlu_pro import WHAT as MMLU_WHAT
 from ray_conductor.data.mmlu_pro import import_mmlu_pro
 from ray_conductor.data.replay import ReplayData
@@ -31,7 +33,8 @@ from ray_conductor.errors import DataError
 
 DEMO_PATH = Path(__file__).resolve().parents[1] / "assets" / "demo_pool" / "mmlu_pro_demo.parquet"
 KNOWN = ("demo", "mmlu_pro:PATH[,PATH...]", "routerbench:PATH[,PATH...]", "parquet:PATH")
-CACHE_VERSION = "1"  # bump when an importer's output changes for the same files
+CACHE_VERSION = "2"  # bump when an importer's output changes for the same files (2: answer)
+log = logging.getLogger(__name__)
 Importer = Callable[[list[Path]], tuple[pa.Table, ImportReport]]
 IMPORTERS: dict[str, tuple[Importer, tuple[str, ...], str]] = {
     "mmlu_pro": (import_mmlu_pro, (".zip", ".json"), MMLU_WHAT),
@@ -101,25 +104,43 @@ def stored_path(spec: str, data_dir: str | None = None,
 def load_table(spec: str, data_dir: str | None = None,
                cache_dir: str | os.PathLike | None = ".cache/pools",
                ) -> tuple[pa.Table, ImportReport | None]:
-    """`import_spec`, through the Parquet cache in `cache_dir` (None: no cache)."""
+    """`import_spec`, through the Parquet cache in `cache_dir` (None: no cache). A damaged
+    cache entry is dropped and re-imported; a cache that cannot be written is skipped."""
     path = stored_path(spec, data_dir, cache_dir)
-    if path is not None and (path.is_file() or parse_spec(spec, data_dir)[0] == "parquet"):
+    if path is not None and parse_spec(spec, data_dir)[0] == "parquet":
         return read_table(path)
+    if path is not None and path.is_file():
+        try:
+            return read_table(path)
+        except DataError as e:
+            _drop(path, e)
     table, report = import_spec(spec, data_dir)
     if path is not None:
-        write_table(table, path, report)
+        try:
+            write_table(table, path, report)
+        except OSError as e:
+            log.warning("pool cache not written (%s): %s", path, brief(e))
     return table, report
+
+
+def _drop(path: Path, why: DataError) -> None:
+    log.warning("dropping a damaged pool cache entry, re-importing: %s", why)
+    path.unlink(missing_ok=True)
 
 
 def load_pool(spec: str, data_dir: str | None = None,
               cache_dir: str | os.PathLike | None = ".cache/pools") -> ReplayData:
     """The `ReplayData` of a pool spec (see the module docstring for the forms). A stored
     table is streamed row group by row group, so only the index is held in memory."""
-    path = stored_path(spec, data_dir, cache_dir)
+    path, data = stored_path(spec, data_dir, cache_dir), None
     if path is not None and path.is_file():
-        batches, report = stream_table(path)
-        data = ReplayData(batches, report)
-    else:
+        try:
+            data = ReplayData(*stream_table(path))
+        except DataError as e:
+            if parse_spec(spec, data_dir)[0] == "parquet":
+                raise
+            _drop(path, e)
+    if data is None:
         data = ReplayData(*load_table(spec, data_dir, cache_dir))
     if not data.models:
         raise DataError(f"pool {spec!r} has no rows")

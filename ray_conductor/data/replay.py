@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from ray_conductor.data.pricing import fit_prices
 from ray_conductor.data.splits import select
-from ray_conductor.data.table import COLUMNS, ImportReport
+from ray_conductor.data.table import COLUMNS, ImportReport, conform
 from ray_conductor.errors import DataError, PoolError
 from ray_conductor.verify.checkers import extract_choice
 from ray_conductor.workers.base import Completion, Message, WorkerInfo, failed
@@ -25,11 +25,13 @@ from ray_conductor.workers.base import Completion, Message, WorkerInfo, failed
 
 @dataclass(frozen=True)
 class Query:
+    """One question, as every layer sees it: rollouts, evaluation, serving, retraining."""
+
     query_id: str
     query: str
-    task: str
-    reference: str  # MC letter (the most common answer key among the files); "" for labels
-    answer_format: str  # "mc" | "label"
+    task: str = ""
+    reference: str = ""  # MC letter (the most common answer key among the files); "" for labels
+    answer_format: str = "mc"  # "mc" | "label" | ...
 
     @property
     def question(self) -> str:
@@ -46,6 +48,7 @@ class Record:
     output_tokens: int
     cost: float
     cost_source: str
+    answer: str | None = None  # the extracted answer (MMLU-Pro: the publisher's letter)
 
 
 class Matrix(NamedTuple):
@@ -53,6 +56,15 @@ class Matrix(NamedTuple):
 
     correct: np.ndarray
     cost: np.ndarray
+
+
+def _canonical(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Batches with the canonical columns, whatever older or foreign batches lack."""
+    for batch in batches:
+        if batch.schema.names == COLUMNS:
+            yield batch
+        else:
+            yield from conform(batch).to_batches()
 
 
 class ReplayData:
@@ -68,7 +80,7 @@ class ReplayData:
         self._by_text: dict[str, str] = {}
         self._splits: dict[str, list[Query]] = {}
         if isinstance(table, pa.Table):
-            table = table.select(COLUMNS).to_batches(max_chunksize=32768)
+            table = conform(table).to_batches(max_chunksize=32768)
         self.models = self._index(table)
         self._infos, self._coverage = self._fit_workers()
 
@@ -76,13 +88,14 @@ class ReplayData:
         models: dict[str, None] = {}
         refs: dict[str, Counter[str]] = {}
         first: dict[str, tuple[str, str, str]] = {}
-        for batch in batches:
+        for batch in _canonical(batches):
             cols = [batch.column(c).to_pylist() for c in COLUMNS]
-            for qid, query, task, fmt, ref, model, resp, ok, tin, tout, cost, src in zip(*cols):
+            for qid, query, task, fmt, ref, model, resp, ans, ok, tin, tout, cost, src in zip(
+                    *cols):
                 models.setdefault(model, None)
                 first.setdefault(qid, (query, task, fmt))
                 refs.setdefault(qid, Counter())[ref] += resp is not None
-                self._records[(qid, model)] = Record(model, resp, ok, tin, tout, cost, src)
+                self._records[(qid, model)] = Record(model, resp, ok, tin, tout, cost, src, ans)
                 if fmt == "label" and resp is not None:
                     seen = self._labels.setdefault(qid, {})
                     seen[resp.strip()] = seen.get(resp.strip(), False) or bool(ok)
@@ -136,6 +149,19 @@ class ReplayData:
                 if r is not None:
                     correct[i, j], cost[i, j] = bool(r.correct), r.cost
         return Matrix(correct, cost)
+
+    def answers(self, split: str = "all") -> np.ndarray:
+        """answer[q, m], aligned with `matrix(split)`: each recorded answer's extracted form
+        (an MMLU-Pro letter), None for holes, unextracted answers and label sources. For votes
+        and agreement computed from the data rather than re-parsed from the texts."""
+        qs = self.queries(split)
+        out = np.full((len(qs), len(self.models)), None, dtype=object)
+        for i, q in enumerate(qs):
+            for j, m in enumerate(self.models):
+                r = self._records.get((q.query_id, m))
+                if r is not None:
+                    out[i, j] = r.answer
+        return out
 
     def worker_infos(self) -> list[WorkerInfo]:
         """The workers as the conductor sees them: name and fitted prices. No description:
@@ -198,4 +224,4 @@ class ReplayPool:
                           meta={"query_id": q.query_id})
         return Completion(worker=worker, text=r.response, input_tokens=r.input_tokens,
                           output_tokens=r.output_tokens, cost=r.cost, latency_s=self.latency_s,
-                          meta={"query_id": q.query_id, "replay": True})
+                          meta={"query_id": q.query_id, "replay": True, "answer": r.answer})

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pyarrow as pa
 
 from ray_conductor.data import pricing
+from ray_conductor.data.files import brief
 from ray_conductor.data.table import ImportReport, ModelReport, TableBuilder, files_under
 from ray_conductor.errors import DataError
 
 SOURCE = "routerbench"
 COST, RESPONSE = "|total_cost", "|model_response"
 WHAT = "a RouterBench CSV with '<model>|total_cost' columns"
+
+Recorded = tuple[str | None, float | None, float | None]  # response, label, cost
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # responses are single cells of many KB
 
@@ -46,15 +51,20 @@ def detect_models(header: Sequence[str], where: str) -> list[str]:
     return models
 
 
-def literal_text(cell: str) -> str:
-    """A Python-literal list of turns joined by blank lines; any other cell as it is."""
+def literal_text(cell: str, where: str = "", what: str = "cell") -> str:
+    """A Python-literal list of turns joined by blank lines; any other cell as it is. A list
+    whose turns are not all text is refused: its text would be a Python repr, not an answer."""
     if cell.startswith("["):
         try:
             turns = ast.literal_eval(cell)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             return cell
         if isinstance(turns, list):
-            return "\n\n".join(map(str, turns))
+            bad = [type(t).__name__ for t in turns if not isinstance(t, str)]
+            if bad:
+                raise DataError(f"{where}: {what} must be text or a list of texts, found a list "
+                                f"holding {bad[0]}; fix the cell ({WHAT})")
+            return "\n\n".join(turns)
     return cell
 
 
@@ -62,41 +72,74 @@ def _number(cell: str, where: str, what: str) -> float | None:
     if cell.strip() == "":
         return None
     try:
-        return float(cell)
+        x = float(cell)
     except ValueError:
-        raise DataError(f"{where}: {what} must be a number or empty, found {cell[:40]!r}") from None
+        x = math.nan
+    if not math.isfinite(x):
+        raise DataError(f"{where}: {what} must be a number or empty, found {cell[:40]!r}")
+    return x
+
+
+@contextmanager
+def _readable(f: Path) -> Iterator[None]:
+    """Undecodable bytes, broken quoting and I/O failures as one-line `DataError`s."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DataError(f"{f}: not UTF-8 text ({brief(e)}); re-save it as UTF-8 "
+                        f"(expected {WHAT})") from None
+    except csv.Error as e:
+        raise DataError(f"{f}: not a readable CSV ({brief(e)}) (expected {WHAT})") from None
+    except OSError as e:
+        raise DataError(f"{f}: cannot read this file ({e.strerror or brief(e)}); check the path "
+                        f"and its permissions") from None
 
 
 def _read(f: Path, report: ImportReport, queries: dict[str, tuple[str, str]],
-          answers: dict[str, dict[str, tuple[str | None, float | None, float | None]]]) -> None:
-    with open(f, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        models = detect_models(reader.fieldnames or [], str(f))
-        for line, row in enumerate(reader, start=2):
-            where = f"{f}:{line}"
-            sid = (row.get("sample_id") or "").strip()
-            if not sid:
-                raise DataError(f"{where}: empty sample_id ({WHAT})")
-            qid = f"{SOURCE}/{sid}"
-            eval_name = (row.get("eval_name") or "").strip()
-            queries.setdefault(qid, (literal_text(row["prompt"] or ""),
-                                     f"{SOURCE}/{eval_name}" if eval_name else SOURCE))
-            for m in models:
-                mine = answers.setdefault(m, {})
-                if qid in mine:
-                    report.model(m).duplicates += 1
-                    continue
-                resp = row[m + RESPONSE] or ""
-                mine[qid] = (literal_text(resp) if resp.strip() else None,
-                             _number(row[m], where, f"label {m!r}"),
-                             _number(row[m + COST], where, f"'{m}{COST}'"))
+          answers: dict[str, dict[str, Recorded]]) -> None:
+    with _readable(f), open(f, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{f}: empty file (expected {WHAT})")
+        models = detect_models(header, str(f))
+        line = reader.line_num + 1
+        for row in reader:
+            where, line = f"{f}:{line}", reader.line_num + 1
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{where}: {len(row)} cells where the header has {len(header)}; "
+                                f"the file is cut short or a cell lost its quotes ({WHAT})")
+            _add_answers(dict(zip(header, row, strict=True)), where, models, report, queries, answers)
+
+
+def _add_answers(row: dict[str, str], where: str, models: list[str], report: ImportReport,
+                 queries: dict[str, tuple[str, str]],
+                 answers: dict[str, dict[str, Recorded]]) -> None:
+    sid = (row.get("sample_id") or "").strip()
+    if not sid:
+        raise DataError(f"{where}: empty sample_id ({WHAT})")
+    qid = f"{SOURCE}/{sid}"
+    eval_name = (row.get("eval_name") or "").strip()
+    queries.setdefault(qid, (literal_text(row["prompt"], where, "prompt"),
+                             f"{SOURCE}/{eval_name}" if eval_name else SOURCE))
+    for m in models:
+        mine = answers.setdefault(m, {})
+        if qid in mine:
+            report.model(m).duplicates += 1
+            continue
+        resp = row[m + RESPONSE]
+        mine[qid] = (literal_text(resp, where, f"'{m}{RESPONSE}'") if resp.strip() else None,
+                     _number(row[m], where, f"label {m!r}"),
+                     _number(row[m + COST], where, f"'{m}{COST}'"))
 
 
 def import_routerbench(paths: Sequence[str | Path]) -> tuple[pa.Table, ImportReport]:
     """Import RouterBench CSVs into the canonical table (all models x all queries seen)."""
     report = ImportReport(source=SOURCE, token_counter=pricing.token_counter_name())
     queries: dict[str, tuple[str, str]] = {}
-    answers: dict[str, dict[str, tuple[str | None, float | None, float | None]]] = {}
+    answers: dict[str, dict[str, Recorded]] = {}
     for f in files_under(paths, (".csv",), WHAT):
         report.files.append(str(f))
         _read(f, report, queries, answers)
@@ -119,8 +162,7 @@ def import_routerbench(paths: Sequence[str | Path]) -> tuple[pa.Table, ImportRep
 
 
 def _add_row(out: TableBuilder, qid: str, text: str, task: str, model: str,
-             a: tuple[str | None, float | None, float | None] | None, q_tokens: int,
-             mrep: ModelReport) -> None:
+             a: Recorded | None, q_tokens: int, mrep: ModelReport) -> None:
     mrep.rows += 1
     resp, label, cost = a if a is not None else (None, None, None)
     if resp is None:
@@ -131,7 +173,8 @@ def _add_row(out: TableBuilder, qid: str, text: str, task: str, model: str,
         mrep.missing_cost += cost is None
     hole = resp is None
     out.add(query_id=qid, query=text, task=task, answer_format="label", reference="",
-            model=model, response=resp, correct=None if hole or label is None else label >= 0.5,
+            model=model, response=resp, answer=None,  # code/labels: no comparable answer
+            correct=None if hole or label is None else label >= 0.5,
             input_tokens=0 if hole else q_tokens,
             output_tokens=0 if hole else pricing.count_tokens(resp),
             cost=0.0 if hole or cost is None else cost, cost_source="recorded")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ray_conductor.data.files import atomic_path, brief
 from ray_conductor.errors import DataError
 
 SCHEMA = pa.schema([
@@ -28,6 +29,9 @@ SCHEMA = pa.schema([
     pa.field("reference", pa.string(), nullable=False),  # MC letter; "" for labelled sources
     pa.field("model", pa.string(), nullable=False),
     pa.field("response", pa.string()),  # null: the model has no recorded answer (a hole)
+    # the recorded answer's extracted form (MMLU-Pro: the publisher's `pred` letter); null for
+    # holes, when no answer was extracted, and for sources without comparable answers
+    pa.field("answer", pa.string()),
     pa.field("correct", pa.bool_()),  # null: hole, or a row without a label
     pa.field("input_tokens", pa.int64(), nullable=False),
     pa.field("output_tokens", pa.int64(), nullable=False),
@@ -35,6 +39,8 @@ SCHEMA = pa.schema([
     pa.field("cost_source", pa.string(), nullable=False),  # "recorded"|"litellm"|"price_table"
 ])
 COLUMNS = SCHEMA.names
+OPTIONAL = ("answer",)  # added after tables were shipped: files without it read it as null
+REQUIRED = [c for c in COLUMNS if c not in OPTIONAL]
 REPORT_KEY = b"ray_conductor.report"
 ROW_GROUP = 32768  # rows per Parquet row group: readers can stream a big table group by group
 
@@ -98,7 +104,7 @@ class TableBuilder:
 
     def add(self, **row: Any) -> None:
         for name in COLUMNS:
-            self.cols[name].append(row[name])
+            self.cols[name].append(row.get(name) if name in OPTIONAL else row[name])
 
     def table(self) -> pa.Table:
         return pa.table(self.cols, schema=SCHEMA)
@@ -123,18 +129,20 @@ def files_under(paths: Sequence[str | os.PathLike], suffixes: tuple[str, ...],
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, report: ImportReport | None = None,
-                level: int | None = None) -> Path:
+                level: int | None = None, overwrite: bool = True) -> Path:
     """Write zstd Parquet (at `level`; None: pyarrow's fast default) atomically, so a reader
-    never sees half a file, with the report in the file's metadata."""
+    never sees half a file, with the report in the file's metadata. `overwrite=False` refuses
+    to replace an existing file (`DataError`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if report is not None:
         table = table.replace_schema_metadata({REPORT_KEY: json.dumps(report.to_dict())})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd", compression_level=level,
-                   row_group_size=ROW_GROUP)
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        pq.write_table(table, tmp, compression="zstd", compression_level=level,
+                       row_group_size=ROW_GROUP)
     return path
+
+
+_ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError)
 
 
 def _open(path: str | os.PathLike) -> pq.ParquetFile:
@@ -144,31 +152,76 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
         raise DataError(f"{path}: no such file (expected a canonical Parquet table)")
     try:
         f = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    missing = [c for c in COLUMNS if c not in f.schema_arrow.names]
+        names = f.schema_arrow.names
+    except _ARROW_ERRORS as e:
+        raise DataError(f"{path}: not a readable Parquet file ({brief(e)}); give a table "
+                        f"written by `ray-conductor import`") from None
+    missing = [c for c in REQUIRED if c not in names]
     if missing:
-        raise DataError(f"{path}: expected the canonical table with columns {COLUMNS}, "
+        raise DataError(f"{path}: expected the canonical table with columns {REQUIRED}, "
                         f"missing {missing}")
     return f
 
 
-def _report(f: pq.ParquetFile) -> ImportReport | None:
+def _columns(f: pq.ParquetFile) -> list[str]:
+    return [c for c in COLUMNS if c in f.schema_arrow.names]
+
+
+def conform(data: pa.Table | pa.RecordBatch, where: str = "table") -> pa.Table:
+    """The canonical columns in SCHEMA order and types; optional columns a file lacks (it
+    was written before they existed) are added as nulls."""
+    table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+    for name in OPTIONAL:
+        if name not in table.column_names:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, pa.string()))
+    try:
+        return table.select(COLUMNS).cast(SCHEMA)
+    except _ARROW_ERRORS as e:
+        raise DataError(f"{where}: a column has the wrong type (or nulls) for the canonical table "
+                        f"({brief(e)}); re-import it with `ray-conductor import`") from None
+
+
+def _report(f: pq.ParquetFile, path: str | os.PathLike) -> ImportReport | None:
     meta = f.schema_arrow.metadata or {}
-    return ImportReport.from_dict(json.loads(meta[REPORT_KEY])) if REPORT_KEY in meta else None
+    if REPORT_KEY not in meta:
+        return None
+    try:
+        return ImportReport.from_dict(json.loads(meta[REPORT_KEY]))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: the import report in its metadata is damaged ({brief(e)}); "
+                        f"re-import it with `ray-conductor import`") from None
 
 
 def read_table(path: str | os.PathLike) -> tuple[pa.Table, ImportReport | None]:
     """Read a canonical table and the report stored with it (None for foreign files)."""
     f = _open(path)
-    return f.read(columns=COLUMNS).cast(SCHEMA), _report(f)
+    try:
+        table = f.read(columns=_columns(f))
+    except _ARROW_ERRORS as e:
+        raise DataError(f"{path}: damaged Parquet file ({brief(e)}); re-import or re-copy "
+                        f"it") from None
+    return conform(table, str(path)), _report(f, path)
 
 
 def stream_table(path: str | os.PathLike, batch_size: int = ROW_GROUP,
                  ) -> tuple[Iterator[pa.RecordBatch], ImportReport | None]:
     """The table as record batches, one row group in memory at a time, and its report."""
     f = _open(path)
-    return f.iter_batches(batch_size=batch_size, columns=COLUMNS), _report(f)
+    return _batches(f, path, batch_size), _report(f, path)
+
+
+def _batches(f: pq.ParquetFile, path: str | os.PathLike,
+             batch_size: int) -> Iterator[pa.RecordBatch]:
+    it = f.iter_batches(batch_size=batch_size, columns=_columns(f))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except _ARROW_ERRORS as e:
+            raise DataError(f"{path}: damaged Parquet file ({brief(e)}); re-import or re-copy "
+                            f"it") from None
+        yield from conform(batch, str(path)).to_batches()
 
 
 def summarize(table: pa.Table) -> dict[str, dict[str, Any]]:

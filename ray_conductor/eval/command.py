@@ -3,15 +3,14 @@ a JSON report and a cost-vs-accuracy plot."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ray_conductor.config import RayConfig, default_data_dir, to_dict
 from ray_conductor.errors import ConfigError
+from ray_conductor.graph import GraphConfig
 
 DEFAULT_POLICIES = ["singles", "cheapest", "random", "knn", "oracle"]
 
@@ -32,70 +31,58 @@ class EvalConfig:
     data_dir: str = field(default_factory=default_data_dir)
     progress: bool = True
     ray: RayConfig = field(default_factory=RayConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
 
 
-def _select(queries: list, limit: int | None) -> list:
-    queries = sorted(queries, key=lambda q: q.query_id)
-    return queries[:limit] if limit else queries
+def worker_pool_config(cfg: Any, data: Any) -> Any:
+    """The workers a command's proxies run: a worker YAML (live providers), or replay workers
+    over the command's pool with the recorded prices."""
+    from omegaconf import OmegaConf
+
+    from ray_conductor.config import resolve_config_file
+    from ray_conductor.workers.config import WorkerPoolConfig, as_pool_config, replay_workers
+
+    if getattr(cfg, "workers", None):
+        return as_pool_config(OmegaConf.load(resolve_config_file(cfg.workers)))
+    return WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
+                            replay=cfg.pool)
 
 
-def make_pool(cfg: Any, data):
-    """The worker pool the evaluation runs on: in-process replay, or the Ray proxies."""
+def make_pool(cfg: Any, data: Any, priority: str = "serve") -> Any:
+    """The worker pool a command runs on: in-process replay, or the shared proxies."""
     if cfg.backend == "local":
         from ray_conductor.data.replay import ReplayPool
 
         return ReplayPool(data)
     if cfg.backend == "ray":
+        from ray_conductor.graph import GraphSpec, make_ray_pool
         from ray_conductor.runtime import init_ray
-        from omegaconf import OmegaConf
-
-        from ray_conductor.config import resolve_config_file
-        from ray_conductor.workers.config import WorkerPoolConfig, as_pool_config, replay_workers
-        from ray_conductor.workers.ray_pool import make_ray_pool
 
         init_ray(cfg.ray)
-        if cfg.workers:  # live workers, answers judged by the pool's checker
-            wcfg = as_pool_config(OmegaConf.load(resolve_config_file(cfg.workers)))
-        else:
-            wcfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
-                                    replay=cfg.pool, namespace=cfg.ray.namespace)
-        return make_ray_pool(wcfg, priority="serve")
+        spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
+        return make_ray_pool(spec, worker_pool_config(cfg, data), priority=priority)
     raise ConfigError(f"backend={cfg.backend!r}: use local or ray")
 
 
 def run_eval(cfg: EvalConfig, extra_policies: list | None = None) -> dict[str, Any]:
     from ray_conductor.data.pools import load_pool
-    from ray_conductor.eval.evaluate import evaluate_policies
+    from ray_conductor.data.selection import select_queries
+    from ray_conductor.eval.judge import judge_policies
     from ray_conductor.eval.policies import make_policies
-    from ray_conductor.eval.report import format_table, scatter_plot, write_json
 
-    t0 = time.perf_counter()
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
-    queries = _select(data.queries(cfg.split), cfg.limit)
-    if not queries:
-        raise ConfigError(f"split={cfg.split!r} of pool {cfg.pool!r} has no queries")
+    queries = select_queries(data, cfg.split, cfg.limit)
     pool = make_pool(cfg, data)
-    workers = list(pool.workers())
-    policies = make_policies(list(cfg.policies), data, workers, seed=cfg.seed, knn_k=cfg.knn_k)
+    policies = make_policies(list(cfg.policies), data, list(pool.workers()), seed=cfg.seed,
+                             knn_k=cfg.knn_k)
     policies += list(extra_policies or [])
-    reports = asyncio.run(evaluate_policies(policies, queries, pool, data.judge, workers,
-                                            concurrency=cfg.concurrency, progress=cfg.progress))
-    report = {
-        "pool": cfg.pool,
-        "split": cfg.split,
-        "backend": cfg.backend,
-        "n_queries": len(queries),
-        "policies": {name: r.to_dict() for name, r in reports.items()},
-        "price_sources": getattr(data, "report", None) and data.report.to_dict().get("price_sources"),
-        "wall_s": round(time.perf_counter() - t0, 2),
-        "config": to_dict(cfg),
-    }
-    out = write_json(report, cfg.out)
-    plot = scatter_plot(report["policies"], cfg.plot or out.with_suffix(".png"),
-                        title=f"{cfg.pool} ({cfg.split}, n={len(queries)})")
-    print(format_table(report["policies"]))
-    print(f"\nreport: {out}\nplot:   {plot}")
-    return report
+    meta = {"pool": cfg.pool, "split": cfg.split, "backend": cfg.backend,
+            "price_sources": getattr(data, "report", None)
+            and data.report.to_dict().get("price_sources"),
+            "config": to_dict(cfg)}
+    return judge_policies(policies, data, queries, pool, out=cfg.out, plot=cfg.plot,
+                          title=f"{cfg.pool} ({cfg.split}, n={len(queries)})",
+                          concurrency=cfg.concurrency, progress=cfg.progress, meta=meta)
 
 
 def load_report(path: str) -> dict[str, Any]:

@@ -62,6 +62,13 @@ def summarize(name: str, results: Sequence[QueryResult]) -> PolicyReport:
     )
 
 
+def _result(q, plan: Plan, trace, judge: Callable[[str, str], bool]) -> QueryResult:
+    if trace is None:
+        return QueryResult(q.query_id, False, 0.0, 0, 0.0, plan.parsed)
+    return QueryResult(q.query_id, judge(q.query_id, trace.answer), trace.cost, trace.calls,
+                       trace.wall_s, plan.parsed, trace.final_worker, trace.errors)
+
+
 async def run_plans(plans: Sequence[Plan], queries: Sequence, pool: WorkerPool,
                     judge: Callable[[str, str], bool], *, concurrency: int = 64,
                     progress: str | None = None, params: dict | None = None) -> list[QueryResult]:
@@ -70,15 +77,13 @@ async def run_plans(plans: Sequence[Plan], queries: Sequence, pool: WorkerPool,
     bar = tqdm(total=len(queries), desc=progress, disable=progress is None, leave=False)
 
     async def one(plan: Plan, q) -> QueryResult:
-        if plan.workflow is None or len(plan.workflow) == 0:
-            bar.update()
-            return QueryResult(q.query_id, False, 0.0, 0, 0.0, False)
-        async with sem:
-            trace = await execute(plan.workflow, q.query, pool, query_id=q.query_id,
-                                  params=params)
+        trace = None
+        if plan.workflow is not None and len(plan.workflow):
+            async with sem:
+                trace = await execute(plan.workflow, q.query, pool, query_id=q.query_id,
+                                      params=params)
         bar.update()
-        return QueryResult(q.query_id, judge(q.query_id, trace.answer), trace.cost, trace.calls,
-                           trace.wall_s, plan.parsed, trace.final_worker, trace.errors)
+        return _result(q, plan, trace, judge)
 
     try:
         return list(await asyncio.gather(*(one(p, q) for p, q in zip(plans, queries))))
@@ -88,13 +93,20 @@ async def run_plans(plans: Sequence[Plan], queries: Sequence, pool: WorkerPool,
 
 async def evaluate_policies(policies: Sequence[Policy], queries: Sequence, pool: WorkerPool,
                             judge: Callable[[str, str], bool], workers: Sequence[WorkerInfo],
-                            *, concurrency: int = 64, progress: bool = True
-                            ) -> dict[str, PolicyReport]:
+                            *, concurrency: int = 64, progress: bool = True,
+                            params: dict | None = None) -> dict[str, PolicyReport]:
+    """Every policy on the same queries and pool. Planners (`plan_batch`) have their plans
+    executed here; policies that run their own workflows (`run_batch`: the LM conductor with
+    recursion, the lite conductor deciding turn by turn) hand back (plan, trace) pairs."""
+    params = {"temperature": 0.0, **(params or {})}
     reports = {}
     for policy in policies:
-        plans = policy.plan_batch(queries, workers)
-        results = await run_plans(plans, queries, pool, judge, concurrency=concurrency,
-                                  progress=policy.name if progress else None,
-                                  params={"temperature": 0.0})
+        if hasattr(policy, "run_batch"):
+            episodes = await policy.run_batch(list(queries), pool, params)
+            results = [_result(q, plan, trace, judge) for q, (plan, trace) in zip(queries, episodes)]
+        else:
+            plans = policy.plan_batch(queries, workers)
+            results = await run_plans(plans, queries, pool, judge, concurrency=concurrency,
+                                      progress=policy.name if progress else None, params=params)
         reports[policy.name] = summarize(policy.name, results)
     return reports

@@ -133,7 +133,7 @@ class KNNRouter:
 def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, seed: int = 0,
                   knn_k: int = 40, embed=None) -> list[Policy]:
     """Policies from their command-line names: `singles` (every worker), `single:NAME`,
-    `cheapest`, `random`, `oracle`, `knn`."""
+    `cheapest`, `random`, `oracle`, `knn`, `conductor:PATH` (a trained LM conductor)."""
     known = {w.name for w in workers}
     out: list[Policy] = []
     for name in names:
@@ -154,26 +154,45 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
             if embed is None:
                 from ray_conductor.eval.embed import embed_texts as embed
             out.append(KNNRouter.fit(data, embed, k=knn_k))
+        elif name.startswith("conductor:"):
+            from ray_conductor.policy.runner import load_conductor
+
+            conductor, tag = load_conductor(name.split(":", 1)[1])
+            out.append(ConductorPolicy.local(f"conductor:{tag}", conductor))
         else:
             raise ConfigError(
-                f"unknown policy {name!r}; use singles, single:NAME, cheapest, random, oracle, knn"
+                f"unknown policy {name!r}; use singles, single:NAME, cheapest, random, oracle, "
+                "knn, conductor:PATH (a model dir, run dir or registry:DIR)"
             )
     return out
 
 
-class RemotePlanner:
-    """A conductor that plans elsewhere (a rollout actor, a Serve replica): `plan_texts` maps
-    questions to dicts with the rendered `workflow` text and whether it `fell_back`."""
+class ConductorPolicy:
+    """An LM conductor as a policy: it plans and runs its own workflows (it may call itself
+    as a worker), so it gives (plan, trace) pairs instead of plans. `run_batch(queries, pool,
+    params)` is where it runs: a local `Conductor` (`local`), or the rollout actors of a training run
+    (their own pool, at rollout priority)."""
 
-    def __init__(self, name: str, plan_texts):
-        self.name, self.plan_texts = name, plan_texts
+    def __init__(self, name: str, run_batch):
+        self.name, self._run = name, run_batch
 
-    def plan_batch(self, queries, workers):
-        from ray_conductor.workflow import parse
+    @classmethod
+    def local(cls, name: str, conductor) -> "ConductorPolicy":
+        from ray_conductor.policy.runner import run_conductor
 
-        names = [w.name for w in workers]
-        plans = []
-        for p in self.plan_texts([q.query for q in queries]):
-            wf = parse(p["workflow"], names, allow_empty=True) if p["workflow"] else None
-            plans.append(Plan(wf, p["workflow"], p.get("attempts", 1), p.get("fell_back", False)))
-        return plans
+        async def run(queries, pool, params):
+            return await run_conductor(conductor, queries, pool, params=params)
+
+        return cls(name, run)
+
+    async def run_batch(self, queries, pool, params: dict | None = None
+                        ) -> list[tuple[Plan, object]]:
+        import asyncio
+        import inspect
+
+        if inspect.iscoroutinefunction(self._run):
+            out = await self._run(queries, pool, params)
+        else:  # a blocking remote call (the rollout actors): off the event loop
+            out = await asyncio.to_thread(self._run, queries, pool, params)
+        return [(Plan(p.workflow, p.texts[-1] if p.texts else "", p.n_attempts, p.fell_back,
+                      {"errors": list(p.errors)}), trace) for p, trace in out]

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from ray_conductor.errors import ConductorError, ConfigError, WorkflowError
+from ray_conductor.errors import ConductorError, ConfigError, EngineError, WorkflowError
 from ray_conductor.policy.engine import GenerationEngine, Sample
 from ray_conductor.workers.base import Message, WorkerInfo
 from ray_conductor.workflow import Workflow, build_prompt, parse
@@ -25,7 +25,7 @@ class ConductorConfig:
     """The policy's settings; an OmegaConf structured config (plain data)."""
 
     model: str = "smollm2"  # "smollm2", "tiny-smollm2", or a local HF directory
-    engine: str = "hf"  # "hf" (transformers, CPU/CUDA) or "vllm" (GPU)
+    engine: str = "hf"  # "hf" (transformers, CPU/CUDA), "vllm" (GPU), "scripted" (fixed plans)
     device: str = "cpu"
     dtype: str = "float32"
     autocast: Optional[str] = None  # "bfloat16": faster forward passes on AMX CPUs and GPUs
@@ -85,7 +85,30 @@ def build_engine(cfg: ConductorConfig) -> GenerationEngine:
 
         return VLLMEngine(cfg.model, dtype=cfg.dtype,
                           gpu_memory_utilization=cfg.gpu_memory_utilization)
-    raise ConfigError(f"policy engine {cfg.engine!r} is not 'hf' or 'vllm'")
+    if cfg.engine == "scripted":
+        from ray_conductor.policy.scripted_engine import ScriptedEngine
+
+        return ScriptedEngine.from_file(cfg.model)
+    raise ConfigError(f"policy engine {cfg.engine!r} is not 'hf', 'vllm' or 'scripted'")
+
+
+def offered_workers(workers: Sequence[WorkerInfo], cfg: ConductorConfig) -> list[WorkerInfo]:
+    """The workers the prompt lists: the conductor itself only while recursion is on."""
+    if cfg.recursion_depth > 0:
+        return list(workers)
+    return [w for w in workers if w.name != cfg.self_name]
+
+
+def conductor_prompt(question: str, offered: Sequence[WorkerInfo], cfg: ConductorConfig, *,
+                     previous: str | None = None) -> list[Message]:
+    """The chat prompt for one question over the offered workers (no engine needed). The
+    conductor may see only the first `max_question_chars` of a long question (routing needs
+    the topic, not every option); the workers always get the whole question."""
+    cap = cfg.max_question_chars
+    if cap and len(question) > cap:
+        question = question[:cap] + " [...]"
+    return build_prompt(question, offered, max_steps=cfg.max_steps, few_shot=cfg.few_shot,
+                        previous=previous, self_name=cfg.self_name)
 
 
 class Conductor:
@@ -97,22 +120,11 @@ class Conductor:
         self._lock = threading.Lock()
 
     def offered(self, workers: Sequence[WorkerInfo]) -> list[WorkerInfo]:
-        """The workers the prompt lists: the conductor itself only while recursion is on."""
-        if self.cfg.recursion_depth > 0:
-            return list(workers)
-        return [w for w in workers if w.name != self.cfg.self_name]
+        return offered_workers(workers, self.cfg)
 
     def prompt(self, question: str, offered: Sequence[WorkerInfo], *,
                previous: str | None = None) -> list[Message]:
-        """The chat prompt for one question over the offered workers. The conductor may see
-        only the first `max_question_chars` of a long question (routing needs the topic, not
-        every option); the workers always get the whole question from the executor."""
-        cap = self.cfg.max_question_chars
-        if cap and len(question) > cap:
-            question = question[:cap] + " [...]"
-        return build_prompt(question, offered, max_steps=self.cfg.max_steps,
-                            few_shot=self.cfg.few_shot, previous=previous,
-                            self_name=self.cfg.self_name)
+        return conductor_prompt(question, offered, self.cfg, previous=previous)
 
     def fallback(self, workers: Sequence[WorkerInfo], previous: str | None = None) -> Workflow:
         """The default plan. Inside a recursive call it is the empty plan (keep the answer)."""
@@ -144,13 +156,16 @@ class Conductor:
         previous: Sequence[str | None] | None = None,
         temperature: float | None = None,
         seed: int | None = None,
+        strict: bool = False,
     ) -> list[PlanResult]:
         """Plans for many questions: the first attempt of all of them is one engine call, and
         each re-sampling round re-asks only the ones still malformed. Repeat a question to get
         a group of independent plans (GRPO). With `previous[i]` set (a recursive call), three
         empty lists are a valid plan and the fallback is the empty plan.
 
-        Never raises on a malformed plan or a failing engine (only on mismatched arguments).
+        Never raises on a malformed plan. A failing engine falls back to the default plan
+        (serving keeps answering), unless `strict` (rollouts): then `EngineError`, because a
+        batch the engine did not sample has nothing to learn from.
         """
         cfg = self.cfg
         if previous is not None and len(previous) != len(questions):
@@ -169,6 +184,8 @@ class Conductor:
         pending = list(range(len(results)))
         rounds = 1 + max(cfg.max_resamples, 0) if names else 0
         if not names:
+            if strict:
+                raise ConfigError("the conductor has no workers to plan over")
             for r in results:
                 r.errors.append("no_workers")
         best_of = max(cfg.greedy_samples, 1) if temp == 0 else 1
@@ -177,7 +194,7 @@ class Conductor:
                 break
             if rnd == 0 and best_of > 1:  # most likely of n: deterministic unless seeded
                 drawn = self._sample([results[i].prompt for i in pending], 1.0,
-                                     0 if seed is None else seed, n=best_of)
+                                     0 if seed is None else seed, n=best_of, strict=strict)
                 if drawn is None:
                     for i in pending:
                         results[i].errors.append("engine_error")
@@ -188,7 +205,7 @@ class Conductor:
                 continue
             round_temp = temp if rnd == 0 or temp > 0 else cfg.resample_temperature
             samples = self._sample([results[i].prompt for i in pending], round_temp,
-                                   None if seed is None else seed + rnd)
+                                   None if seed is None else seed + rnd, strict=strict)
             if samples is None:  # the engine failed: no point in asking it again
                 for i in pending:
                     results[i].errors.append("engine_error")
@@ -202,7 +219,7 @@ class Conductor:
         return results
 
     def _sample(self, prompts: list[list[Message]], temperature: float,
-                seed: int | None, n: int = 1) -> list[list[Sample]] | None:
+                seed: int | None, n: int = 1, strict: bool = False) -> list[list[Sample]] | None:
         try:
             with self._lock:
                 out = self.engine.generate(prompts, n=n, temperature=temperature,
@@ -212,7 +229,11 @@ class Conductor:
                 raise ConductorError(f"engine returned {len(out)} results for {len(prompts)} "
                                      f"prompts (expected {n} sample(s) each)")
             return [list(o) for o in out]
-        except Exception as e:  # never raise from planning: the caller gets the fallback plan
+        except Exception as e:  # serving never raises from planning: it gets the fallback plan
+            if strict:
+                first = (str(e).strip().splitlines() or [""])[0][:300]
+                raise EngineError(f"the conductor's generation engine failed: "
+                                  f"{type(e).__name__}: {first}") from e
             log.warning("conductor engine failed, falling back to the default plan: %s: %s",
                         type(e).__name__, e)
             return None

@@ -152,7 +152,12 @@ def tiny_smollm2_checkpoint() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """A path or hub name `from_pretrained` can read: the embedded names become cache dirs."""
+    """A path or hub name `from_pretrained` can read: the embedded names become cache dirs,
+    `registry:DIR[@N]` the promoted (or given) version of a policy registry."""
+    if name_or_path.startswith("registry:"):
+        from ray_conductor.policy.registry import resolve_policy
+
+        return resolve_policy(name_or_path)[0]
     if name_or_path == SMOLLM2:
         return str(smollm2_checkpoint())
     if name_or_path == TINY_SMOLLM2:

@@ -95,18 +95,19 @@ class LearnerActor:
 
 
 class LearnerGroup:
-    """M `LearnerActor`s as one learner: `train_step` shards the batch over them."""
+    """`spec.count` `LearnerActor`s as one learner: `train_step` shards the batch over them.
+    `spec` is the graph's `learner` role (`ray_conductor.graph.ActorSpec`): resources, count
+    and threads come from the one declaration."""
 
-    def __init__(self, cfg: Any = None, num_learners: int = 1,
-                 resources: dict[str, Any] | None = None):
+    def __init__(self, cfg: Any, spec: Any, namespace: str | None = None):
         self.cfg = as_learner_config(cfg)
-        self.resources = dict(resources or {"num_cpus": 1})
-        gpu = bool(self.resources.get("num_gpus"))
+        gpu = spec.num_gpus > 0
         device, backend = ("cuda", "nccl") if gpu else ("cpu", "gloo")
-        self.actors = [LearnerActor.options(**self.resources).remote(self.cfg, device)
-                       for _ in range(num_learners)]
+        opts = spec.options(namespace=namespace)
+        self.actors = [LearnerActor.options(**opts).remote(self.cfg, device)
+                       for _ in range(spec.count)]
         addr, port = ray.get(self.actors[0].address.remote())
-        ray.get([a.setup_dist.remote(addr, port, rank, num_learners, backend)
+        ray.get([a.setup_dist.remote(addr, port, rank, spec.count, backend)
                  for rank, a in enumerate(self.actors)])
 
     @property
@@ -131,7 +132,14 @@ class LearnerGroup:
         self._on_all("set_lr", lr)
 
     def get_weights(self, dtype: Any = None) -> ray.ObjectRef:
-        """ObjectRef of rank 0's state dict (all ranks hold the same weights)."""
+        """ObjectRef of rank 0's state dict (all ranks hold the same weights), in the dtype the
+        learner trains in (bf16 when `cfg.bf16`: half the bytes through the object store; the
+        engines cast on load). Multi-GPU clusters could broadcast over NCCL instead; see
+        configs/train_gpu.yaml."""
+        if dtype is None and self.cfg.bf16:
+            import torch
+
+            dtype = torch.bfloat16
         return self.actors[0].state_dict.remote(dtype)
 
     def save(self, path: str) -> None:

@@ -155,3 +155,37 @@ def score(answer: str | None, reference: Any, answer_format: str, *, cost: float
     parsed = answer is not None
     correct = parsed and verifier_for(answer_format)(answer or "", reference)
     return reward(parsed, correct, cost, calls, cfg), correct
+
+
+# -- scoring one plan --------------------------------------------------------------------------
+
+
+@dataclass
+class PlanScore:
+    """How one sampled plan fared: its reward and what it took to get it."""
+
+    reward: float
+    parsed: bool
+    correct: bool = False
+    cost: float = 0.0
+    calls: int = 0
+    final_worker: str | None = None
+    trace: Any = None
+
+
+async def score_plan(workflow: Any, question: str, query_id: str, pool: Any,
+                     judge: Callable[[str, str], bool], cfg: RewardConfig | None = None,
+                     **execute_kw: Any) -> PlanScore:
+    """Execute a parsed plan (`workflow`; None when the text did not parse) over `pool`, judge
+    its answer and compute the configured reward. The one place rollouts and benchmarks score
+    a plan; no Ray, no model."""
+    from ray_conductor.workflow import execute
+
+    if workflow is None:
+        return PlanScore(reward(False, False, cfg=cfg), parsed=False)
+    if not len(workflow):
+        return PlanScore(reward(True, False, cfg=cfg), parsed=True)
+    trace = await execute(workflow, question, pool, query_id=query_id, **execute_kw)
+    correct = bool(judge(query_id, trace.answer))
+    return PlanScore(reward(True, correct, trace.cost, trace.calls, cfg), True, correct,
+                     trace.cost, trace.calls, trace.final_worker, trace)

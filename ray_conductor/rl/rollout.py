@@ -1,26 +1,29 @@
 """Rollouts: for a batch of questions, sample a group of G workflows each with the conductor,
 execute them through the shared worker pool (at `rollout` priority), score them, and return
-trajectories for the learner.
+trajectories for the learner. The same worker also runs the conductor for evaluation (greedy
+plans, executed where its pool is).
 
 `RolloutWorker` is a plain class (testable without Ray); `RolloutActor` is its Ray shell.
+With `recursion_depth > 0` the pool is wrapped in a `RecursivePool`, so the conductor may
+call itself as a worker, in training and evaluation alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import ray
 
+from ray_conductor.data.replay import Query
 from ray_conductor.policy.conductor import Conductor, ConductorConfig, PlanResult, build_engine
-from ray_conductor.rl.rewards import RewardConfig, reward
+from ray_conductor.policy.runner import run_conductor, with_recursion
+from ray_conductor.rl.rewards import RewardConfig, score_plan
 from ray_conductor.rl.types import Trajectory
 from ray_conductor.runtime import limit_torch_threads
 from ray_conductor.workers.base import WorkerInfo, WorkerPool
-from ray_conductor.workflow import execute
-
+from ray_conductor.workflow import Trace
 
 WARMUP_SUBTASKS = (
     "Answer the question. End with 'The answer is (X)'.",
@@ -28,14 +31,6 @@ WARMUP_SUBTASKS = (
     "Answer the question.",
 )
 CHECK_SUBTASK = "Check the earlier answer and give the final answer as 'The answer is (X)'."
-
-
-@dataclass
-class Question:
-    """What a rollout needs of a query: the id (for replay and judging) and the text."""
-
-    query_id: str
-    query: str
 
 
 class RolloutWorker:
@@ -49,7 +44,7 @@ class RolloutWorker:
                  concurrency: int = 64, engine: Any = None):
         self.conductor = Conductor(engine or build_engine(conductor_cfg), conductor_cfg)
         self.reward_cfg = reward_cfg
-        self.pool = pool
+        self.pool = with_recursion(pool, self.conductor)
         self.judge = judge
         self.concurrency = concurrency
         self.weights_version = 0
@@ -62,41 +57,43 @@ class RolloutWorker:
         self.weights_version = version
         return version
 
-    async def rollout(self, questions: Sequence[Question], group_size: int, *, iteration: int,
+    async def rollout(self, questions: Sequence[Query], group_size: int, *, iteration: int,
                       temperature: float | None = None, seed: int | None = None
                       ) -> list[Trajectory]:
         """G independent first-attempt plans per question (no re-sampling: an unparsable plan
-        is a trajectory with the parse-failure reward), executed and scored."""
+        is a trajectory with the parse-failure reward), executed and scored. A failing engine
+        raises `EngineError`: there is nothing to learn from a batch it did not sample."""
         flat = [q for q in questions for _ in range(group_size)]
         plans = await asyncio.to_thread(
             self.conductor.plan_many, [q.query for q in flat], self.workers(),
-            temperature=temperature, seed=seed)
+            temperature=temperature, seed=seed, strict=True)
         sem = asyncio.Semaphore(self.concurrency)
-        trajs = await asyncio.gather(*(self._score(q, p, iteration, sem)
-                                       for q, p in zip(flat, plans)))
-        return [t for t in trajs if t is not None]
+        return list(await asyncio.gather(*(self._score(q, p, iteration, sem)
+                                           for q, p in zip(flat, plans))))
 
-    async def _score(self, q: Question, plan: PlanResult, iteration: int,
-                     sem: asyncio.Semaphore) -> Trajectory | None:
-        if not plan.samples:  # the engine failed: nothing to learn from
-            return None
-        sample = plan.samples[0]
+    async def _score(self, q: Query, plan: PlanResult, iteration: int,
+                     sem: asyncio.Semaphore) -> Trajectory:
         parsed = not plan.fell_back and plan.n_attempts == 1
-        correct, cost, calls, final = False, 0.0, 0, None
-        if parsed and len(plan.workflow):
-            async with sem:
-                trace = await execute(plan.workflow, q.query, self.pool, query_id=q.query_id)
-            correct = bool(self.judge(q.query_id, trace.answer))
-            cost, calls, final = trace.cost, trace.calls, trace.final_worker
-        r = reward(parsed, correct, cost, calls, self.reward_cfg)
+        async with sem:
+            s = await score_plan(plan.workflow if parsed else None, q.query, q.query_id,
+                                 self.pool, self.judge, self.reward_cfg)
+        sample = plan.samples[0]
         return Trajectory.from_sample(
-            sample, r, f"{iteration}:{q.query_id}", cost=cost, calls=calls, parsed=parsed,
-            correct=correct, query_id=q.query_id,
-            info={"final_worker": final, "text": sample.text, "errors": list(plan.errors),
-                  "weights_version": self.weights_version},
+            sample, s.reward, f"{iteration}:{q.query_id}", cost=s.cost, calls=s.calls,
+            parsed=s.parsed, correct=s.correct, query_id=q.query_id,
+            info={"final_worker": s.final_worker, "text": sample.text,
+                  "errors": list(plan.errors), "weights_version": self.weights_version},
         )
 
-    def demonstrations(self, questions: Sequence[Question], seed: int) -> list[Trajectory]:
+    async def run(self, questions: Sequence[Query], *, temperature: float = 0.0,
+                  params: dict[str, Any] | None = None) -> list[tuple[PlanResult, Trace | None]]:
+        """Evaluation: one plan per question (greedy by default, re-sampled and falling back as
+        configured), executed over this worker's pool (see `policy.runner.run_conductor`)."""
+        return await run_conductor(self.conductor, questions, self.pool,
+                                   temperature=temperature, params=params,
+                                   concurrency=self.concurrency)
+
+    def demonstrations(self, questions: Sequence[Query], seed: int) -> list[Trajectory]:
         """Format warm-up data: for each question a valid plan over uniformly random workers
         (one step, sometimes a solve-then-check pair), as prompt + plan + EOS with advantage 1.
         A learner step on these is supervised fine-tuning on the plan language; the uniform
@@ -120,39 +117,35 @@ class RolloutWorker:
                                   advantage=1.0, parsed=True, query_id=q.query_id))
         return out
 
-    def plan_texts(self, questions: Sequence[str]) -> list[dict[str, Any]]:
-        """Greedy plans for evaluation, as plain data (workflow text, fell_back, attempts)."""
-        from ray_conductor.workflow import render
-
-        plans = self.conductor.plan_many(list(questions), self.workers(), temperature=0.0)
-        return [{"workflow": render(p.workflow) if len(p.workflow) else "",
-                 "fell_back": p.fell_back, "attempts": p.n_attempts, "errors": p.errors}
-                for p in plans]
-
 
 @ray.remote
 class RolloutActor:
-    """Thin Ray shell over `RolloutWorker`. It builds its pool and judge from picklable
-    factories, so litellm providers and replay data are set up in this process."""
+    """Thin Ray shell over `RolloutWorker`. `pool` is a `WorkerPool` that pickles (the proxies'
+    `RayWorkerPool`) or a zero-argument factory run here (an in-process replay pool); the judge
+    comes from a factory, so replay data is loaded in this process. Async: nothing here blocks
+    the event loop on `ray.get`."""
 
-    def __init__(self, conductor_cfg, reward_cfg, pool_factory, judge_factory,
-                 concurrency: int = 64):
+    def __init__(self, conductor_cfg, reward_cfg, pool, judge_factory, concurrency: int = 64):
         limit_torch_threads()
-        self.w = RolloutWorker(conductor_cfg, reward_cfg, pool_factory(), judge_factory(),
+        pool = pool() if callable(pool) and not hasattr(pool, "complete") else pool
+        self.w = RolloutWorker(conductor_cfg, reward_cfg, pool, judge_factory(),
                                concurrency=concurrency)
 
     async def rollout(self, questions, group_size, iteration, temperature=None, seed=None):
         return await self.w.rollout(questions, group_size, iteration=iteration,
                                     temperature=temperature, seed=seed)
 
-    def load_weights(self, state_dict, version):
-        return self.w.load_weights(state_dict, version)
+    async def run(self, questions, temperature=0.0, params=None):
+        return await self.w.run(questions, temperature=temperature, params=params)
 
-    def plan_texts(self, questions):
-        return self.w.plan_texts(questions)
+    async def load_weights(self, state_dict, version):
+        return await asyncio.to_thread(self.w.load_weights, state_dict, version)
 
-    def demonstrations(self, questions, seed):
-        return self.w.demonstrations(questions, seed)
+    async def demonstrations(self, questions, seed):
+        return await asyncio.to_thread(self.w.demonstrations, questions, seed)
 
-    def ready(self):
+    async def workers(self):
+        return self.w.workers()
+
+    async def ready(self):
         return True

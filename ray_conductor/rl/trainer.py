@@ -14,6 +14,7 @@ from typing import Any
 
 from ray_conductor.config import RayConfig, default_data_dir, to_dict
 from ray_conductor.errors import ConfigError
+from ray_conductor.graph import GraphConfig
 from ray_conductor.policy.conductor import ConductorConfig
 from ray_conductor.rl.learner import LearnerConfig
 from ray_conductor.rl.rewards import RewardConfig
@@ -32,16 +33,9 @@ class TrainConfig:
     warmup_lr: float | None = None  # the warm-up's learning rate (None: learner.lr)
     questions_per_iter: int = 4
     group_size: int = 8
-    num_rollout_workers: int = 1
-    rollout_num_cpus: float = 1.0
-    rollout_num_gpus: float = 0.0
-    num_learners: int = 1
-    learner_num_cpus: float = 1.0
-    learner_num_gpus: float = 0.0
-    # torch threads per rollout/learner actor; 0: the CPUs Ray assigned it. Rollouts and
-    # updates take turns, so on a small CPU machine both may use every core.
-    torch_threads: int = 0
     run_dir: str = "runs/conductor"
+    registry: str | None = None  # policy registry checkpoints are published to (run_dir/registry)
+    promote: bool = True  # promote the final checkpoint in the registry
     checkpoint_every: int = 5
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the last checkpoint in run_dir
@@ -59,6 +53,8 @@ class TrainConfig:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # the actors: rollout and learner counts and resources, torch threads, the proxies
+    graph: GraphConfig = field(default_factory=GraphConfig)
 
 
 def pick_questions(queries: list, iteration: int, n: int, seed: int) -> list:
@@ -98,13 +94,18 @@ def sample_rows(trajs: list) -> list[dict[str, Any]]:
              "errors": t.info.get("errors") or []} for t in trajs]
 
 
+def registry_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.registry) if cfg.registry else Path(cfg.run_dir) / "registry"
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from ray_conductor.data.pools import load_pool
-    from ray_conductor.graph import build_training_graph
+    from ray_conductor.data.selection import select_queries
+    from ray_conductor.policy.registry import PolicyRegistry
     from ray_conductor.rl.checkpoint import RunDir
-    from ray_conductor.rl.rollout import Question
+    from ray_conductor.rl.rollout_group import build_training_graph
     from ray_conductor.runtime import init_ray
 
     if cfg.iterations < 1 or cfg.group_size < 2:
@@ -118,11 +119,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         run.clear()
     init_ray(cfg.ray)
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
-    train_q = [Question(q.query_id, q.query)
-               for q in sorted(data.queries(cfg.split), key=lambda q: q.query_id)]
-    if not train_q:
-        raise ConfigError(f"split={cfg.split!r} of pool {cfg.pool!r} has no questions")
+    train_q = select_queries(data, cfg.split)
     graph = build_training_graph(cfg, data)
+    registry = PolicyRegistry(registry_path(cfg))
 
     start, version = 0, 0
     latest = run.latest() if cfg.resume else None
@@ -146,10 +145,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
                desc="train", disable=not cfg.progress)
+    published = None
     for it in bar:
         t0 = time.perf_counter()
         questions = pick_questions(train_q, it, cfg.questions_per_iter, cfg.seed)  # sample
-        trajs = graph.rollout(questions, cfg.group_size, it, seed=cfg.seed * 100003 + it)  # execute+score
+        trajs = graph.rollouts.rollout(questions, cfg.group_size, it,
+                                       seed=cfg.seed * 100003 + it)  # execute + score
         t_roll = time.perf_counter() - t0
         stats = graph.learners.train_step(trajs)  # update
         version += 1
@@ -164,9 +165,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             tmp = run.begin_checkpoint(it)
             graph.learners.save(str(tmp / "learner.pt"))  # resume state: weights + optimizer
             graph.learners.export_pretrained(str(tmp / "model"))  # conductor.model=<this dir>
-            run.commit_checkpoint(tmp, it, {"iteration": it, "weights_version": version,
-                                            "config": to_dict(cfg)}, keep=cfg.keep_checkpoints)
+            state = {"iteration": it, "weights_version": version, "config": to_dict(cfg)}
+            final = run.commit_checkpoint(tmp, it, state, keep=cfg.keep_checkpoints)
+            published = registry.publish(final / "model", kind="lm", meta={
+                **state, "reward_mean": m["reward_mean"], "run_dir": str(run.path)})
     run.close()
+    if published is not None and cfg.promote:
+        registry.promote(published.version, reason=f"end of training run {run.path}")
+    result["registry"] = {"path": str(registry.root),
+                          "promoted": published.version if published and cfg.promote else None}
     if cfg.eval_at_end:
         result["eval"] = evaluate_conductor(cfg, graph, data, tag="trained", baselines=True)
     result["metrics"] = run.metrics()
@@ -185,7 +192,7 @@ def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
     for s in range(cfg.warmup_steps):
         it = s - cfg.warmup_steps
         questions = pick_questions(train_q, it, cfg.warmup_batch, cfg.seed)
-        stats = graph.learners.train_step(graph.demonstrations(questions, cfg.seed + s))
+        stats = graph.learners.train_step(graph.rollouts.demonstrations(questions, cfg.seed + s))
         run.log(it, {"warmup": 1, **{f"learner/{k}": v for k, v in stats.items()}})
     if cfg.warmup_lr:
         graph.learners.set_lr(cfg.learner.lr)
@@ -200,25 +207,28 @@ def eval_report_path(run_dir: str, tag: str) -> Path:
 
 def evaluate_conductor(cfg: TrainConfig, graph, data, *, tag: str,
                        baselines: bool = False) -> dict[str, Any]:
-    """The conductor's greedy plans (and optionally the baselines) on the eval split."""
-    import asyncio
-
+    """The conductor's greedy plans, run by the rollout actors over their own pool (the shared
+    proxies when backend=ray), and optionally the baselines over the same pool, judged on the
+    eval split by `eval.judge.judge_policies`."""
     from ray_conductor.data.replay import ReplayPool
-    from ray_conductor.eval.evaluate import evaluate_policies
-    from ray_conductor.eval.policies import RemotePlanner, make_policies
-    from ray_conductor.eval.report import format_table, scatter_plot, write_json
+    from ray_conductor.data.selection import select_queries
+    from ray_conductor.eval.judge import judge_policies
+    from ray_conductor.eval.policies import ConductorPolicy, make_policies
 
-    queries = sorted(data.queries(cfg.eval_split), key=lambda q: q.query_id)[: cfg.eval_limit]
+    queries = select_queries(data, cfg.eval_split, cfg.eval_limit)
     pool = ReplayPool(data)
-    workers = list(pool.workers())
-    policies = [RemotePlanner(f"conductor:{tag}", graph.plan_texts)]
+    if cfg.backend == "ray":
+        from ray_conductor.graph import make_ray_pool
+        from ray_conductor.workers.config import WorkerPoolConfig, replay_workers
+
+        pool = make_ray_pool(graph.spec, WorkerPoolConfig(
+            workers=replay_workers(cfg.pool, data.worker_infos()), replay=cfg.pool),
+            priority="rollout")
+    policies = [ConductorPolicy(f"conductor:{tag}",
+                                lambda qs, _pool, params: graph.rollouts.run(qs, params))]
     if baselines:
-        policies += make_policies(list(cfg.eval_baselines), data, workers, seed=cfg.seed)
-    reports = asyncio.run(evaluate_policies(policies, queries, pool, data.judge, workers,
-                                            progress=cfg.progress))
-    report = {"pool": cfg.pool, "split": cfg.eval_split, "n_queries": len(queries),
-              "policies": {k: r.to_dict() for k, r in reports.items()}}
-    out = write_json(report, eval_report_path(cfg.run_dir, tag))
-    scatter_plot(report["policies"], out.with_suffix(".png"), title=f"{cfg.pool} ({tag})")
-    print(format_table(report["policies"]))
-    return report
+        policies += make_policies(list(cfg.eval_baselines), data, list(pool.workers()),
+                                  seed=cfg.seed)
+    return judge_policies(policies, data, queries, pool, out=eval_report_path(cfg.run_dir, tag),
+                          title=f"{cfg.pool} ({tag})", progress=cfg.progress,
+                          meta={"pool": cfg.pool, "split": cfg.eval_split})

@@ -9,7 +9,9 @@ tests fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,14 +51,21 @@ class WorkerConfig:
 
 @dataclass
 class WorkerPoolConfig:
-    """All workers, the Ray namespace their proxies are named in, the default replay pool
-    spec for `replay/` workers without an `api_base`, and the default deadline of a call."""
+    """All workers, the default replay pool spec for `replay/` workers without an `api_base`,
+    and the default deadline of a call. Where their proxies run (namespace, processes,
+    restarts) is the actor graph's business (`ray_conductor.graph`)."""
 
     workers: list[WorkerConfig] = field(default_factory=list)
-    namespace: str = "ray_conductor"
     replay: str | None = None
     queue_timeout_s: float = 300.0
-    detached: bool = False  # proxies outlive the driver that created them
+
+
+def fingerprint(cfg: WorkerConfig, replay: str | None = None,
+                queue_timeout_s: float | None = None) -> str:
+    """A short hash of everything a proxy was built from for this worker, so a running proxy
+    is reused only by callers with the same config."""
+    d = {"worker": asdict(cfg), "replay": replay, "queue_timeout_s": queue_timeout_s}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def replay_workers(pool_spec: str | None, models: Iterable[str | WorkerInfo], **overrides: Any
@@ -101,6 +110,9 @@ def validate(workers: Sequence[WorkerConfig]) -> None:
         where = f"worker {w.name!r}"
         if w.name in ("???", "") or w.model in ("???", ""):
             raise ConfigError(f"{where}: every worker needs a name and a litellm model string")
+        if any(c in w.name for c in "+/") or w.name != w.name.strip():
+            raise ConfigError(f"{where}: a worker name may not contain '+' or '/' or start or "
+                              "end with spaces (proxy processes are named after their workers)")
         if names.count(w.name) > 1:
             raise ConfigError(f"{where} is defined twice; worker names must be unique")
         for fb in w.fallbacks:

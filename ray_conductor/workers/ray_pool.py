@@ -1,25 +1,25 @@
-"""`RayWorkerPool`: the executor's `WorkerPool` over the `WorkerProxy` actors, and the one
-factory that serving and training both call to get it.
+"""`RayWorkerPool`: the executor's `WorkerPool` over the named `WorkerProxy` actors.
 
 Each pool instance has a priority: the Serve app's pool says `serve`, the trainer's rollouts
-say `rollout`, and the shared proxies admit serve calls first. Imports neither litellm nor
-torch: prices and descriptions come from the actors.
+say `rollout`, and the shared proxies admit serve calls first. The pool holds handles only,
+so it pickles into other actors without any lookup there; `ray_conductor.graph` builds it.
+Imports neither litellm nor torch: prices and descriptions come from the actors.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import ray
 from ray.exceptions import RayError
 
 from ray_conductor.errors import ConfigError, PoolError
-from ray_conductor.graph import build_worker_proxies, fan_out
 from ray_conductor.workers.base import Completion, Message, WorkerInfo, failed
 from ray_conductor.workers.ratelimit import PRIORITIES
 
 
 class RayWorkerPool:
-    """Workers in config order; `complete` awaits the named proxy actor."""
+    """Workers in config order; `complete` awaits the proxy process hosting the worker."""
 
     def __init__(self, handles: dict[str, Any], infos: Sequence[WorkerInfo],
                  priority: str = "serve"):
@@ -30,34 +30,31 @@ class RayWorkerPool:
     def workers(self) -> Sequence[WorkerInfo]:
         return list(self._infos)
 
+    def handle(self, worker: str) -> Any:
+        """The actor handle of the proxy process hosting `worker`."""
+        h = self._handles.get(worker)
+        if h is None:
+            raise PoolError(f"unknown worker {worker!r}; this pool has {sorted(self._handles)}",
+                            code="unknown_worker")
+        return h
+
     def with_priority(self, priority: str) -> "RayWorkerPool":
         """The same proxies, called at another priority."""
         return RayWorkerPool(self._handles, self._infos, priority)
 
     async def complete(self, worker: str, messages: list[Message], **params: Any) -> Completion:
-        handle = self._handles.get(worker)
-        if handle is None:
-            raise PoolError(f"unknown worker {worker!r}; this pool has {sorted(self._handles)}",
-                            code="unknown_worker")
+        handle = self.handle(worker)
         params.setdefault("priority", self.priority)
         try:
-            return await handle.complete.remote(messages, **params)
-        except RayError as e:  # the proxy is gone: a worker failure, not the caller's bug
-            return failed(worker, f"worker proxy {worker!r} is unreachable: "
+            return await handle.complete.remote(worker, messages, **params)
+        except RayError as e:  # the proxy is gone for good: a worker failure, not a bug
+            return failed(worker, f"worker proxy of {worker!r} is unreachable: "
                           f"{type(e).__name__}", code="proxy_unreachable")
 
     def stats(self, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
-        return fan_out(self._handles, "stats", timeout_s=timeout_s)
-
-
-def create_worker_proxies(cfg: Any, namespace: str | None = None) -> dict[str, Any]:
-    """Create or get the proxies of `cfg` (a `WorkerPoolConfig`, DictConfig or dict)."""
-    return build_worker_proxies(cfg, namespace)
-
-
-def make_ray_pool(cfg: Any, priority: str = "serve", namespace: str | None = None
-                  ) -> RayWorkerPool:
-    """The pool serving (`serve`) and training (`rollout`) both run their workflows on."""
-    handles = create_worker_proxies(cfg, namespace)
-    infos = fan_out(handles, "info")
-    return RayWorkerPool(handles, [infos[name] for name in handles], priority)
+        """Per worker: calls, tokens, dollars, queue waits, limiter and breaker state."""
+        hosts = {id(h): h for h in self._handles.values()}
+        out: dict[str, dict[str, Any]] = {}
+        for part in ray.get([h.stats.remote() for h in hosts.values()], timeout=timeout_s):
+            out.update(part)
+        return {w: out[w] for w in self._handles}

@@ -1,0 +1,187 @@
+"""The policy registry: numbered, immutable conductor versions on disk and one atomic pointer
+to the promoted one. Training publishes checkpoints here, rollout actors and the serving
+planner load what it points to, and online retraining promotes and rolls back through it.
+
+Layout of a registry directory::
+
+    versions/v000003/        a published policy (an HF model dir, or a lite policy dir)
+    versions/v000003/VERSION.json   kind, source, metrics, created
+    PROMOTED                 {"version": 3, ...}, replaced atomically (os.replace)
+    history.jsonl            every promotion and rollback, appended
+
+Readers never see a half-written version (it is built under a temporary name and renamed)
+or a half-written pointer. Plain Python: no torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ray_conductor.errors import ConfigError
+
+SCHEME = "registry:"
+_META = "VERSION.json"
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """One published policy: its number, where it lives, what kind it is."""
+
+    version: int
+    path: str
+    kind: str = "lm"  # "lm" (conductor LM directory) | "lite"
+    meta: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+
+    @property
+    def tag(self) -> str:
+        return f"v{self.version}"
+
+
+class PolicyRegistry:
+    """Publish, list, promote and roll back policy versions under `root`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+
+    # -- writing --------------------------------------------------------------------------
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def publish(self, source: str | os.PathLike, *, kind: str = "lm",
+                meta: dict[str, Any] | None = None) -> PolicyVersion:
+        """Copy the policy directory `source` in as the next version (not promoted)."""
+        src = Path(source)
+        if not src.is_dir():
+            raise ConfigError(f"cannot publish {str(src)!r}: not a policy directory")
+        with self._lock():
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.versions_dir.glob(".tmp-*"):  # an earlier crash mid-copy
+                shutil.rmtree(stale, ignore_errors=True)
+            n = max((v.version for v in self.versions()), default=0) + 1
+            tmp = self.versions_dir / f".tmp-{n}-{os.getpid()}"
+            shutil.copytree(src, tmp)
+            pv = PolicyVersion(n, str(self.versions_dir / f"v{n:06d}"), kind,
+                               dict(meta or {}), time.time())
+            (tmp / _META).write_text(json.dumps(asdict(pv), indent=2, default=str))
+            os.replace(tmp, pv.path)
+        return pv
+
+    def promote(self, version: int, *, reason: str = "",
+                figures: dict[str, Any] | None = None) -> PolicyVersion:
+        """Point at `version` (atomically) and append the decision to the history."""
+        with self._lock():
+            pv = self.get(version)
+            previous = self.promoted()
+            self._write_pointer(pv, previous, "promote", reason, figures)
+        return pv
+
+    def rollback(self, *, reason: str = "") -> PolicyVersion:
+        """Point back at the version promoted before the current one."""
+        with self._lock():
+            current = self.promoted()
+            if current is None:
+                raise ConfigError(f"registry {self.root}: nothing is promoted, so nothing to "
+                                  "roll back")
+            pointer = json.loads((self.root / "PROMOTED").read_text())
+            prev = pointer.get("previous")
+            if prev is None:
+                raise ConfigError(f"registry {self.root}: {current.tag} is the first promoted "
+                                  "version; there is nothing to roll back to")
+            pv = self.get(prev)
+            self._write_pointer(pv, current, "rollback", reason, None)
+        return pv
+
+    def _write_pointer(self, pv: PolicyVersion, previous: PolicyVersion | None, action: str,
+                       reason: str, figures: dict[str, Any] | None) -> None:
+        prev_n = previous.version if previous else None
+        if action == "rollback":  # the version before the restored one stays reachable
+            prev_n = self._promoted_before(pv.version)
+        pointer = {"version": pv.version, "previous": prev_n, "time": time.time()}
+        tmp = self.root / f".PROMOTED.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(pointer))
+        os.replace(tmp, self.root / "PROMOTED")
+        row = {"time": pointer["time"], "action": action, "version": pv.version,
+               "from": previous.version if previous else None, "reason": reason,
+               "figures": figures or {}}
+        with open(self.root / "history.jsonl", "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+    def _promoted_before(self, version: int) -> int | None:
+        """The version that was promoted right before `version` last was."""
+        rows = self.history()
+        for i in range(len(rows) - 1, -1, -1):
+            if rows[i]["action"] == "promote" and rows[i]["version"] == version:
+                return rows[i]["from"]
+        return None
+
+    # -- reading --------------------------------------------------------------------------
+    def versions(self) -> list[PolicyVersion]:
+        if not self.versions_dir.is_dir():
+            return []
+        out = []
+        for d in sorted(self.versions_dir.glob("v[0-9]*")):
+            meta = d / _META
+            if meta.is_file():
+                out.append(PolicyVersion(**{**json.loads(meta.read_text()), "path": str(d)}))
+        return out
+
+    def get(self, version: int) -> PolicyVersion:
+        for v in self.versions():
+            if v.version == int(version):
+                return v
+        raise ConfigError(f"registry {self.root} has no version {version}; it has "
+                          f"{[v.version for v in self.versions()] or 'none'}")
+
+    def latest(self) -> PolicyVersion | None:
+        vs = self.versions()
+        return vs[-1] if vs else None
+
+    def promoted(self) -> PolicyVersion | None:
+        p = self.root / "PROMOTED"
+        if not p.is_file():
+            return None
+        return self.get(json.loads(p.read_text())["version"])
+
+    def history(self) -> list[dict[str, Any]]:
+        p = self.root / "history.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def resolve_policy(spec: str) -> tuple[str, PolicyVersion | None]:
+    """A policy reference -> (path to load, its version or None).
+
+    `registry:DIR` is DIR's promoted version (else its latest); `registry:DIR@N` version N;
+    anything else is a path or a model name, returned as it is."""
+    if not spec.startswith(SCHEME):
+        return spec, None
+    root, _, ver = spec[len(SCHEME):].partition("@")
+    reg = PolicyRegistry(root)
+    if ver:
+        if not ver.lstrip("v").isdigit():
+            raise ConfigError(f"policy {spec!r}: the version after '@' must be a number")
+        pv = reg.get(int(ver.lstrip("v")))
+    else:
+        pv = reg.promoted() or reg.latest()
+        if pv is None:
+            raise ConfigError(f"policy {spec!r}: the registry at {root!r} holds no version yet "
+                              "(train one, or publish a checkpoint)")
+    return pv.path, pv

@@ -1,0 +1,67 @@
+"""`ScriptedEngine`: a generation engine that writes fixed plan texts instead of sampling a
+model — a hand-written pipeline run through exactly the same machinery as the learned
+conductor (rollout actors, recursion, evaluation, serving). Tests use it to drive the actor
+graph deterministically; users can use it to pin a known-good workflow.
+
+`ConductorConfig(engine="scripted", model=FILE)`: FILE is JSON
+`{"rules": [{"match": "substring of the prompt", "plan": "model_id = [...] ..."}, ...],
+"default": "plan text"}`; the first rule whose `match` occurs in the prompt's last message
+wins (e.g. match "An earlier workflow already ran" for the inner plan of a recursive call).
+Token ids are the UTF-8 bytes of the text, log-probs 0: enough for trajectories, not for
+learning. Plain Python: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.policy.engine import Prompt, Sample
+
+
+class _ByteTokenizer:
+    eos_token_id = 0
+
+    def __call__(self, text: str, **_: Any) -> dict[str, list[int]]:
+        return {"input_ids": list(text.encode())}
+
+
+class ScriptedEngine:
+    def __init__(self, rules: Sequence[tuple[str, str]], default: str):
+        self.rules, self.default = list(rules), default
+        self.tokenizer = _ByteTokenizer()
+        self.calls = 0
+
+    @classmethod
+    def from_file(cls, path: str) -> "ScriptedEngine":
+        try:
+            spec = json.loads(Path(path).read_text())
+            rules = [(r["match"], r["plan"]) for r in spec.get("rules", [])]
+            return cls(rules, spec["default"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"scripted engine {path!r}: expected JSON with 'default' and "
+                              f"'rules': [{{'match', 'plan'}}] ({type(e).__name__}: {e})") from None
+
+    def _text(self, prompt: Prompt) -> str:
+        last = prompt if isinstance(prompt, str) else (prompt[-1]["content"] if prompt else "")
+        return next((plan for match, plan in self.rules if match in last), self.default)
+
+    def generate(self, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int,
+                 top_p: float = 1.0, seed: int | None = None) -> list[list[Sample]]:
+        self.calls += 1
+        out = []
+        for p in prompts:
+            text = self._text(p)
+            ids = list(text.encode())
+            pid = list(str(p).encode()[:64])
+            out.append([Sample(pid, ids + [0], text, [0.0] * (len(ids) + 1), "stop")
+                        for _ in range(n)])
+        return out
+
+    def get_state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to load: a script has no weights."""
