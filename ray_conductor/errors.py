@@ -32,8 +32,8 @@ class WorkflowError(ConductorError):
     """The conductor's plan cannot be parsed or breaks a rule of the workflow language.
 
     Reason codes: `missing_list`, `length_mismatch`, `empty_workflow`, `unknown_worker`,
-    `worker_out_of_range`, `bad_access`, `forward_access`, `too_many_steps`, `bad_subtask`,
-    `unparsable`.
+    `worker_out_of_range`, `bad_access` (also a bad condition, or a vote that reads nothing),
+    `forward_access`, `too_many_steps`, `bad_subtask`, `too_long`, `unparsable`.
     """
 
     code = "bad_workflow"
@@ -86,3 +86,16 @@ class BadRequest(ConductorError):
                  status: int = 400):
         super().__init__(message, code)
         self.param, self.status = param, status
+
+
+class ServeError(ConductorError):
+    """A request the serving app refuses or cannot answer, in OpenAI's error shape: `status`
+    is the HTTP status, `type` OpenAI's error type, `code` a stable reason, `param` the
+    request field at fault (None when no one field is)."""
+
+    code = "invalid_request_error"
+
+    def __init__(self, message: str, status: int = 400, *, code: str | None = None,
+                 type: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message, code)
+        self.status, self.type, self.param = status, type, param

@@ -115,21 +115,26 @@ subtask_text = st.lists(
 
 @st.composite
 def workflows(draw):
+    """Valid workflows of every form: plain access, conditions, and vote steps."""
     n = draw(st.integers(1, 5))
     steps = []
     for i in range(n):
         acc = draw(st.one_of(st.just("all"),
                              st.lists(st.integers(0, max(i - 1, 0)), max_size=i, unique=True)
                              .map(lambda xs: tuple(sorted(xs))) if i else st.just(())))
-        steps.append(Step(draw(st.sampled_from(WORKERS)), draw(subtask_text), acc))
+        seen = i if acc == "all" else len(acc)
+        when = draw(st.sampled_from([None, "agree", "disagree"])) if seen >= 2 else None
+        worker = draw(st.sampled_from(WORKERS + (["vote"] if seen else [])))
+        steps.append(Step(worker, draw(subtask_text), acc, when))
     return Workflow(tuple(steps))
 
 
 @settings(max_examples=300, deadline=None)
 @given(workflows(), st.booleans())
 def test_round_trip(wf, by_id):
-    names = WORKERS if by_id else None
-    assert parse(render(wf, names), WORKERS) == wf
+    offered = WORKERS + ["vote"]
+    names = offered if by_id else None
+    assert parse(render(wf, names), offered) == wf
 
 
 def test_prompt_lists_the_pool_and_keeps_the_conductor_out_of_the_examples():
@@ -155,3 +160,90 @@ def test_prompt_without_examples_states_the_format_itself():
     assert "example" not in text.lower()  # no reference to examples that are not there
     assert "model_id = [" in text and "subtasks = [" in text and "access_list = [" in text
     assert "Example question" not in text
+
+
+# -- conditional steps and program workers ----------------------------------------------
+
+OFFERED = WORKERS + ["vote"]  # as `with_programs` offers them: the LLMs, then vote (id 4)
+
+
+def plan(ids, access, subs=None):
+    subs = subs or [f"s{i}" for i in range(len(ids))]
+    return f"model_id = {ids!r}\nsubtasks = {subs!r}\naccess_list = {access!r}"
+
+
+def test_cascade_condition_over_named_steps():
+    wf = parse(plan([2, 0, 1], [[], [], "disagree:0,1"]), OFFERED)
+    assert wf[2] == Step("claude", "s2", (0, 1), "disagree")
+    assert wf[2].visible(2) == (0, 1)
+    assert wf[0].when is None and wf[1].when is None
+
+
+def test_condition_over_all_earlier_steps_sees_them_all():
+    wf = parse(plan([0, 1, 2], [[], [], "agree"]), OFFERED)
+    assert wf[2] == Step("gemini", "s2", "all", "agree")
+    assert wf[2].visible(2) == (0, 1)
+
+
+def test_vote_step_by_id_and_by_name():
+    a = parse(plan([0, 1, 2, 4], [[], [], [], "all"]), OFFERED)
+    b = parse(plan(["gpt-4o", "claude", "gemini", "vote"], [[], [], [], "all"]), OFFERED)
+    assert a == b and a[3] == Step("vote", "s3", "all")
+
+
+@pytest.mark.parametrize("entry, access, when", [
+    ("Disagree", "all", "disagree"),  # case and spaces are forgiven
+    (" agree ", "all", "agree"),
+    ("disagree: 1, 0", (0, 1), "disagree"),
+    ("agree:[0,1]", (0, 1), "agree"),
+    ("disagree:0 2", (0, 2), "disagree"),
+    ("disagree:0,1,1", (0, 1), "disagree"),
+])
+def test_condition_spellings(entry, access, when):
+    wf = parse(plan([0, 1, 2, 3], [[], [], [], entry]), OFFERED)
+    assert (wf[3].access, wf[3].when) == (access, when)
+
+
+def test_conditions_render_as_strings_and_round_trip():
+    wf = Workflow((Step("gpt-4o", "a", ()), Step("claude", "b", ()),
+                   Step("gemini", "c", (0, 1), "disagree"), Step("llama", "d", "all", "agree"),
+                   Step("vote", "e", "all")))
+    text = render(wf, OFFERED)
+    assert "access_list = [[], [], 'disagree:0,1', 'agree', 'all']" in text
+    assert "model_id = [0, 1, 2, 3, 4]" in text
+    assert parse(text, OFFERED) == wf
+
+
+@pytest.mark.parametrize("ids, access, code, message", [
+    ([0, 1, 2], [[], [], "differ"], "bad_access", "must be 'all', a list of step indices"),
+    ([0, 1, 2], [[], [], "disagree:"], "bad_access", "'disagree:' names no steps"),
+    ([0, 1, 2], [[], [], "agree:  "], "bad_access", "'agree:' names no steps"),
+    ([0, 1, 2], [[], [], "disagree:0,x"], "bad_access", "must list step indices"),
+    ([0, 1, 2], [[], [], "disagree:0,2"], "forward_access", "access to step 2"),
+    ([0, 1, 2], [[], [], "agree:0,5"], "forward_access", "access to step 5"),
+    ([0, 1], [[], "disagree"], "bad_access", "at least two earlier steps, but this step sees 1"),
+    ([0, 1, 2], [[], [], "agree:1,1"], "bad_access", "this step sees 1"),
+    ([0], ["disagree"], "bad_access", "this step sees 0"),
+    ([4], [[]], "bad_access", "'vote' reads no earlier steps"),
+    ([0, 4], [[], []], "bad_access", "'vote' reads no earlier steps"),
+    ([0, 1, 2], [[], [], ["disagree", 0, 1]], "bad_access", "'disagree' is not a step index"),
+])
+def test_condition_and_vote_errors(ids, access, code, message):
+    with pytest.raises(WorkflowError, match=message) as e:
+        parse(plan(ids, access), OFFERED)
+    assert e.value.code == code
+
+
+def test_vote_is_unknown_unless_offered():
+    with pytest.raises(WorkflowError, match="unknown worker 'vote'") as e:
+        parse(plan([0, "vote"], [[], "all"]), WORKERS)
+    assert e.value.code == "unknown_worker"
+    with pytest.raises(WorkflowError) as e:
+        parse(plan([0, 4], [[], "all"]), WORKERS)
+    assert e.value.code == "worker_out_of_range"
+
+
+def test_step_refuses_an_unknown_condition_word():
+    with pytest.raises(WorkflowError) as e:
+        Step("a", "x", "all", "maybe")
+    assert e.value.code == "bad_access"

@@ -49,6 +49,8 @@ class ConductorConfig:
     fallback_worker: str = "0"  # a worker id ("0") or name, used when no sample parses
     fallback_subtask: str = "Answer the question."
     recursion_depth: int = 1  # how deep the conductor may call itself; 0 disables it
+    programs: bool = False  # offer the program workers (vote) and teach conditional steps
+    worker_ids: str = "index"  # "index": workers are numbers; "name": the conductor writes names
     self_name: str = "conductor"
     gpu_memory_utilization: float = 0.5  # vLLM only
 
@@ -93,10 +95,14 @@ def build_engine(cfg: ConductorConfig) -> GenerationEngine:
 
 
 def offered_workers(workers: Sequence[WorkerInfo], cfg: ConductorConfig) -> list[WorkerInfo]:
-    """The workers the prompt lists: the conductor itself only while recursion is on."""
-    if cfg.recursion_depth > 0:
-        return list(workers)
-    return [w for w in workers if w.name != cfg.self_name]
+    """The workers the prompt lists: the conductor itself only while recursion is on, the
+    program workers (vote) after the pool's when `cfg.programs`."""
+    from ray_conductor.workflow.programs import is_program, with_programs
+
+    out = [w for w in workers if cfg.recursion_depth > 0 or w.name != cfg.self_name]
+    if cfg.programs:
+        return with_programs([w for w in out if not is_program(w.name)])
+    return out
 
 
 def conductor_prompt(question: str, offered: Sequence[WorkerInfo], cfg: ConductorConfig, *,
@@ -108,7 +114,7 @@ def conductor_prompt(question: str, offered: Sequence[WorkerInfo], cfg: Conducto
     if cap and len(question) > cap:
         question = question[:cap] + " [...]"
     return build_prompt(question, offered, max_steps=cfg.max_steps, few_shot=cfg.few_shot,
-                        previous=previous, self_name=cfg.self_name)
+                        previous=previous, self_name=cfg.self_name, ids=cfg.worker_ids)
 
 
 class Conductor:
@@ -128,9 +134,12 @@ class Conductor:
 
     def fallback(self, workers: Sequence[WorkerInfo], previous: str | None = None) -> Workflow:
         """The default plan. Inside a recursive call it is the empty plan (keep the answer)."""
+        from ray_conductor.workflow.programs import is_program
+
         if previous is not None:
             return Workflow(())
-        names = [w.name for w in workers if w.name != self.cfg.self_name]
+        names = [w.name for w in workers if w.name != self.cfg.self_name
+                 and not is_program(w.name)]
         if not names:
             return Workflow(())
         want = str(self.cfg.fallback_worker).strip()

@@ -91,6 +91,7 @@ class RecursivePool:
             return Completion(self.self_name, text=outputs[-1][1], meta=info,
                               latency_s=time.perf_counter() - t0)
         trace = await execute(result.workflow, question, inner, query_id=meta.get("query_id"),
+                              answer_format=meta.get("answer_format"),
                               params=params)
         info["trace"] = trace.to_dict()
         done = Completion(
@@ -99,8 +100,8 @@ class RecursivePool:
             output_tokens=sum(s.output_tokens for s in trace.steps),
             cost=trace.cost, latency_s=time.perf_counter() - t0, meta=info,
         )
-        last = trace.steps[-1]
-        if last.error is not None:
+        last = trace.final_step
+        if last is not None and last.error is not None:
             done.error = f"the inner workflow's last step failed: {last.error}"
             done.error_code = "inner_failed"
         return done

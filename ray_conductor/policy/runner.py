@@ -50,7 +50,8 @@ async def run_conductor(conductor: Conductor, questions: Sequence[Any], pool: Wo
             return p, None
         async with sem:
             return p, await execute(p.workflow, q.query, pool, query_id=q.query_id,
-                                    params=params)
+                                    params=params,
+                                    answer_format=getattr(q, "answer_format", None))
 
     return list(await asyncio.gather(*(one(q, p) for q, p in zip(questions, plans))))
 

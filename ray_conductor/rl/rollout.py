@@ -76,7 +76,8 @@ class RolloutWorker:
         parsed = not plan.fell_back and plan.n_attempts == 1
         async with sem:
             s = await score_plan(plan.workflow if parsed else None, q.query, q.query_id,
-                                 self.pool, self.judge, self.reward_cfg)
+                                 self.pool, self.judge, self.reward_cfg,
+                                 answer_format=q.answer_format)
         sample = plan.samples[0]
         return Trajectory.from_sample(
             sample, s.reward, f"{iteration}:{q.query_id}", cost=s.cost, calls=s.calls,
@@ -94,28 +95,50 @@ class RolloutWorker:
                                    concurrency=self.concurrency)
 
     def demonstrations(self, questions: Sequence[Query], seed: int) -> list[Trajectory]:
-        """Format warm-up data: for each question a valid plan over uniformly random workers
-        (one step, sometimes a solve-then-check pair), as prompt + plan + EOS with advantage 1.
-        A learner step on these is supervised fine-tuning on the plan language; the uniform
-        choice teaches the format without a preference for any worker."""
+        """Format warm-up data: for each question a valid plan over uniformly random workers,
+        as prompt + plan + EOS with advantage 1. A learner step on these is supervised
+        fine-tuning on the plan language; the uniform choice teaches the format without a
+        preference for any worker."""
         from ray_conductor.policy.engine import prompt_ids
-        from ray_conductor.workflow import Step, Workflow, render
+        from ray_conductor.workflow import render
 
         rng = random.Random(seed)
         tok = self.conductor.engine.tokenizer
         offered = self.conductor.offered(self.workers())
-        names = [w.name for w in offered if w.name != self.conductor.cfg.self_name]
+        ids = [w.name for w in offered] if self.conductor.cfg.worker_ids == "index" else None
         out = []
         for q in questions:
-            steps = [Step(rng.choice(names), rng.choice(WARMUP_SUBTASKS), ())]
-            if rng.random() < 0.25:
-                steps.append(Step(rng.choice(names), CHECK_SUBTASK, "all"))
-            text = render(Workflow(tuple(steps)), [w.name for w in offered])
+            text = render(random_plan(rng, offered, self.conductor.cfg), ids)
             completion = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             p = prompt_ids(tok, self.conductor.prompt(q.query, offered))
             out.append(Trajectory(p, completion, None, 1.0, f"warmup:{q.query_id}",
                                   advantage=1.0, parsed=True, query_id=q.query_id))
         return out
+
+
+def random_plan(rng: random.Random, offered: Sequence[WorkerInfo], cfg: ConductorConfig
+                ) -> Any:
+    """A valid plan over uniformly random LLM workers: one step, sometimes a solve-then-check
+    pair, and with program workers offered also a cascade (two cheap answers, a third worker
+    only if they disagree) or a vote of three."""
+    from ray_conductor.workflow import Step, Workflow
+    from ray_conductor.workflow.programs import VOTE, is_program
+
+    names = [w.name for w in offered if w.name != cfg.self_name and not is_program(w.name)]
+    pick = rng.choice
+    programs = any(w.name == VOTE for w in offered) and cfg.max_steps >= 4
+    r = rng.random()
+    if programs and r < 0.2:
+        return Workflow((Step(pick(names), pick(WARMUP_SUBTASKS), ()),
+                         Step(pick(names), pick(WARMUP_SUBTASKS), ()),
+                         Step(pick(names), pick(WARMUP_SUBTASKS), (0, 1), "disagree")))
+    if programs and r < 0.35:
+        return Workflow(tuple(Step(pick(names), pick(WARMUP_SUBTASKS), ()) for _ in range(3))
+                        + (Step(VOTE, "Give the most common answer.", "all"),))
+    steps = [Step(pick(names), pick(WARMUP_SUBTASKS), ())]
+    if r > 0.75:
+        steps.append(Step(pick(names), CHECK_SUBTASK, "all"))
+    return Workflow(tuple(steps))
 
 
 @ray.remote

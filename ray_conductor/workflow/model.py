@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Literal, Union
 
+from ray_conductor.errors import WorkflowError
+
 Access = Union[Literal["all"], tuple[int, ...]]
+CONDITIONS = ("agree", "disagree")
 
 
 @dataclass(frozen=True)
@@ -13,11 +16,19 @@ class Step:
     """One call: `worker` (by name) answers `subtask`, seeing the outputs named by `access`.
 
     `access` is "all" (every earlier step) or a tuple of earlier step indices; () sees none.
+    `when` makes the step conditional: "disagree" runs it only if the answers of the steps it
+    sees differ, "agree" only if they are the same; None (the default) always runs it.
     """
 
     worker: str
     subtask: str
     access: Access = ()
+    when: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.when is not None and self.when not in CONDITIONS:
+            raise WorkflowError(f"step condition {self.when!r} must be 'agree' or 'disagree'",
+                                code="bad_access")
 
     def visible(self, index: int) -> tuple[int, ...]:
         """Indices of the earlier steps whose outputs this step (at `index`) sees."""
@@ -28,7 +39,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Workflow:
-    """An ordered list of steps; the last step's output is the answer."""
+    """An ordered list of steps; the output of the last step that ran is the answer."""
 
     steps: tuple[Step, ...]
 

@@ -3,214 +3,130 @@
 The format is the Conductor paper's: optional reasoning (a `<think>...</think>` block is
 dropped), then three labelled Python-literal lists::
 
-    model_id = [2, 0]
-    subtasks = ["Solve the problem step by step.", "Check the solution and give the answer."]
-    access_list = [[], "all"]
+    model_id = [2, 0, 1]
+    subtasks = ["Solve the problem.", "Solve the problem.", "The answers differ: decide."]
+    access_list = [[], [], "disagree:0,1"]
 
-Each list is read with `ast.literal_eval`, then JSON, then a lenient split, and the result is
-validated strictly; every failure raises `WorkflowError` with a reason code.
+An access entry is "all", [] or a list of earlier step indices, or a condition string:
+"disagree" / "agree" (over all earlier steps) or "disagree:0,1" / "agree:0,1" (over those
+steps). Finding the lists (`scan`) is linear in the text; the result is validated strictly
+and every failure raises `WorkflowError` with a reason code and a one-line message.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import re
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ray_conductor.errors import WorkflowError
-from ray_conductor.workflow.model import Step, Workflow
+from ray_conductor.workflow.model import Access, Step, Workflow
+from ray_conductor.workflow.programs import is_program
+from ray_conductor.workflow.scan import (
+    LABELS, MAX_TEXT_CHARS, check_size, fail, locate, read_list, short, strip_reasoning,
+)
 
-LABELS = ("model_id", "subtasks", "access_list")
 DEFAULT_MAX_STEPS = 5
-_LABEL_RE = {lab: re.compile(rf"\b{lab}\s*[:=]\s*(?=\[)") for lab in LABELS}
+MAX_SUBTASK_CHARS = 1_000  # an instruction, not a document: keeps prompts and plans bounded
+_CONDITION = re.compile(r"(agree|disagree)\s*(?::(.*))?", re.DOTALL)
+_ACCESS_FORMS = "'all', a list of step indices, 'disagree', 'agree', 'disagree:0,1' or 'agree:0,1'"
 
-
-def _fail(code: str, message: str) -> WorkflowError:
-    return WorkflowError(message, code=code)
-
-
-# -- finding the lists -------------------------------------------------------------------
-
-
-def _balanced_end(text: str, start: int) -> int:
-    """Index one past the `]` closing the `[` at `start`, skipping quoted strings; -1 if none."""
-    depth, i, quote = 0, start, ""
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return -1
-
-
-@dataclass
-class _Found:
-    label: str
-    start: int  # where the label begins
-    lo: int  # the list's `[`
-    hi: int  # one past its `]`, or -1 when it never closes
-    strict: bool  # parsed by literal_eval or JSON (so it is a real container)
-
-
-def _strict_literal(src: str) -> tuple[bool, Any]:
-    try:
-        return True, ast.literal_eval(src)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        pass
-    try:
-        return True, json.loads(src)
-    except (ValueError, RecursionError):
-        return False, None
-
-
-def _split_top(body: str) -> list[str]:
-    """Split a list body on commas that are outside quotes and brackets."""
-    parts, depth, quote, cur, i = [], 0, "", [], 0
-    while i < len(body):
-        ch = body[i]
-        if quote:
-            if ch == "\\" and i + 1 < len(body):
-                cur.append(body[i : i + 2])
-                i += 2
-                continue
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            i += 1
-            continue
-        cur.append(ch)
-        i += 1
-    if "".join(cur).strip():
-        parts.append("".join(cur))
-    return parts
-
-
-def _lenient(src: str) -> list[Any]:
-    """Last resort for almost-literal lists: unquoted words, smart quotes, trailing commas."""
-    src = src.strip()
-    if not (src.startswith("[") and src.endswith("]")):
-        raise _fail("unparsable", f"expected a bracketed list, got {src[:60]!r}")
-    out: list[Any] = []
-    for raw in _split_top(src[1:-1]):
-        item = raw.strip().strip("\u201c\u201d\u2018\u2019")
-        if item.startswith("["):
-            out.append(_lenient(item))
-        elif len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
-            out.append(item[1:-1])
-        elif re.fullmatch(r"-?\d+", item):
-            out.append(int(item))
-        else:
-            out.append(item)
-    return out
-
-
-def _read_list(text: str, found: _Found) -> Any:
-    if found.hi < 0:
-        raise _fail("unparsable", f"the list after '{found.label} =' is never closed with ']'")
-    src = text[found.lo : found.hi]
-    ok, value = _strict_literal(src)
-    return value if ok else _lenient(src)
-
-
-def _locate(text: str) -> dict[str, _Found]:
-    """For each label, its last occurrence that is not inside another parsed list."""
-    cands: list[_Found] = []
-    for lab, rx in _LABEL_RE.items():
-        for m in rx.finditer(text):
-            hi = _balanced_end(text, m.end())
-            strict = hi > 0 and _strict_literal(text[m.end() : hi])[0]
-            cands.append(_Found(lab, m.start(), m.end(), hi, strict))
-    containers = [c for c in cands if c.strict]
-
-    def nested(c: _Found) -> bool:
-        return any(o is not c and o.lo < c.start < o.hi for o in containers)
-
-    chosen: dict[str, _Found] = {}
-    for c in sorted(cands, key=lambda c: c.start):
-        if not nested(c):
-            chosen[c.label] = c
-    return chosen
-
-
-def strip_reasoning(text: str) -> str:
-    """Drop a leading `<think>...</think>` block (or everything before a lone `</think>`)."""
-    end = text.find("</think>")
-    if end < 0:
-        return text
-    firsts = [m.start() for rx in _LABEL_RE.values() if (m := rx.search(text))]
-    if firsts and min(firsts) < end:
-        return text
-    return text[end + len("</think>") :]
+__all__ = ["DEFAULT_MAX_STEPS", "LABELS", "MAX_SUBTASK_CHARS", "MAX_TEXT_CHARS", "parse", "render",
+           "render_access", "strip_reasoning", "validate"]
 
 
 # -- validation --------------------------------------------------------------------------
 
 
+def _out_of_range(i: int, shown: str, workers: Sequence[str]) -> WorkflowError:
+    return fail("worker_out_of_range",
+                f"step {i}: worker id {shown} is out of range; valid ids are 0..{len(workers) - 1}")
+
+
 def _resolve_worker(i: int, wid: Any, workers: Sequence[str]) -> str:
     if isinstance(wid, bool):
-        raise _fail("unknown_worker", f"step {i}: worker id {wid!r} is not a number or a name")
+        raise fail("unknown_worker", f"step {i}: worker id {wid!r} is not a number or a name")
     if isinstance(wid, str) and re.fullmatch(r"\s*\d+\s*", wid):
-        wid = int(wid)
+        digits = wid.strip().lstrip("0") or "0"
+        if len(digits) > 18:  # int() refuses past 4,300 digits; no pool is that large anyway
+            raise _out_of_range(i, f"<a {len(digits)}-digit number>", workers)
+        wid = int(digits)
     if isinstance(wid, int):
         if not 0 <= wid < len(workers):
-            raise _fail(
-                "worker_out_of_range",
-                f"step {i}: worker id {wid} is out of range; valid ids are 0..{len(workers) - 1}",
-            )
+            raise _out_of_range(i, short(wid), workers)
         return workers[wid]
     if isinstance(wid, str) and wid.strip() in workers:
         return wid.strip()
-    raise _fail(
-        "unknown_worker",
-        f"step {i}: unknown worker {wid!r}; known workers: {', '.join(workers)}",
-    )
+    raise fail("unknown_worker",
+               f"step {i}: unknown worker {short(wid)}; known workers: {', '.join(workers)}")
 
 
-def _resolve_access(i: int, acc: Any) -> Any:
+def _indices(i: int, entries: Any) -> tuple[int, ...]:
+    idx = []
+    for a in entries:
+        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
+            raise fail("bad_access", f"step {i}: access entry {short(a)} is not a step index")
+        if a >= i:
+            raise fail("forward_access",
+                       f"step {i}: access to step {short(a)}, which is not an earlier step")
+        idx.append(a)
+    return tuple(sorted(set(idx)))
+
+
+def _condition(i: int, text: str) -> tuple[Access, str] | None:
+    """("all" or indices, "agree"/"disagree") for a condition string, None if it is none."""
+    m = _CONDITION.fullmatch(text)
+    if m is None:
+        return None
+    when, rest = m.group(1), m.group(2)
+    if rest is None:
+        access: Access = "all"
+    else:
+        parts = [p for p in re.split(r"[\s,]+", rest.strip().strip("[]()")) if p]
+        if not parts:
+            raise fail("bad_access", f"step {i}: '{when}:' names no steps; write '{when}' to "
+                       f"compare all earlier steps, or e.g. '{when}:0,1'")
+        if not all(re.fullmatch(r"\d{1,18}", p) for p in parts):
+            raise fail("bad_access", f"step {i}: {short(text)} must list step indices after "
+                       f"the colon, e.g. '{when}:0,1'")
+        access = _indices(i, [int(p) for p in parts])
+    seen = i if access == "all" else len(access)
+    if seen < 2:
+        raise fail("bad_access", f"step {i}: '{when}' compares the answers of at least two "
+                   f"earlier steps, but this step sees {seen}")
+    return access, when
+
+
+def _resolve_access(i: int, acc: Any) -> tuple[Access, str | None]:
     if isinstance(acc, str):
         word = acc.strip().lower()
         if word == "all":
-            return "all"
+            return "all", None
         if word in ("", "none", "[]"):
-            return ()
-        raise _fail("bad_access", f"step {i}: access {acc!r} must be 'all' or a list of step indices")
+            return (), None
+        cond = _condition(i, word)
+        if cond is None:
+            raise fail("bad_access", f"step {i}: access {short(acc)} must be {_ACCESS_FORMS}")
+        return cond
     if acc is None:
-        return ()
+        return (), None
     if not isinstance(acc, (list, tuple)):
-        raise _fail("bad_access", f"step {i}: access {acc!r} must be 'all' or a list of step indices")
-    idx = []
-    for a in acc:
-        if isinstance(a, bool) or not isinstance(a, int) or a < 0:
-            raise _fail("bad_access", f"step {i}: access entry {a!r} is not a step index")
-        if a >= i:
-            raise _fail(
-                "forward_access",
-                f"step {i}: access to step {a}, which is not an earlier step",
-            )
-        idx.append(a)
-    return tuple(sorted(set(idx)))
+        raise fail("bad_access", f"step {i}: access {short(acc)} must be {_ACCESS_FORMS}")
+    return _indices(i, acc), None
+
+
+def _step(i: int, wid: Any, sub: Any, acc: Any, workers: Sequence[str]) -> Step:
+    worker = _resolve_worker(i, wid, workers)
+    if not isinstance(sub, str):
+        raise fail("bad_subtask", f"step {i}: subtask {short(sub)} is not a string")
+    if len(sub) > MAX_SUBTASK_CHARS:
+        raise fail("bad_subtask", f"step {i}: the subtask has {len(sub)} characters; at most "
+                   f"{MAX_SUBTASK_CHARS} are allowed")
+    access, when = _resolve_access(i, acc)
+    step = Step(worker, sub, access, when)
+    if is_program(worker) and not step.visible(i):
+        raise fail("bad_access", f"step {i}: '{worker}' reads no earlier steps; give it 'all' "
+                   "or a list of step indices")
+    return step
 
 
 def validate(
@@ -225,10 +141,10 @@ def validate(
     """Build a `Workflow` from the three raw lists, or raise `WorkflowError`."""
     for lab, val in zip(LABELS, (model_ids, subtasks, access)):
         if not isinstance(val, (list, tuple)):
-            raise _fail("missing_list", f"'{lab}' must be a list, got {type(val).__name__}")
+            raise fail("missing_list", f"'{lab}' must be a list, got {type(val).__name__}")
     n = len(model_ids)
     if not (n == len(subtasks) == len(access)):
-        raise _fail(
+        raise fail(
             "length_mismatch",
             f"the lists differ in length: model_id has {n}, subtasks {len(subtasks)}, "
             f"access_list {len(access)}",
@@ -236,16 +152,11 @@ def validate(
     if n == 0:
         if allow_empty:
             return Workflow(())
-        raise _fail("empty_workflow", "the workflow has no steps")
+        raise fail("empty_workflow", "the workflow has no steps")
     if n > max_steps:
-        raise _fail("too_many_steps", f"the workflow has {n} steps; at most {max_steps} are allowed")
-    steps = []
-    for i, (wid, sub, acc) in enumerate(zip(model_ids, subtasks, access)):
-        worker = _resolve_worker(i, wid, workers)
-        if not isinstance(sub, str):
-            raise _fail("bad_subtask", f"step {i}: subtask {sub!r} is not a string")
-        steps.append(Step(worker, sub, _resolve_access(i, acc)))
-    return Workflow(tuple(steps))
+        raise fail("too_many_steps", f"the workflow has {n} steps; at most {max_steps} are allowed")
+    return Workflow(tuple(_step(i, w, s, a, workers)
+                          for i, (w, s, a) in enumerate(zip(model_ids, subtasks, access))))
 
 
 def parse(
@@ -257,22 +168,30 @@ def parse(
 ) -> Workflow:
     """Read the conductor's text into a validated `Workflow`.
 
-    `workers` are the pool's worker names in id order; ids in the text may be indices or names.
-    `allow_empty` accepts three empty lists (a recursive call keeping the previous answer).
+    `workers` are the offered worker names in id order (program workers such as "vote"
+    included when offered); ids in the text may be indices or names. `allow_empty` accepts
+    three empty lists (a recursive call keeping the previous answer).
     """
-    if not isinstance(text, str):
-        raise _fail("unparsable", f"plan text must be a string, got {type(text).__name__}")
-    body = strip_reasoning(text)
-    found = _locate(body)
+    body = strip_reasoning(check_size(text))
+    found = locate(body)
     missing = [lab for lab in LABELS if lab not in found]
     if missing:
-        raise _fail(
+        raise fail(
             "missing_list",
             "missing " + ", ".join(f"'{m} = [...]'" for m in missing)
             + "; a plan needs model_id, subtasks and access_list",
         )
-    values = [_read_list(body, found[lab]) for lab in LABELS]
+    values = [read_list(body, found[lab]) for lab in LABELS]
     return validate(*values, workers, max_steps=max_steps, allow_empty=allow_empty)
+
+
+def render_access(step: Step) -> Any:
+    """The access_list entry of a step: "all", a list, or a condition string."""
+    if step.when is None:
+        return "all" if step.access == "all" else list(step.access)
+    if step.access == "all":
+        return step.when
+    return f"{step.when}:" + ",".join(str(k) for k in step.access)
 
 
 def render(workflow: Workflow, workers: Sequence[str] | None = None) -> str:
@@ -281,7 +200,7 @@ def render(workflow: Workflow, workers: Sequence[str] | None = None) -> str:
     With `workers`, steps are written as numeric ids (the conductor's vocabulary); without,
     as names.
     """
-    ids: list[Any] = [workers.index(s.worker) if workers else s.worker for s in workflow]
+    ids: list[Any] = [list(workers).index(s.worker) if workers else s.worker for s in workflow]
     subs = [s.subtask for s in workflow]
-    acc = ["all" if s.access == "all" else list(s.access) for s in workflow]
+    acc = [render_access(s) for s in workflow]
     return f"model_id = {ids!r}\nsubtasks = {subs!r}\naccess_list = {acc!r}"
