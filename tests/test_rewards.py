@@ -111,3 +111,18 @@ def test_extract_code_from_markdown():
     assert extract_code(text) == "def helper():\n    pass\n"
     assert extract_code("def g():\n    return 1\n") == "def g():\n    return 1"
     assert extract_code("```\nx = 1\n") == "x = 1\n"  # an unclosed fence still counts
+
+
+def test_a_code_verifier_refuses_at_build_time_where_the_sandbox_is_incomplete(monkeypatch):
+    """Without a kernel layer (and without the opt-in) training stops when the verifier is
+    built, with the sandbox's one line, not mid-rollout."""
+    import ray_conductor.verify.sandbox as sandbox
+    from ray_conductor.errors import SandboxError
+    from ray_conductor.rl.rewards import verifier_for
+
+    real = sandbox.run_untrusted
+    monkeypatch.delenv("RAY_CONDUCTOR_UNSAFE_SANDBOX", raising=False)
+    monkeypatch.setattr(sandbox, "run_untrusted",
+                        lambda *a, **kw: real(*a, simulate_missing=("seccomp",), **kw))
+    with pytest.raises(SandboxError, match="RAY_CONDUCTOR_UNSAFE_SANDBOX"):
+        verifier_for("mbpp")

@@ -1,6 +1,7 @@
 """Hostile snippets against the sandbox: each must be stopped, and leave nothing behind.
 
-The first tests use the full sandbox; the later ones switch all but one layer off, to show
+The first tests use the full sandbox; the later ones switch all but one layer off (which
+needs `allow_unsafe=True`: the sandbox refuses to run with a required layer missing), to show
 that layer holds on its own (they skip where this machine lacks it).
 """
 
@@ -12,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from ray_conductor.errors import SandboxError
 from ray_conductor.verify.sandbox import run_untrusted
 
-FULL = run_untrusted("pass").layers  # what this machine offers
+try:
+    FULL = run_untrusted("pass").layers  # what this machine offers
+except SandboxError as e:  # it refuses to run without every required layer
+    pytest.skip(f"the full sandbox is unavailable here: {e}", allow_module_level=True)
 HAS_NETNS = any(layer.endswith("netns") for layer in FULL)
 LANDLOCK_ABI = max((int(x[len("landlock-abi"):]) for x in FULL if x.startswith("landlock")),
                    default=0)
@@ -24,7 +29,7 @@ LANDLOCK_ABI = max((int(x[len("landlock-abi"):]) for x in FULL if x.startswith("
 def listener():
     """A TCP server on 127.0.0.1; `.accepted` records any connection that got through."""
     class Listener:
-        accepted: list = []
+        accepted: list
 
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -180,7 +185,8 @@ def test_no_site_packages():
 @pytest.mark.skipif(LANDLOCK_ABI < 1, reason="no landlock on this kernel")
 def test_landlock_alone_stops_writes_reads_and_exec(tmp_path):
     target = tmp_path / "outside.txt"
-    only = dict(isolate_network=False, use_audit_hook=False)
+    only = {"use_namespaces": False, "use_seccomp": False, "use_audit_hook": False,
+            "allow_unsafe": True}
     r = run_untrusted(f"open({str(target)!r}, 'w').write('x')", **only)
     assert not r.ok and "Permission denied" in r.stderr and not target.exists()
     r = run_untrusted(f"import os\nos.symlink({str(tmp_path)!r}, 'link')\n"
@@ -195,23 +201,24 @@ def test_landlock_alone_stops_writes_reads_and_exec(tmp_path):
 
 @pytest.mark.skipif(LANDLOCK_ABI < 4, reason="landlock without network rules (ABI < 4)")
 def test_landlock_alone_stops_tcp(listener):
-    r = run_untrusted(connect_code(listener.port), isolate_network=False,
-                      use_audit_hook=False)
+    r = run_untrusted(connect_code(listener.port), use_namespaces=False, use_seccomp=False,
+                      use_audit_hook=False, allow_unsafe=True)
     assert not r.ok and "CONNECTED" not in r.stdout and "Permission denied" in r.stderr
     assert listener.accepted == []
 
 
 @pytest.mark.skipif(not HAS_NETNS, reason="unshare --net does not work here")
 def test_network_namespace_alone_stops_tcp(listener):
-    r = run_untrusted(connect_code(listener.port), use_landlock=False,
-                      use_audit_hook=False)
+    r = run_untrusted(connect_code(listener.port), use_landlock=False, use_seccomp=False,
+                      use_audit_hook=False, allow_unsafe=True)
     assert not r.ok and "CONNECTED" not in r.stdout
     assert "unreachable" in r.stderr or "refused" in r.stderr
     assert listener.accepted == []
 
 
 def test_audit_hook_alone_stops_writes_and_network(listener, tmp_path):
-    only = dict(isolate_network=False, use_landlock=False)
+    only = {"use_namespaces": False, "use_landlock": False, "use_seccomp": False,
+            "allow_unsafe": True}
     target = tmp_path / "outside.txt"
     r = run_untrusted(f"open({str(target)!r}, 'w').write('x')", **only)
     assert r.killed_reason == "blocked" and not target.exists()

@@ -122,11 +122,21 @@ def _math() -> Verifier:
     return math_equal
 
 
+def _sandbox_ready() -> None:
+    """Run a trivial program once when a code verifier is built, so a machine whose kernel
+    lacks a sandbox layer fails at the start of training with the sandbox's one-line
+    `SandboxError`, not in the middle of a rollout."""
+    from ray_conductor.verify.sandbox import run_untrusted
+
+    run_untrusted("pass", tests="pass")
+
+
 @register_verifier("humaneval")
 def _humaneval() -> Verifier:
     """Reference: the HumanEval record (`prompt`, `test`, `entry_point`)."""
     from ray_conductor.verify.code import humaneval_correct
 
+    _sandbox_ready()
     return humaneval_correct
 
 
@@ -135,6 +145,7 @@ def _mbpp() -> Verifier:
     """Reference: assert lines, or a record with `test_list` (RouterBench rows have none)."""
     from ray_conductor.verify.code import mbpp_correct
 
+    _sandbox_ready()
     return mbpp_correct
 
 

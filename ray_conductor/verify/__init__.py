@@ -1,6 +1,9 @@
 """Verifiers: turn a worker's free text into a checkable answer and compare it with the truth.
 
-Owns: answer extraction and checking (pure functions). Must not import: Ray, torch, litellm.
+Owns: answer extraction and checking (pure functions), and the sandbox that runs model-written
+code and its tests (`sandbox.run_untrusted`; `code` builds the HumanEval/MBPP checkers on it).
+The `sandbox_*` modules other than `sandbox` run inside the sandbox, loaded by path: stdlib
+only, no package imports. Must not import: Ray, torch, litellm.
 """
 
 from ray_conductor.verify.checkers import extract_choice

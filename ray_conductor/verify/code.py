@@ -2,13 +2,19 @@
 
 HumanEval gives a prompt (imports, helpers, the signature and docstring), a `check(candidate)`
 test and an entry point; MBPP-style tasks give plain `assert` lines. Either way the verdict is
-"the program plus its tests exited 0 within the limits".
+the sandbox's `passed`: its trusted harness ran the program, then the tests, to the end -- not
+"the process exited 0", which the program can do itself (`sys.exit(0)` before the tests).
+The tests run in a copy of the program's namespace, so the program cannot replace `check`; for
+HumanEval the prompt (trusted: its imports and helper functions, such as `poly` in
+HumanEval/32) is run again in that copy, so the program cannot weaken the helpers the tests
+call either. What no harness can rule out: a result object whose `__eq__` always says yes.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ray_conductor.verify.sandbox import run_untrusted
 
@@ -41,20 +47,30 @@ def humaneval_program(prompt: str, answer: str, entry_point: str) -> str:
     return prompt + code
 
 
+def humaneval_tests(problem: dict[str, Any]) -> str:
+    """The trusted test script for a HumanEval record: keep the program's entry point, restore
+    the prompt's imports and helpers over whatever the program defined, then `check` it."""
+    ep = problem["entry_point"]
+    return (f"_rc_candidate = {ep}\n"
+            f"{problem['prompt'].rstrip()}\n    pass\n\n"
+            f"{ep} = _rc_candidate\n\n"
+            f"{problem['test']}\n\ncheck({ep})\n")
+
+
 def run_tests(program: str, tests: str, entry_point: str | None = None, *,
               timeout_s: float = 10.0, memory_mb: int = 512) -> bool:
     """Whether `program` passes `tests` in the sandbox (HumanEval: `check(entry_point)` is
     called when an entry point is given)."""
-    script = f"{program}\n\n{tests}\n"
     if entry_point:
-        script += f"\ncheck({entry_point})\n"
-    return run_untrusted(script, timeout_s=timeout_s, memory_mb=memory_mb).ok
+        tests = f"{tests}\n\ncheck({entry_point})\n"
+    r = run_untrusted(program, tests=tests, timeout_s=timeout_s, memory_mb=memory_mb)
+    return bool(r.passed)
 
 
 def humaneval_correct(answer: str, problem: dict[str, Any], **kw: Any) -> bool:
     """A HumanEval record (`prompt`, `test`, `entry_point`) against a model's answer."""
-    ep = problem["entry_point"]
-    return run_tests(humaneval_program(problem["prompt"], answer, ep), problem["test"], ep, **kw)
+    program = humaneval_program(problem["prompt"], answer, problem["entry_point"])
+    return run_tests(program, humaneval_tests(problem), **kw)
 
 
 def mbpp_correct(answer: str, tests: str | Sequence[str] | dict[str, Any], **kw: Any) -> bool:

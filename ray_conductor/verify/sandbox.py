@@ -1,37 +1,53 @@
 """Run untrusted Python (model-written programs and their tests) in a sandbox.
 
-Layers, outermost first, and what each one guarantees:
+Layers, outermost first, and what each one guarantees (`SandboxResult.layers` names the active
+ones; `sandbox_setup`, `sandbox_kernel`, `sandbox_seccomp`, `sandbox_audit` and
+`sandbox_child` hold the code that runs inside):
 
-1. **A separate process** (`python -I -S -B`: no site-packages, no user files, stdlib only) in
-   its own session, with a minimal environment (no API keys: only PATH, HOME, TMPDIR, LANG),
-   a fresh temporary directory as cwd and HOME (deleted afterwards), and a wall-clock deadline
-   after which the whole process group is killed.
-2. **Resource limits** (`setrlimit`, set before user code runs, soft = hard so they cannot be
-   raised): address space (`memory_mb`), CPU seconds, size of any file written -- stdout and
-   stderr go to files, so this caps output too -- open files, processes (not enforced by
-   Linux for root), no core dumps.
-3. **A network namespace** (`unshare --net`, or `unshare --user --map-root-user --net` when
-   not root), where one probe at first use shows it works: the process sees only a loopback
-   interface that is down, so no TCP, UDP or DNS reaches anything.
-4. **Landlock** (Linux >= 5.13, ABI checked at run time), kernel-enforced and irreversible:
-   writes and file creation only inside the temporary directory; reads only of the stdlib,
-   the system libraries and the temporary directory; no `execve` of any file; with ABI >= 4 no
-   TCP bind/connect; with ABI >= 6 no signals or abstract UNIX sockets outside the sandbox.
-5. **An audit hook** (`sys.addaudithook`, Python-level, cannot be removed): raises
-   `PermissionError("sandbox: ...")` on writes outside the temporary directory, process
-   creation (fork, exec, spawn, system, subprocess), kill, sockets, `ctypes` and
-   sub-interpreters, and `gc` walks that could reach the hook's state. It turns violations
-   into clear errors and is the only file/network guard where 3 and 4 are unavailable; it is
-   a tripwire, not a security boundary on its own (a CPython memory bug bypasses it).
+1. **A separate process tree** started by `unshare --user --map-root-user --pid --net --mount
+   --mount-proc --fork --kill-child` ("userns", "pidns", "netns", "mountns"): no capability
+   outside its user namespace (it cannot raise its own hard limits, even when the caller is
+   root); other processes are invisible (no pid of theirs resolves, its parent included); only
+   a loopback interface that is down; mounts stay private. A minimal environment (no API
+   keys), a fresh temporary directory as cwd/HOME/TMPDIR, a wall-clock deadline after which
+   the whole process group is killed.
+2. **Resource limits** (soft = hard): address space, CPU seconds, size of any one file (stdout
+   and stderr go to files, so this caps output too), open files, processes, no core dumps; and
+   ("tmpfs") the working directory is a tmpfs of `max_disk_bytes` and `max_files` inodes,
+   mounted noexec, so the total written to disk is capped, not just each file.
+3. **Landlock** ("landlock-abiN"), kernel-enforced and irreversible: reads only of the stdlib
+   (without site-packages, and without the lib-dynload modules that hand out raw memory, such
+   as `_ctypes`), the system libraries and the working directory; writes only in the
+   working directory; no `execve` but the interpreter's own; no TCP (ABI >= 4); no signals or
+   abstract UNIX sockets outside the sandbox (ABI >= 6).
+4. **seccomp** ("seccomp"): `prlimit`, `setpriority`, `sched_set*`, `ioprio_set`, `kill` and
+   friends only on the process itself; no new processes (threads only), no new session, no
+   `ptrace`, `process_vm_*`, `pidfd_*`, `mount`, `unshare`, `bpf`, `io_uring`, `keyctl`,
+   `memfd_create` (Landlock would let a memfd be executed), sockets (socketpair stays), ...
+5. **An audit hook** ("audit"): a Python-level tripwire that turns violations into clear
+   `PermissionError("sandbox: ...")`s and refuses what the kernel cannot see (ctypes, crafted
+   code objects, walking all objects or frames).
 
-`SandboxResult.layers` says which of 3-5 were active for the run.
+Layers 1-4 are required. Where one is missing (an old kernel, a container without user
+namespaces) `run_untrusted` raises `SandboxError` instead of running the code, unless the
+caller opts in with `allow_unsafe=True` or `RAY_CONDUCTOR_UNSAFE_SANDBOX=1`.
+
+With `tests`, the verdict (`SandboxResult.passed`) comes from a trusted harness and a per-run
+nonce the code under test cannot read (see sandbox_child): exiting 0 early, printing a marker,
+patching builtins or `check`, or exiting from a thread or `atexit` does not pass. What stays
+possible, as in every in-process Python test harness, is lying about values: a result whose
+`__eq__` always says yes, a patched stdlib module the tests use, or a function that, called by
+the tests, reaches their namespace through its caller's frame and changes what the later
+asserts see. The verdict that the tests ran to their end is what cannot be forged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -39,201 +55,277 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from ray_conductor.errors import SandboxError
 
-_READ_ROOTS = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/urandom",
-               "/dev/null", "/dev/zero")
+UNSAFE_ENV = "RAY_CONDUCTOR_UNSAFE_SANDBOX"
+REQUIRED = ("namespaces", "tmpfs", "landlock", "seccomp")
+NAMESPACES = ("userns", "pidns", "netns", "mountns")
+UNPROTECTED = {
+    "namespaces": "see, signal and re-limit other processes of this user, and reach the network",
+    "tmpfs": "fill the disk",
+    "landlock": "read every file this user can (/etc/passwd, the project, other processes' "
+                "environments with their API keys) and write outside its directory",
+    "seccomp": "change other processes' limits and priorities (prlimit, setpriority) and "
+               "use ptrace, mount and other privileged system calls",
+}
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SYSTEM_READ_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/dev/urandom", "/dev/zero",
+                      "/dev/null")
+_log = logging.getLogger(__name__)
 
 
 @dataclass
 class SandboxResult:
-    """What happened. `ok` means exit status 0 within the limits."""
+    """What happened. `ok` means exit status 0 within the limits -- which the code itself can
+    produce (`os._exit(0)`); `passed` is the harness's verdict on `tests` (None without)."""
 
     ok: bool
     returncode: int | None
     stdout: str
     stderr: str
     timed_out: bool = False
-    killed_reason: str | None = None  # timeout, cpu_limit, memory, output_limit, blocked, signal:N
+    # timeout, cpu_limit, memory, output_limit, disk_limit, blocked, signal:N
+    killed_reason: str | None = None
     layers: tuple[str, ...] = field(default_factory=tuple)
+    passed: bool | None = None
 
 
-# -- the child's prelude: trusted code that locks the process down, then runs the user's code ----
+def run_untrusted(code: str, *, tests: str | None = None, timeout_s: float = 5.0,
+                  memory_mb: int = 512, max_output_bytes: int = 1 << 20,
+                  max_disk_bytes: int = 16 << 20, max_files: int = 1024,
+                  max_open_files: int = 64, max_processes: int = 64,
+                  allow_unsafe: bool | None = None, use_namespaces: bool = True,
+                  use_landlock: bool = True, use_seccomp: bool = True,
+                  use_audit_hook: bool = True,
+                  simulate_missing: Collection[str] = ()) -> SandboxResult:
+    """Run `code` as `__main__` in the sandbox and return what it printed and how it ended.
 
-_PRELUDE = r'''
-import json, os, resource, sys
-cfg = json.loads(sys.argv[1])
-code = sys.stdin.buffer.read().decode("utf-8", "replace")
-os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-for name, value in cfg["limits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-
-
-def landlock(root, read_roots):
-    import ctypes, platform, stat, struct
-    if platform.machine() not in ("x86_64", "aarch64", "arm64"):
-        raise OSError("landlock: unknown syscall numbers on " + platform.machine())
-    libc = ctypes.CDLL(None, use_errno=True)
-    L = ctypes.c_long
-
-    def call(*args):
-        r = libc.syscall(*[a if isinstance(a, ctypes.Array) else L(a) for a in args])
-        if r < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, "landlock: " + os.strerror(e))
-        return r
-
-    abi = call(444, 0, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
-    fs = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (
-        1 << 15 if abi >= 5 else 0)
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    attr = struct.pack("QQQ", fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)[:size]
-    ruleset = call(444, ctypes.create_string_buffer(attr, size), size, 0)
-    read = 1 << 2 | 1 << 3  # READ_FILE | READ_DIR; EXECUTE (1 << 0) is never granted
-    file_rights = 1 << 1 | 1 << 2 | 1 << 14 | 1 << 15
-
-    def allow(path, rights):
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            rights &= file_rights
-        rule = struct.pack("=Qi", rights & fs, fd)
-        call(445, ruleset, 1, ctypes.create_string_buffer(rule, len(rule)), 0)
-        os.close(fd)
-
-    for p in read_roots:
-        if os.path.exists(p):
-            allow(p, read)
-    allow(root, fs & ~1)
-    if os.path.exists("/dev/null"):
-        allow("/dev/null", 1 << 1 | 1 << 2)
-    libc.prctl(38, L(1), L(0), L(0), L(0))  # PR_SET_NO_NEW_PRIVS
-    call(446, ruleset, 0)
-    return abi
-
-
-def make_hook(root, fspath, getcwd, readlink):
-    """The audit hook. Its state lives in this closure, out of reach of the user's code."""
-    root = root.rstrip("/")
-    # event -> {index of a path argument: index of its dir_fd argument (or None)}
-    writes = {"os.remove": {0: 1}, "os.rmdir": {0: 1}, "os.mkdir": {0: 2},
-              "os.rename": {0: 2, 1: 3}, "os.chmod": {0: 2}, "os.chown": {0: 3},
-              "os.truncate": {0: None}, "os.utime": {0: 3}, "os.setxattr": {0: None},
-              "os.removexattr": {0: None}, "os.mkfifo": {0: 2}, "os.mknod": {0: 3},
-              "shutil.rmtree": {0: 1}, "shutil.move": {0: None, 1: None},
-              "shutil.copyfile": {1: None}, "shutil.copytree": {1: None},
-              "tempfile.mkstemp": {0: None}, "tempfile.mkdtemp": {0: None}}
-    banned = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-              "os.kill", "os.killpg", "os.link", "os.symlink", "os.startfile", "os.pidfd_open",
-              "subprocess.", "socket.", "ctypes.", "signal.pthread_kill", "gc.get_",
-              "sys._current_frames", "urllib.", "http.", "ftplib.", "smtplib.", "poplib.",
-              "imaplib.", "nntplib.", "telnetlib.", "webbrowser.")
-    banned_modules = {"ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters",
-                      "_xxinterpchannels", "_interpreters", "cffi", "_cffi_backend"}
-
-    def normalise(path, dir_fd=None):
-        path = fspath(path)
-        if isinstance(path, bytes):
-            path = path.decode("utf-8", "surrogateescape")
-        if not path.startswith("/"):
-            base = getcwd() if dir_fd is None else readlink("/proc/self/fd/%d" % dir_fd)
-            path = base + "/" + path
-        parts = []
-        for p in path.split("/"):
-            if p == "..":
-                if parts:
-                    parts.pop()
-            elif p and p != ".":
-                parts.append(p)
-        return "/" + "/".join(parts)
-
-    def inside(path, dir_fd=None):
-        if isinstance(path, int):
-            return True  # an already-open descriptor
-        try:
-            p = normalise(path, dir_fd)
-        except Exception:
-            return False
-        return p == root or p.startswith(root + "/") or p == "/dev/null"
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args[0], args[1], args[2] if len(args) > 2 else 0
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND
-                                                    | os.O_CREAT | os.O_TRUNC))
-            # os.open (mode None) may carry a dir_fd the event does not show: relative
-            # paths cannot be resolved, so they may not be written that way
-            unresolvable = mode is None and isinstance(path, (str, bytes)) and not (
-                fspath(path).startswith("/" if isinstance(path, str) else b"/"))
-            if writing and (unresolvable or not inside(path)):
-                raise PermissionError("sandbox: writing %r is not allowed" % (path,))
-            return
-        if event in writes:
-            for i, j in writes[event].items():
-                dir_fd = args[j] if j is not None and j < len(args) else None
-                dir_fd = dir_fd if isinstance(dir_fd, int) and dir_fd >= 0 else None
-                if i < len(args) and args[i] is not None and not inside(args[i], dir_fd):
-                    raise PermissionError("sandbox: %s on %r is not allowed" % (event, args[i]))
-            return
-        if event == "import" and args[0] in banned_modules:
-            raise PermissionError("sandbox: import of %s is not allowed" % args[0])
-        if event.startswith(banned):
-            raise PermissionError("sandbox: %s is not allowed" % event)
-
-    return hook
-
-
-layers = list(cfg["layers"])
-if cfg["landlock"]:
+    With `tests` (trusted Python, e.g. asserts or `check(f)`), they run after `code` in a copy
+    of its namespace and `passed` says whether they ran to the end. A failing program is a
+    result, not an error; `SandboxError` means the sandbox could not start, or lacks a
+    required layer and `allow_unsafe` (default: the `RAY_CONDUCTOR_UNSAFE_SANDBOX=1`
+    environment variable) is off. The `use_*` switches turn one layer off to test the others
+    alone, and `simulate_missing` ("namespaces", "tmpfs", "landlock", "seccomp") makes the
+    sandbox behave as if this kernel lacked them; both count as missing layers.
+    """
+    unsafe_ok = _unsafe_allowed(allow_unsafe)
+    prefix, ns_layers, ns_why = _namespaces(use_namespaces, simulate_missing)
+    if ns_why and not unsafe_ok:
+        raise _refusal({"namespaces": ns_why})
+    cfg = {
+        "layers": ns_layers, "why": {"namespaces": ns_why} if ns_why else {},
+        "mountns": "mountns" in ns_layers, "required": [] if unsafe_ok else list(REQUIRED),
+        "simulate_missing": sorted(simulate_missing), "stdlib": _stdlib(),
+        "policy": read_policy(), "audit": use_audit_hook,
+        "use": {"tmpfs": use_namespaces, "landlock": use_landlock, "seccomp": use_seccomp},
+        "disk_bytes": max_disk_bytes, "files": max_files,
+        "limits": {"RLIMIT_AS": memory_mb << 20, "RLIMIT_CPU": max(1, math.ceil(timeout_s)) + 1,
+                   "RLIMIT_FSIZE": max_output_bytes, "RLIMIT_NOFILE": max_open_files,
+                   "RLIMIT_NPROC": max_processes, "RLIMIT_CORE": 0},
+    }
+    nonce = secrets.token_hex(32)
+    payload = json.dumps({"code": code, "tests": tests, "nonce": nonce}).encode("utf-8")
+    cfg["root"] = os.path.realpath(tempfile.mkdtemp(prefix="rc-sandbox-"))
     try:
-        layers.append("landlock-abi%d" % landlock(cfg["root"], cfg["read_roots"]))
-    except OSError as e:
-        sys.stderr.write("sandbox: landlock unavailable (%s)\n" % e)
-for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-    del sys.modules[name]
-if cfg["audit"]:
-    sys.addaudithook(make_hook(cfg["root"], os.fspath, os.getcwd, os.readlink))
-    layers.append("audit")
-os.write(cfg["report_fd"], json.dumps(layers).encode())
-os.close(cfg["report_fd"])
-del landlock, make_hook, name
-sys.argv = ["<untrusted>"]
-exec(compile(code, "<untrusted>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-'''
+        run = _spawn(prefix, cfg, payload, timeout_s, max_output_bytes)
+    finally:
+        _rmtree(cfg["root"])
+    report, rest = run.pop("report")
+    _check_report(report, run, unsafe_ok)
+    passed = None if tests is None else f"PASSED {nonce}\n".encode() in rest
+    return SandboxResult(layers=tuple(report.get("layers", ())), passed=passed, **run)
 
 
-# -- the parent ---------------------------------------------------------------------------------
+def _check_report(report: dict, run: dict, unsafe_ok: bool) -> None:
+    """Raise if the sandbox did not start or refused to; warn once if it ran unprotected."""
+    if not report and not run["timed_out"]:
+        tail = (run["stderr"].strip().splitlines() or ["no output"])[-1]
+        raise SandboxError(f"the sandbox did not start (exit status {run['returncode']}): "
+                           f"{tail[:300]}")
+    if report.get("refused"):
+        raise _refusal({k: report["why"].get(k, "missing") for k in report["refused"]})
+    if report.get("why") and unsafe_ok:
+        _warn_unsafe(report["why"])
 
-_NS_PROBE: list[tuple[list[str], str]] = []
+
+def _unsafe_allowed(allow_unsafe: bool | None) -> bool:
+    if allow_unsafe is not None:
+        return allow_unsafe
+    return os.environ.get(UNSAFE_ENV, "").strip() == "1"
+
+
+def _refusal(why: dict[str, str]) -> SandboxError:
+    names = ", ".join(f"{k} ({why[k]})" for k in REQUIRED if k in why)
+    risks = "; ".join(UNPROTECTED[k] for k in REQUIRED if k in why)
+    return SandboxError(
+        f"refusing to run untrusted code: the sandbox lacks {names} here, so the code could "
+        f"{risks}; set {UNSAFE_ENV}=1 or pass allow_unsafe=True to run it anyway",
+        code="sandbox_unsafe")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unsafe(why: dict[str, str]) -> None:
+    key = ",".join(sorted(why))
+    if key not in _WARNED:
+        _WARNED.add(key)
+        _log.warning("running untrusted code without %s (%s=1 / allow_unsafe)", key, UNSAFE_ENV)
+
+
+def _stdlib() -> str:
+    return os.path.realpath(sysconfig.get_paths()["stdlib"])
+
+
+def read_policy() -> dict:
+    """What Landlock lets the sandbox read: the stdlib (sandbox_kernel leaves out its
+    site-packages and the unsafe lib-dynload modules), the system libraries, locale and time
+    zone data, and the two files the harness loads after Landlock is on."""
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    trees = [p for p in (f"/usr/lib/{multiarch}", f"/lib/{multiarch}", "/usr/lib64", "/lib64",
+                         "/usr/lib/locale", "/usr/share/zoneinfo")
+             if multiarch or not p.endswith("/")]
+    dynload = [p for p in sys.path if p.rstrip("/").endswith("lib-dynload")]
+    lib_dynload = dynload[0] if dynload else sysconfig.get_config_var("DESTSHARED")
+    files = [*_SYSTEM_READ_FILES, os.path.join(_HERE, "sandbox_child.py"),
+             os.path.join(_HERE, "sandbox_audit.py")]
+    return {"stdlib": _stdlib(), "lib_dynload": lib_dynload and os.path.realpath(lib_dynload),
+            "trees": trees, "files": files}
+
+
+# -- namespaces: which `unshare` works here, found once by trying --------------------------------
+
+_NS_PROBE: list[tuple[list[str], list[str]]] = []
 _NS_LOCK = threading.Lock()
+_NS_CANDIDATES = (
+    (["--user", "--map-root-user", "--net", "--pid", "--mount", "--mount-proc", "--fork",
+      "--kill-child"], ["userns", "pidns", "netns", "mountns"]),
+    (["--user", "--map-root-user", "--net", "--pid", "--mount", "--fork", "--kill-child"],
+     ["userns", "pidns", "netns", "mountns"]),
+    (["--net", "--pid", "--mount", "--mount-proc", "--fork", "--kill-child"],
+     ["pidns", "netns", "mountns"]),
+    (["--user", "--map-root-user", "--net"], ["userns", "netns"]),
+    (["--net"], ["netns"]),
+)
 
 
-def _namespace_prefix() -> tuple[list[str], str]:
-    """`unshare` arguments that give a fresh network namespace here, found once by trying."""
+def _namespaces(use: bool, simulate_missing: Collection[str]) -> tuple[list, list, str]:
+    """(`unshare` prefix, namespace layers, why the required set is incomplete or "")."""
+    if not use:
+        return [], [], "switched off"
+    if "namespaces" in simulate_missing:
+        return [], [], "simulated missing"
+    prefix, layers = _probe_namespaces()
+    lacking = [n for n in NAMESPACES if n not in layers]
+    return prefix, layers, ("no " + "/".join(lacking) + " via unshare") if lacking else ""
+
+
+def _probe_namespaces() -> tuple[list[str], list[str]]:
     with _NS_LOCK:
         if not _NS_PROBE:
-            found: tuple[list[str], str] = ([], "")
+            found: tuple[list[str], list[str]] = ([], [])
             exe = shutil.which("unshare")
-            if exe:
-                for args, name in (([exe, "--net", "--"], "netns"),
-                                   ([exe, "--user", "--map-root-user", "--net", "--"],
-                                    "userns+netns")):
-                    try:
-                        r = subprocess.run(args + ["true"], capture_output=True, timeout=10)
-                    except (OSError, subprocess.TimeoutExpired):
-                        continue
-                    if r.returncode == 0:
-                        found = (args, name)
-                        break
+            for args, layers in _NS_CANDIDATES if exe else ():
+                try:
+                    r = subprocess.run([exe, *args, "--", "true"], capture_output=True,
+                                       timeout=10, check=False)
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
+                if r.returncode == 0:
+                    found = ([exe, *args, "--"], layers)
+                    break
             _NS_PROBE.append(found)
         return _NS_PROBE[0]
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+def _spawn(prefix: list[str], cfg: dict, payload: bytes, timeout_s: float,
+           out_limit: int) -> dict:
+    env = {"PATH": "/usr/bin:/bin", "HOME": cfg["root"], "TMPDIR": cfg["root"],
+           "LANG": "C.UTF-8"}
+    report_r, report_w = os.pipe()
+    cfg["report_fd"] = report_w
+    python = os.path.realpath(sys.executable)
+    argv = [*prefix, python, "-I", "-S", "-B", os.path.join(_HERE, "sandbox_setup.py"),
+            json.dumps(cfg)]
+    timed_out = False
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(argv, cwd=cfg["root"], env=env, stdin=subprocess.PIPE,
+                                        stdout=out, stderr=err, pass_fds=(report_w,),
+                                        start_new_session=True, close_fds=True)
+            except OSError as e:
+                raise SandboxError(f"cannot start the sandbox process: {e}") from e
+            finally:
+                os.close(report_w)
+            try:
+                proc.communicate(input=payload, timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+            except BaseException:
+                _kill_group(proc)
+                raise
+            stdout, stderr = _read_capped(out, out_limit), _read_capped(err, out_limit)
+            out_size = max(os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size)
+        report = _read_report(report_r)
+    finally:
+        os.close(report_r)
+    rc = proc.returncode
+    reason = "timeout" if timed_out else _killed_reason(rc, stderr, out_limit, out_size)
+    return {"ok": rc == 0 and not timed_out, "returncode": rc, "stdout": stdout,
+            "stderr": stderr, "timed_out": timed_out, "killed_reason": reason,
+            "report": report}
 
 
 def _read_capped(f, limit: int) -> str:
     f.seek(0)
     return f.read(limit).decode("utf-8", "replace")
+
+
+def _read_report(fd: int) -> tuple[dict, bytes]:
+    """The harness's first line (its layers, written before any untrusted code ran) and the
+    rest (where the verdict is, among whatever the code itself may have written there)."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    first, _, rest = b"".join(chunks).partition(b"\n")
+    try:
+        report = json.loads(first or b"{}")
+    except ValueError:
+        report = {}
+    return (report if isinstance(report, dict) else {}), rest
+
+
+def _killed_reason(rc: int | None, stderr: str, out_limit: int, out_size: int) -> str | None:
+    if rc is None or rc == 0:
+        return None
+    if rc == -signal.SIGXCPU or rc == 128 + signal.SIGXCPU:
+        return "cpu_limit"
+    if "MemoryError" in stderr:
+        return "memory"
+    if "File too large" in stderr or out_size >= out_limit:
+        return "output_limit"
+    if "No space left on device" in stderr:
+        return "disk_limit"
+    if "PermissionError: sandbox:" in stderr:
+        return "blocked"
+    if rc < 0:
+        return f"signal:{-rc}"
+    return None
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _rmtree(path: str) -> None:
@@ -246,100 +338,3 @@ def _rmtree(path: str) -> None:
             pass
 
     shutil.rmtree(path, onerror=fix)
-
-
-def _killed_reason(rc: int | None, stdout: str, stderr: str, out_limit: int,
-                   out_size: int) -> str | None:
-    if rc is None or rc == 0:
-        return None
-    if rc == -signal.SIGXCPU:
-        return "cpu_limit"
-    if "MemoryError" in stderr:
-        return "memory"
-    if "File too large" in stderr or out_size >= out_limit:
-        return "output_limit"
-    if "PermissionError: sandbox:" in stderr:
-        return "blocked"
-    if rc < 0:
-        return f"signal:{-rc}"
-    return None
-
-
-def run_untrusted(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512,
-                  max_output_bytes: int = 1 << 20, max_open_files: int = 64,
-                  max_processes: int = 64, isolate_network: bool = True,
-                  use_landlock: bool = True, use_audit_hook: bool = True) -> SandboxResult:
-    """Run `code` as `__main__` in the sandbox and return what it printed and how it ended.
-
-    A failing program is a result (`ok=False`), not an error; `SandboxError` means the
-    sandbox itself could not start. `max_output_bytes` caps stdout, stderr and any file the
-    code writes. The `isolate_network`, `use_landlock` and `use_audit_hook` switches exist to
-    test each layer alone; leave them on.
-    """
-    root = os.path.realpath(tempfile.mkdtemp(prefix="rc-sandbox-"))
-    prefix, ns_layer = _namespace_prefix() if isolate_network else ([], "")
-    paths = sysconfig.get_paths()
-    cpu = max(1, math.ceil(timeout_s)) + 1
-    cfg = {
-        "root": root, "landlock": use_landlock, "audit": use_audit_hook,
-        "layers": [ns_layer] if ns_layer else [],
-        "read_roots": [paths["stdlib"], paths["platstdlib"], *_READ_ROOTS],
-        "limits": {"RLIMIT_AS": memory_mb << 20, "RLIMIT_CPU": cpu,
-                   "RLIMIT_FSIZE": max_output_bytes, "RLIMIT_NOFILE": max_open_files,
-                   "RLIMIT_NPROC": max_processes, "RLIMIT_CORE": 0},
-    }
-    env = {"PATH": "/usr/bin:/bin", "HOME": root, "TMPDIR": root, "LANG": "C.UTF-8"}
-    report_r, report_w = os.pipe()
-    cfg["report_fd"] = report_w
-    argv = [*prefix, sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", _PRELUDE,
-            json.dumps(cfg)]
-    timed_out = False
-    try:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            try:
-                proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.PIPE,
-                                        stdout=out, stderr=err, pass_fds=(report_w,),
-                                        start_new_session=True, close_fds=True)
-            except OSError as e:
-                raise SandboxError(f"cannot start the sandbox process: {e}") from e
-            finally:
-                os.close(report_w)
-            try:
-                proc.communicate(input=code.encode("utf-8"), timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc)
-            except BaseException:
-                _kill_group(proc)
-                raise
-            stdout = _read_capped(out, max_output_bytes)
-            stderr = _read_capped(err, max_output_bytes)
-            out_size = max(os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size)
-        layers = _read_layers(report_r)
-    finally:
-        os.close(report_r)
-        _rmtree(root)
-    rc = proc.returncode
-    reason = "timeout" if timed_out else _killed_reason(rc, stdout, stderr, max_output_bytes,
-                                                        out_size)
-    return SandboxResult(ok=rc == 0 and not timed_out, returncode=rc, stdout=stdout,
-                         stderr=stderr, timed_out=timed_out, killed_reason=reason,
-                         layers=tuple(layers))
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def _read_layers(fd: int) -> list[str]:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    try:
-        return list(json.loads(b"".join(chunks) or b"[]"))
-    except ValueError:
-        return []
