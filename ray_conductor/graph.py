@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import ray
 
+from ray_conductor.data.pools import replay_pool
 from ray_conductor.errors import ConfigError
 from ray_conductor.workers.config import (
     WorkerConfig, WorkerPoolConfig, as_pool_config, fingerprint)
@@ -34,14 +35,19 @@ PROXY_ROLE = "worker_proxy"
 class RoleConfig:
     """Resources and restart policy of one role; `count` instances of it."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    count: int = 1
-    max_concurrency: int = 1
-    max_restarts: int = 0  # -1: restart forever
-    max_task_retries: int = 0  # calls in flight when the actor died are re-run this often
-    torch_threads: int = 0  # 0: the CPUs Ray assigned; n: n threads (roles that take turns)
-    resources: dict[str, float] = field(default_factory=dict)  # custom resources, e.g. proxy
+    num_cpus: float = field(default=1.0, metadata={"help": "CPUs per instance", "min": 0})
+    num_gpus: float = field(default=0.0, metadata={"help": "GPUs per instance", "min": 0})
+    count: int = field(default=1, metadata={"help": "instances", "min": 1})
+    max_concurrency: int = field(default=1, metadata={"help": "calls one instance runs at once",
+                                                      "min": 1})
+    max_restarts: int = field(default=0, metadata={  # -1: restart forever
+        "help": "restarts after a crash (-1: forever)", "min": -1})
+    max_task_retries: int = field(default=0, metadata={  # calls in flight when it died
+        "help": "times a call in flight when the actor died is re-run (-1: forever)", "min": -1})
+    torch_threads: int = field(default=0, metadata={  # roles that take turns may use more
+        "help": "torch threads (0: the CPUs Ray assigned)", "min": 0})
+    resources: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "custom Ray resources per instance, e.g. {proxy: 1}"})
 
 
 def _proxy_role() -> RoleConfig:
@@ -58,8 +64,10 @@ class GraphConfig:
     ~250 MB); each worker keeps its own limiter, breaker and accounting."""
 
     worker_proxy: RoleConfig = field(default_factory=_proxy_role)
-    detached_proxies: bool = True
-    workers_per_proxy: int = 1
+    detached_proxies: bool = field(default=True, metadata={
+        "help": "worker proxies outlive the driver that created them"})
+    workers_per_proxy: int = field(default=1, metadata={
+        "help": "workers hosted by one proxy process (each imports litellm)", "min": 1})
     rollout: RoleConfig = field(default_factory=lambda: RoleConfig(max_concurrency=4))
     learner: RoleConfig = field(default_factory=RoleConfig)
     planner: RoleConfig = field(default_factory=lambda: RoleConfig(max_concurrency=16))
@@ -257,7 +265,7 @@ def build_worker_proxies(spec: GraphSpec, cfg: WorkerPoolConfig | Any,
         fallback_actors = {fb: actor_of[fb] for w in g for fb in w.fallbacks}
         hosts[name] = cls.options(**role.options(name=name, namespace=ns)).remote(
             g, ns, pool.replay, pool.queue_timeout_s, fallback_actors,
-            {w.name: prints[w.name] for w in g})
+            {w.name: prints[w.name] for w in g}, replay_pool)
     seen = fan_out(hosts, "fingerprints", timeout_s=timeout_s)
     for name, got in seen.items():
         for w, fp in got.items():

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ray_conductor.data.pools import replay_pool
 from ray_conductor.workers import providers
 from ray_conductor.workers.base import Completion
 from ray_conductor.workers.config import replay_workers
@@ -37,7 +38,7 @@ def fake_pool():
     pool = FakeReplayPool()
     providers.register(pool=pool)
     yield pool
-    providers.register()
+    providers.register(loader=replay_pool)
 
 
 async def test_replay_answers_with_the_recorded_row(fake_pool):
@@ -58,7 +59,7 @@ async def test_a_recorded_hole_fails_without_retries(fake_pool):
 
 async def test_the_pool_spec_travels_as_api_base_or_pool_default():
     providers._POOLS["fake:spec"] = pool = FakeReplayPool()
-    providers.register()
+    providers.register(loader=replay_pool)
     try:
         (cfg,) = replay_workers("fake:spec", ["m1"])
         assert (await WorkerProxyCore(cfg).complete(MSG, metadata={"query_id": "a"})).ok
@@ -79,7 +80,7 @@ async def test_the_demo_pool_end_to_end():
     model = data.models[0]
     recs = [(q, data.record(q.query_id, model)) for q in data.queries()[:50]]
     q, rec = next((q, r) for q, r in recs if r is not None and r.response)
-    providers.register()
+    providers.register(loader=replay_pool)
     (cfg,) = replay_workers("demo", [model])
     c = await WorkerProxyCore(cfg).complete(MSG, metadata={"query_id": q.query_id})
     assert c.ok and c.text == rec.response and c.cost == pytest.approx(rec.cost)

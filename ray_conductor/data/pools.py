@@ -24,7 +24,7 @@ from ray_conductor.data import pricing
 from ray_conductor.data.files import brief
 from ray_conductor.data.mmlu_pro import WHAT as MMLU_WHAT
 from ray_conductor.data.mmlu_pro import import_mmlu_pro
-from ray_conductor.data.replay import ReplayData
+from ray_conductor.data.replay import ReplayData, ReplayPool
 from ray_conductor.data.routerbench import WHAT as RB_WHAT
 from ray_conductor.data.routerbench import import_routerbench
 from ray_conductor.data.table import (
@@ -145,3 +145,9 @@ def load_pool(spec: str, data_dir: str | None = None,
     if not data.models:
         raise DataError(f"pool {spec!r} has no rows")
     return data
+
+
+def replay_pool(spec: str) -> ReplayPool:
+    """An in-process `ReplayPool` over `spec`: what a `replay/<model>` worker answers from.
+    The graph hands this function to the worker proxies (workers do not import data)."""
+    return ReplayPool(load_pool(spec))

@@ -81,7 +81,8 @@ async def run_plans(plans: Sequence[Plan], queries: Sequence, pool: WorkerPool,
         if plan.workflow is not None and len(plan.workflow):
             async with sem:
                 trace = await execute(plan.workflow, q.query, pool, query_id=q.query_id,
-                                      params=params, answer_format=q.answer_format)
+                                      params=params,
+                                      answer_format=getattr(q, "answer_format", None))
         bar.update()
         return _result(q, plan, trace, judge)
 

@@ -110,10 +110,21 @@ class KNNRouter:
 
     @classmethod
     def fit(cls, data, embed, k: int = 40, cost_weight: float = 0.0) -> "KNNRouter":
+        """Embeds what tells the train questions apart (openings they share stripped, see
+        `QuestionFeaturizer`), and applies the same cut to the queries it routes."""
+        from ray_conductor.features import QuestionFeaturizer
+
         train = data.queries("train")
         correct, cost = data.matrix("train")
-        return cls(embed([q.query for q in train]), correct, cost, data.models, embed, k,
-                   cost_weight)
+        featurizer = QuestionFeaturizer.fit([q.query for q in train])
+
+        def embed_distinct(texts):
+            return embed(featurizer.transform(texts))
+
+        router = cls(embed_distinct([q.query for q in train]), correct, cost, data.models,
+                     embed_distinct, k, cost_weight)
+        router.featurizer = featurizer
+        return router
 
     def choose(self, emb: np.ndarray) -> list[int]:
         sims = emb @ self.emb.T
@@ -152,7 +163,7 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
             out.append(Oracle(data))
         elif name == "knn":
             if embed is None:
-                from ray_conductor.eval.embed import embed_texts as embed
+                from ray_conductor.features import embed_texts as embed
             out.append(KNNRouter.fit(data, embed, k=knn_k))
         elif name.startswith("conductor:"):
             from ray_conductor.policy.runner import load_conductor

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.util import metrics
@@ -64,14 +64,16 @@ class WorkerProxy:
     """Async actor: `complete` runs many calls at once; each worker's limiter queues them.
 
     `fallback_actors` maps a fallback worker's name to the Ray name of the proxy hosting it;
-    `fingerprints` are what the graph computed from each worker's config."""
+    `fingerprints` are what the graph computed from each worker's config; `replay_loader`
+    opens a recorded pool for `replay/` workers (injected: workers do not import data)."""
 
     def __init__(self, cfgs: list[WorkerConfig], namespace: str, replay_spec: str | None = None,
                  queue_timeout_s: float = 300.0, fallback_actors: dict[str, str] | None = None,
-                 fingerprints: dict[str, str] | None = None):
+                 fingerprints: dict[str, str] | None = None,
+                 replay_loader: Callable[[str], Any] | None = None):
         from ray_conductor.workers import providers  # imports litellm in this process
 
-        providers.register(default_spec=replay_spec)
+        providers.register(default_spec=replay_spec, loader=replay_loader)
         self._namespace = namespace
         self._fallback_actors = dict(fallback_actors or {})
         self._fingerprints = dict(fingerprints or {})

@@ -9,7 +9,7 @@ arrives in litellm's `metadata`, which litellm hands to the provider in `litellm
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ray_conductor.errors import ConductorError
 from ray_conductor.workers.base import Completion
@@ -18,15 +18,19 @@ from ray_conductor.workers.proxy import litellm_module
 litellm = litellm_module()
 REPLAY = "replay"
 _POOLS: dict[str, Any] = {}  # spec -> loaded ReplayPool, once per process
+Loader = Callable[[str], Any]
 
 
-def load_replay_pool(spec: str) -> Any:
-    """The `ReplayPool` of `spec`, loaded once per process."""
+def load_replay_pool(spec: str, loader: Loader | None = None) -> Any:
+    """The `ReplayPool` of `spec`, loaded once per process by `loader` (the data layer's
+    `ray_conductor.data.pools.replay_pool`, injected by whoever builds the proxy: workers do
+    not import the data layer)."""
     if spec not in _POOLS:
-        from ray_conductor.data.pools import load_pool
-        from ray_conductor.data.replay import ReplayPool
-
-        _POOLS[spec] = ReplayPool(load_pool(spec))
+        if loader is None:
+            raise ConductorError(f"replay pool {spec!r} is not loaded and no loader was "
+                                 "given: register the provider with loader=replay_pool",
+                                 code="no_replay_loader")
+        _POOLS[spec] = loader(spec)
     return _POOLS[spec]
 
 
@@ -34,9 +38,10 @@ class ReplayProvider(litellm.CustomLLM):  # type: ignore[misc, name-defined]
     """Serves `replay/<worker>` from a pool: `pool` if given, else the one `api_base`
     (or `default_spec`) names."""
 
-    def __init__(self, pool: Any = None, default_spec: str | None = None):
+    def __init__(self, pool: Any = None, default_spec: str | None = None,
+                 loader: Loader | None = None):
         super().__init__()
-        self.pool, self.default_spec = pool, default_spec
+        self.pool, self.default_spec, self.loader = pool, default_spec, loader
 
     def _pool(self, api_base: str | None) -> Any:
         if self.pool is not None:
@@ -47,7 +52,7 @@ class ReplayProvider(litellm.CustomLLM):  # type: ignore[misc, name-defined]
                 message="replay worker without a pool: set the worker's api_base or the "
                         "pool config's `replay` to a pool spec", model="replay",
                 llm_provider=REPLAY)
-        return load_replay_pool(spec)
+        return load_replay_pool(spec, self.loader)
 
     async def acompletion(self, model: str, messages: list, api_base: str | None,
                           custom_prompt_dict: dict, model_response: Any, print_verbose: Any,
@@ -77,9 +82,10 @@ class ReplayProvider(litellm.CustomLLM):  # type: ignore[misc, name-defined]
                                       llm_provider=REPLAY)
 
 
-def register(pool: Any = None, default_spec: str | None = None) -> Any:
+def register(pool: Any = None, default_spec: str | None = None,
+             loader: Loader | None = None) -> Any:
     """Register (or replace) the `replay` provider in this process; returns the handler."""
-    handler = ReplayProvider(pool=pool, default_spec=default_spec)
+    handler = ReplayProvider(pool=pool, default_spec=default_spec, loader=loader)
     others = [p for p in litellm.custom_provider_map if p.get("provider") != REPLAY]
     litellm.custom_provider_map = others + [{"provider": REPLAY, "custom_handler": handler}]
     return handler

@@ -107,7 +107,7 @@ class WorkerProxyCore:
                                         meta={**hit.meta, "cached_cost": hit.cost}), t0)
         own = await self._call_with_retries(messages, priority, deadline, params)
         c = own
-        if not own.ok and self.cfg.fallbacks and self._fallback is not None:
+        if not own.ok and self._has_fallback:
             c = await self._via_fallbacks(own, messages, priority, deadline, via, params)
         if key and own.ok:
             self.cache.put(key, replace(own))
@@ -150,19 +150,23 @@ class WorkerProxyCore:
             return self._failed(str(e), e.code, attempts, waited)
         for n in range(self.cfg.retries + 1):
             if not self.breaker.allow():
-                return self._failed(f"circuit open after repeated failures of {self.cfg.name}",
-                                    "circuit_open", attempts, waited)
+                return self._circuit_open(attempts, waited)
             try:
                 permit = await self.limiter.acquire(estimate, priority, deadline - self._clock())
             except ConductorError as e:
                 return self._failed(str(e), e.code, attempts, waited)
             waited += permit.queue_wait_s
-            result = await self._attempt(kwargs, permit, attempts)
+            if self.breaker.state == "open":  # it opened while this call queued: do not call
+                self.limiter.release(permit)
+                return self._circuit_open(attempts, waited)
+            result = await self._attempt(kwargs, permit, attempts, deadline)
             if isinstance(result, Completion):
                 result.queue_wait_s = waited
                 return result
             if not result.retryable or n == self.cfg.retries:
                 break
+            if self._has_fallback and self.breaker.state == "open":
+                return self._circuit_open(attempts, waited)  # the fallback goes now, no backoff
             delay = retry_delay(n, result, self.cfg.backoff_base_s, self.cfg.backoff_max_s,
                                 self._rng)
             if self._clock() + delay >= deadline:
@@ -173,23 +177,27 @@ class WorkerProxyCore:
         return self._failed(f"{self.cfg.name} failed after {tries}: {attempts[-1].error}",
                             "worker_failed", attempts, waited)
 
-    async def _attempt(self, kwargs: dict[str, Any], permit: Permit,
-                       attempts: list[Attempt]) -> Completion | Fault:
-        """One call to the backend, holding a permit; the answer or the fault."""
+    async def _attempt(self, kwargs: dict[str, Any], permit: Permit, attempts: list[Attempt],
+                       deadline: float) -> Completion | Fault:
+        """One call to the backend, holding a permit; the answer or the fault. A hung backend
+        is cut off at the call's deadline too, not only at the attempt's own timeout."""
         t = self._clock()
         actual: int | None = None
+        limit = max(0.05, min(self.cfg.timeout_s + 1.0, deadline - t))
         try:
-            resp = await asyncio.wait_for(self._backend()(**kwargs), self.cfg.timeout_s + 1.0)
+            resp = await asyncio.wait_for(self._backend()(**kwargs), limit)
             inp, out = _usage(resp)
             actual = inp + out
             c = Completion(worker=self.cfg.name, text=_text(resp), input_tokens=inp,
                            output_tokens=out, cost=self._price(resp, inp, out))
         except Exception as e:  # every backend error becomes a recorded attempt
             fault = classify(e)
-            fault = replace(fault, message=self._scrub(fault.message))
+            cut = isinstance(e, asyncio.TimeoutError) and limit < self.cfg.timeout_s + 1.0
+            message = f"the call's deadline passed after {limit:.2f}s" if cut else fault.message
+            fault = replace(fault, message=self._scrub(message))
             attempts.append(Attempt(self.cfg.model, fault.outcome, self._clock() - t, fault.status,
                                     fault.message, fault.retry_after_s))
-            if fault.retryable:
+            if fault.retryable and not cut:  # a caller's short deadline is not the worker's fault
                 self.breaker.failure()
             log.info("worker %s attempt failed: %s", self.cfg.name, fault.message)
             return fault
@@ -207,6 +215,7 @@ class WorkerProxyCore:
                              params: dict[str, Any]) -> Completion:
         attempts, waited = list(own.attempts), own.queue_wait_s
         tried = via + (self.cfg.name,)
+        why: list[str] = []  # each fallback's failure, for the error of the whole call
         for name in self.cfg.fallbacks:
             left = deadline - self._clock()
             if name in tried or left <= 0:
@@ -217,6 +226,7 @@ class WorkerProxyCore:
                                            "via": tried})
             except Exception as e:  # an unreachable fallback is one more failed attempt
                 attempts.append(Attempt(name, "error", 0.0, None, self._scrub(f"fallback: {e}")))
+                why.append(f"{name}: unreachable ({type(e).__name__})")
                 continue
             attempts += fb.attempts
             waited += fb.queue_wait_s
@@ -224,7 +234,14 @@ class WorkerProxyCore:
                 return replace(fb, worker=self.cfg.name, served_by=fb.served_by or name,
                                attempts=attempts, queue_wait_s=waited,
                                meta={**fb.meta, "primary_error": own.error})
-        return replace(own, attempts=attempts, queue_wait_s=waited)
+            why.append(f"{name}: {fb.error}")
+        failed_all = replace(own, attempts=attempts, queue_wait_s=waited)
+        if own.error_code == "circuit_open" and why:
+            # the primary was never tried: what the fallbacks said is the real cause
+            failed_all.error = self._scrub(f"{own.error}; its fallbacks failed too: "
+                                           + "; ".join(why))
+            failed_all.error_code = "fallback_failed"
+        return failed_all
 
     # -- helpers ------------------------------------------------------------------------------
     def _backend(self) -> Callable[..., Awaitable[Any]]:
@@ -277,6 +294,17 @@ class WorkerProxyCore:
     def _scrub(self, text: str) -> str:
         env = self.cfg.api_key_env
         return scrub(text, [os.environ.get(env) if env else None])
+
+    def _circuit_open(self, attempts: list[Attempt], waited: float) -> Completion:
+        """The breaker says no: `complete` passes the call to a fallback if one exists."""
+        where = " and no fallback is configured" if not self._has_fallback else ""
+        return self._failed(f"circuit open after repeated failures of {self.cfg.name} (cooling "
+                            f"down for {self.cfg.circuit_cooldown_s:g}s){where}",
+                            "circuit_open", attempts, waited)
+
+    @property
+    def _has_fallback(self) -> bool:
+        return bool(self.cfg.fallbacks) and self._fallback is not None
 
     def _failed(self, error: str, code: str, attempts: list[Attempt], waited: float) -> Completion:
         return failed(self.cfg.name, self._scrub(error), code, attempts=attempts,
