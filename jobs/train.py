@@ -1,17 +1,12 @@
-"""Ray job entrypoint: train the conductor.
+"""Ray job: train the conductor with GRPO (`ray-conductor train`).
 
-    ray job submit --working-dir . -- python jobs/train.py config=train_cpu iterations=20
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+        python jobs/train.py config=train_cpu iterations=20
 
-On a cluster the job joins it (`ray.address=auto` is the default when RAY_ADDRESS is set).
+On a cluster the job joins it (`ray.address=auto` when RAY_ADDRESS is set, see _entry.py).
 """
 
-import os
-import sys
-
-from ray_conductor.cli import main
+from _entry import run
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if os.environ.get("RAY_ADDRESS") and not any(a.startswith("ray.address=") for a in args):
-        args.append("ray.address=auto")
-    sys.exit(main(["train", *args]))
+    run("train")

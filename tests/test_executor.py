@@ -58,7 +58,8 @@ async def test_messages_hold_question_subtask_and_agent_blocks():
     assert "What is 2+2?" in text and "check" in text
     assert "<Agent 0 response>\na saw []\n</Agent 0 response>" in text
     assert params["temperature"] == 0
-    assert params["metadata"] == {"query_id": "q7", "question": "What is 2+2?"}
+    assert params["metadata"] == {"query_id": "q7", "question": "What is 2+2?",
+                                  "answer_format": None}
 
 
 async def test_trace_contents_and_totals():

@@ -24,7 +24,7 @@ def imports() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for mod, path in mods.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
@@ -35,6 +35,19 @@ def imports() -> dict[str, set[str]]:
                     deps.add(n)
         out[mod] = deps
     return out
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:` (never imported at run time)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -104,7 +117,14 @@ def test_lower_floors_never_import_upper_ones():
                                "ray_conductor.serve"),
         "ray_conductor.policy": ("ray_conductor.rl", "ray_conductor.eval",
                                  "ray_conductor.serve", "ray_conductor.graph"),
-        "ray_conductor.eval": ("ray_conductor.rl", "ray_conductor.serve"),
+        "ray_conductor.eval": ("ray_conductor.rl", "ray_conductor.serve", "ray_conductor.online"),
+        "ray_conductor.features": ("ray_conductor.graph", "ray_conductor.rl",
+                                   "ray_conductor.policy", "ray_conductor.eval",
+                                   "ray_conductor.serve", "ray_conductor.lite",
+                                   "ray_conductor.workers", "ray_conductor.data"),
+        "ray_conductor.lite": ("ray_conductor.rl", "ray_conductor.eval", "ray_conductor.serve",
+                               "ray_conductor.online"),
+        "ray_conductor.serve": ("ray_conductor.rl", "ray_conductor.online"),
     }
     bad = []
     for mod, deps in imports().items():

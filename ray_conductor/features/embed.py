@@ -76,8 +76,7 @@ def _load(precision: str) -> tuple[Any, Any]:
     model = AutoModel.from_pretrained(d).eval()
     if precision == "bf16":
         model = model.to(torch.bfloat16)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    return tok, model
+    return tok, model  # threads: the caller's (an actor keeps the CPUs Ray gave it)
 
 
 def _progress(total: int, precision: str, show: bool | None) -> Any:

@@ -8,6 +8,7 @@ Imports neither litellm nor torch: prices and descriptions come from the actors.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Sequence
 
 import ray
@@ -43,10 +44,17 @@ class RayWorkerPool:
         return RayWorkerPool(self._handles, self._infos, priority)
 
     async def complete(self, worker: str, messages: list[Message], **params: Any) -> Completion:
+        """The proxy's answer. A caller that is cancelled (a client disconnected, a deadline
+        passed) cancels the call in the proxy too, so it leaves the worker's queue or its
+        in-flight slot at once instead of running for nobody."""
         handle = self.handle(worker)
         params.setdefault("priority", self.priority)
+        ref = handle.complete.remote(worker, messages, **params)
         try:
-            return await handle.complete.remote(worker, messages, **params)
+            return await ref
+        except asyncio.CancelledError:
+            ray.cancel(ref)
+            raise
         except RayError as e:  # the proxy is gone for good: a worker failure, not a bug
             return failed(worker, f"worker proxy of {worker!r} is unreachable: "
                           f"{type(e).__name__}", code="proxy_unreachable")

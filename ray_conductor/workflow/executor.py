@@ -47,6 +47,7 @@ class StepTrace:
     skipped: bool = False  # its condition did not hold: no call, no cost, seen by nobody
     answer: str | None = None  # the extracted comparable answer, if any
     winner: int | None = None  # vote: the step whose answer (and text) it chose
+    cached: bool = False  # answered from the proxy's cache (no provider call, no cost)
 
     @property
     def latency_s(self) -> float:
@@ -225,7 +226,7 @@ async def execute(
         st.text, st.input_tokens, st.output_tokens, st.cost = (
             c.text or "", c.input_tokens, c.output_tokens, c.cost)
         st.error, st.error_code, st.served_by = c.error, c.error_code, c.served_by
-        st.queue_wait_s, st.attempts = c.queue_wait_s, len(c.attempts) or 1
+        st.queue_wait_s, st.attempts, st.cached = c.queue_wait_s, len(c.attempts) or 1, c.cached
         st.answer = _answer(c, answer_format)
 
     async def guarded(i: int, step: Step) -> None:

@@ -1,0 +1,222 @@
+"""The serving graph in one function, `build_app(cfg)`: the planner deployment bound into the
+FastAPI ingress, as Ray Serve LLM's builder composes its app. `app_builder` is the same for a
+Serve config's `import_path` (`serve deploy cluster/serve/conductor.yaml`).
+
+The app is deployed declaratively (`deploy`: what `serve deploy` sends to the controller), so
+that a new `user_config` is a lightweight update: `swap_policy` points the planner at another
+policy version and `rollback_policy` steps a registry back, both without restarting a replica.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.serve.config import (
+    ServeConfig,
+    as_serve_config,
+    served_policies,
+    to_plain,
+)
+
+IMPORT_PATH = "ray_conductor.serve.app:app_builder"
+PLANNER, INGRESS = "Planner", "Ingress"
+
+
+def pool_config(cfg: ServeConfig) -> dict[str, Any]:
+    """The workers the app runs on: a worker YAML (live), else replay workers over `pool`
+    with the recorded prices."""
+    from ray_conductor.eval.command import worker_pool_config
+
+    if not cfg.workers and not cfg.pool:
+        raise ConfigError("serve needs workers: a replay pool (pool=demo) or a worker YAML "
+                          "(workers=FILE)")
+    data = None
+    if not cfg.workers:
+        from ray_conductor.data.pools import load_pool
+
+        data = load_pool(cfg.pool, cfg.data_dir)  # type: ignore[arg-type]
+    return asdict(worker_pool_config(cfg, data))
+
+
+def prepare(cfg: Any, keys: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What both deployments are built from: the config without API keys, the worker pool
+    config, the key records (digests, never keys; None: read them from the config's file and
+    variable where the app runs), and the planner's first user_config (pinned versions)."""
+    from ray_conductor.serve.policies import pin
+
+    cfg = as_serve_config(cfg)
+    policies = served_policies(cfg)
+    if not policies:
+        raise ConfigError("serve needs at least one policy: policies={conductor: knn}")
+    return {"config": to_plain(cfg), "pool_config": pool_config(cfg), "keys": keys,
+            "user_config": {"policies": {n: pin(r) for n, r in policies.items()}}}
+
+
+def build_app(cfg: Any, settings: dict[str, Any] | None = None) -> Any:
+    """The app: `Ingress.bind(Planner.bind(...))`, resources from the graph's `planner` role
+    and the ingress config."""
+    from ray_conductor.graph import GraphSpec
+    from ray_conductor.serve.ingress import Ingress
+    from ray_conductor.serve.planner import Planner
+
+    cfg = as_serve_config(cfg)
+    settings = settings if settings is not None else prepare(cfg)
+    role = GraphSpec.from_config(cfg.graph, cfg.ray.namespace).role("planner")
+    resources = {"num_cpus": role.num_cpus, "num_gpus": role.num_gpus}
+    if role.resources:
+        resources["resources"] = dict(role.resources)
+    if role.torch_threads > 0:
+        from ray_conductor.runtime import TORCH_THREADS_ENV
+
+        resources["runtime_env"] = {"env_vars": {TORCH_THREADS_ENV: str(role.torch_threads)}}
+    planner = Planner.options(
+        num_replicas=role.count, max_ongoing_requests=role.max_concurrency,
+        ray_actor_options=resources, user_config=settings["user_config"]).bind(settings)
+    ing = cfg.ingress
+    return Ingress.options(
+        max_ongoing_requests=ing.max_ongoing_requests,
+        autoscaling_config={"min_replicas": ing.min_replicas, "max_replicas": ing.max_replicas,
+                            "target_ongoing_requests": ing.target_ongoing_requests},
+        ray_actor_options={"num_cpus": ing.num_cpus}).bind(planner, settings)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve's application builder: `args` is `prepare`'s output, or `{"config": {...}}`
+    (a hand-written Serve config), from which the rest is prepared where the app is built."""
+    args = dict(args or {})
+    if "pool_config" not in args or "user_config" not in args:
+        args = prepare(args.get("config") or {})
+    return build_app(args["config"], args)
+
+
+def app_schema(cfg: ServeConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """The app as one entry of a Serve config (`applications:`)."""
+    return {"name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": IMPORT_PATH,
+            "args": settings,
+            "deployments": [{"name": PLANNER, "user_config": settings["user_config"]}]}
+
+
+# -- the running app (through the Serve controller) --------------------------------------------
+
+
+def _client() -> Any:
+    """Serve's controller client: the Python twin of `serve deploy` / `serve config`."""
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+def _declarative_apps() -> dict[str, dict[str, Any]]:
+    details = _client().get_serve_details()
+    return {name: app["deployed_app_config"]
+            for name, app in (details.get("applications") or {}).items()
+            if app.get("source") == "declarative" and app.get("deployed_app_config")}
+
+
+def apply(apps: dict[str, dict[str, Any]]) -> None:
+    """Deploy `apps` (name -> app schema) beside the other declaratively deployed apps: the
+    controller applies a whole config, so the others are sent unchanged."""
+    from ray.serve.schema import ServeDeploySchema
+
+    every = {**_declarative_apps(), **apps}
+    _client().deploy_apps(ServeDeploySchema(applications=list(every.values())))
+
+
+def wait_running(app: str, timeout_s: float = 600.0) -> None:
+    """Until `app` is RUNNING; `ConfigError` with Serve's message if its deploy failed."""
+    from ray import serve
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            lines = [ln for ln in (status.message or "").strip().splitlines() if ln.strip()]
+            raise ConfigError(f"serve app {app!r} failed to deploy: "
+                              f"{lines[-1] if lines else status.status}")
+        time.sleep(0.5)
+    raise ConfigError(f"serve app {app!r} is not running after {timeout_s:g}s; `serve status` "
+                      "says why")
+
+
+def _planner(app: str) -> Any:
+    from ray import serve
+
+    return serve.get_deployment_handle(PLANNER, app_name=app)
+
+
+def served(app: str) -> dict[str, dict[str, Any]]:
+    """The live policies of a running app: name -> {policy, policy_version, kind, ...}."""
+    return _planner(app).describe.remote().result()
+
+
+def swap_policy(app: str, model: str, ref: str, timeout_s: float = 600.0) -> str:
+    """Serve policy `ref` as `model` on the running `app` (a lightweight `user_config` update:
+    no replica restarts; requests already planning finish on the version they started on).
+    Returns the new version. A reference that fails to load leaves the live version serving,
+    puts the config back, and raises `ConfigError` with the reason."""
+    from ray_conductor.serve.policies import pin
+
+    apps = _declarative_apps()
+    if app not in apps:
+        raise ConfigError(f"no declaratively deployed serve app {app!r} is running "
+                          f"(running: {sorted(apps)})")
+    before = apps[app]
+    pinned = pin(ref)
+    after = _with_policy(before, model, pinned)
+    apply({app: after})
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        live = served(app).get(model) or {}
+        if live.get("policy") == pinned:
+            return str(live["policy_version"])
+        error = _planner(app).whoami.remote().result().get("swap_error")
+        if error and pinned in error:
+            apply({app: before})
+            raise ConfigError(f"policy {pinned!r} could not be loaded, still serving the "
+                              f"previous version: {error}")
+        time.sleep(0.25)
+    raise ConfigError(f"the planner of {app!r} did not load {pinned!r} within {timeout_s:g}s")
+
+
+def _with_policy(schema: dict[str, Any], model: str, ref: str) -> dict[str, Any]:
+    out = dict(schema)
+    deps = [dict(d) for d in out.get("deployments") or []]
+    planner = next((d for d in deps if d.get("name") == PLANNER), None)
+    if planner is None:
+        planner = {"name": PLANNER}
+        deps.append(planner)
+    uc = dict(planner.get("user_config") or {})
+    uc["policies"] = {**dict(uc.get("policies") or {}), model: ref}
+    planner["user_config"] = uc
+    out["deployments"] = deps
+    return out
+
+
+def _registry_of(app: str, model: str) -> Any:
+    from ray_conductor.policy.registry import PolicyRegistry
+
+    ref = (served(app).get(model) or {}).get("policy", "")
+    if not ref.startswith("registry:"):
+        raise ConfigError(f"model {model!r} serves {ref!r}, not a registry policy: promote and "
+                          "roll back need registry:DIR; use swap_policy to serve another "
+                          "reference")
+    return PolicyRegistry(ref[len("registry:"):].rsplit("@", 1)[0])
+
+
+def promote_policy(app: str, model: str, version: int, reason: str = "") -> str:
+    """Promote registry version `version` and serve it as `model`."""
+    reg = _registry_of(app, model)
+    pv = reg.promote(version, reason=reason)
+    return swap_policy(app, model, f"registry:{reg.root}@{pv.version}")
+
+
+def rollback_policy(app: str, model: str, reason: str = "") -> str:
+    """Roll the registry behind `model` back to the version promoted before, and serve it."""
+    reg = _registry_of(app, model)
+    pv = reg.rollback(reason=reason)
+    return swap_policy(app, model, f"registry:{reg.root}@{pv.version}")

@@ -1,0 +1,260 @@
+"""`ray-conductor serve` (`run_serve`) and `make demo` (`demo`): start local Ray and the app on
+the embedded default (replay workers over the demo pool, the kNN router as model
+`conductor`), print where it listens with a ready-to-paste `curl` and Python snippet, serve
+until Ctrl-C, and shut down cleanly (the traffic log flushed).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.serve.config import ServeConfig, as_serve_config
+
+__all__ = ["Running", "ServeConfig", "demo", "run_serve", "start", "stop"]
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class Running:
+    """A started app: where it listens, and what was said about it at start."""
+
+    cfg: ServeConfig
+    url: str  # the app's root, e.g. http://127.0.0.1:8000 (the API is under /v1)
+    keys_enabled: bool
+    notices: list[str] = field(default_factory=list)
+    started_ray: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def start(cfg: Any) -> Running:
+    """Start (or join) Ray, create the shared worker proxies, start Serve's HTTP proxy and
+    deploy the app; returns once it answers. Without API keys it binds to 127.0.0.1."""
+    import ray
+    from ray import serve
+
+    from ray_conductor.graph import GraphSpec, build_worker_proxies
+    from ray_conductor.runtime import init_ray
+    from ray_conductor.serve.app import app_schema, apply, prepare, wait_running
+    from ray_conductor.serve.keys import load_keys
+
+    cfg = as_serve_config(cfg)
+    records = load_keys(cfg.api_keys, cfg.api_keys_file, cfg.api_keys_env)
+    notices = []
+    host = cfg.host
+    if not records:
+        if host not in (LOOPBACK, "localhost"):
+            notices.append(f"host={host} ignored: no API keys are configured")
+        host = LOOPBACK
+        notices.append("no API keys configured: listening on 127.0.0.1 only (set api_keys, "
+                       "api_keys_file or RAY_CONDUCTOR_API_KEYS to serve other machines)")
+    started = not ray.is_initialized()
+    init_ray(cfg.ray)
+    settings = prepare(cfg, keys=[r.to_dict() for r in records])
+    spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
+    spec.check_resources(["planner"])
+    build_worker_proxies(spec, settings["pool_config"])  # a bad worker config fails here
+    port = cfg.port or free_port()
+    serve.start(http_options={"host": host, "port": port})
+    apply({cfg.app_name: app_schema(cfg, settings)})
+    wait_running(cfg.app_name)
+    http = serve.context._get_global_client().http_config
+    prefix = cfg.route_prefix.rstrip("/")
+    return Running(cfg, f"http://{http.host}:{http.port}{prefix}", bool(records), notices,
+                   started)
+
+
+def stop(running: Running, shutdown_ray: bool | None = None) -> dict[str, Any]:
+    """Delete the app, flush and stop its traffic writer and key limits; with
+    `shutdown_ray` (default: when `start` started Ray) stop Serve and Ray too."""
+    import ray
+    from ray import serve
+
+    from ray_conductor.serve.actors import close_app_actors
+
+    cfg = running.cfg
+    serve.delete(cfg.app_name)
+    stats = close_app_actors(cfg.app_name, cfg.ray.namespace)
+    if running.started_ray if shutdown_ray is None else shutdown_ray:
+        serve.shutdown()
+        ray.shutdown()
+    return stats
+
+
+def example_question(cfg: ServeConfig) -> str:
+    """A question the app can answer: the shortest recorded test question of a replay pool."""
+    if cfg.workers or not cfg.pool:
+        return "What is the capital of France?"
+    from ray_conductor.data.pools import load_pool
+
+    data = load_pool(cfg.pool, cfg.data_dir)
+    return min((q.query for q in data.queries("test")), key=len)
+
+
+def banner(running: Running, question: str) -> str:
+    """Where the app listens, and a curl and a Python snippet to paste."""
+    model = next(iter(running.cfg.policies or {"conductor": ""}), "conductor")
+    if running.cfg.policy:
+        model = "conductor"
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]})
+    auth = ' -H "Authorization: Bearer $RAY_CONDUCTOR_API_KEY"' if running.keys_enabled else ""
+    key = 'os.environ["RAY_CONDUCTOR_API_KEY"]' if running.keys_enabled else '"none"'
+    lines = [f"ray-conductor serve: {running.cfg.app_name!r} is listening on {running.url}",
+             *[f"  note: {n}" for n in running.notices],
+             "", "Try it with curl:", "",
+             (f"  curl {running.base_url}/chat/completions -H 'Content-Type: application/json'"
+              f"{auth} \\\n    -d {shlex.quote(body)}"),
+             "", "or with the openai client:", "",
+             "  import os",
+             "  from openai import OpenAI",
+             f"  client = OpenAI(base_url={running.base_url!r}, api_key={key})",
+             f"  r = client.chat.completions.create(model={model!r}, messages=[",
+             f"      {{'role': 'user', 'content': {question!r}}}])",
+             "  print(r.choices[0].message.content)",
+             "  print(r.model_dump()['conductor']['workflow'])  # the plan, its trace, its cost",
+             "", "Models: GET /v1/models. Stop with Ctrl-C."]
+    return "\n".join(lines)
+
+
+def _stop_on_sigterm() -> None:
+    """`ray job stop` and `kill` send SIGTERM: stop as on Ctrl-C (the log gets flushed)."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_serve(cfg: Any) -> Running:
+    """`ray-conductor serve`: start, print the banner, serve until Ctrl-C (`blocking=false`:
+    return the running app instead), then stop cleanly."""
+    cfg = as_serve_config(cfg)
+    running = start(cfg)
+    print(banner(running, example_question(cfg)), flush=True)
+    if not cfg.blocking:
+        return running
+    _stop_on_sigterm()
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("\nstopping: flushing the traffic log ...", flush=True)
+    finally:
+        stats = stop(running)
+        if stats:
+            print(f"traffic log: {stats['written']['requests']} requests written under "
+                  f"{stats['root']}", flush=True)
+    return running
+
+
+# -- make demo ---------------------------------------------------------------------------------
+
+
+def demo_questions(data: Any, n: int) -> list[Any]:
+    """The first `n` test questions (by id) that every worker has a recorded answer to."""
+    from ray_conductor.data.selection import select_queries
+
+    out = []
+    for q in select_queries(data, "test"):
+        recs = [data.record(q.query_id, m) for m in data.models]
+        if all(r is not None and r.response is not None for r in recs):
+            out.append(q)
+        if len(out) == n:
+            break
+    return out
+
+
+def _show(i: int, n: int, q: Any, answer: str, ext: dict[str, Any], usage: dict[str, Any],
+          correct: bool, streamed: bool) -> str:
+    steps = ext.get("steps") or []
+    workers = ", ".join(s["served_by"] or s["worker"] for s in steps if not s["skipped"])
+    orch = ((usage.get("prompt_tokens_details") or {}).get("orchestration_input_tokens", 0)
+            + (usage.get("completion_tokens_details") or {})
+            .get("orchestration_output_tokens", 0))
+    first = " ".join(q.query.split())
+    flow = " | ".join(ext.get("workflow", "").splitlines())
+    tail = " ".join(answer.split())
+    more = "..." if len(first) > 110 else ""
+    return "\n".join([
+        f"[{i}/{n}]{' (streamed)' if streamed else ''} {first[:110]}{more}",
+        f"   workflow: {flow}",
+        f"   workers:  {workers}   policy version: {ext.get('policy_version')}",
+        (f"   answer:   ...{tail[-90:]}   ({'correct' if correct else 'wrong'}; "
+         f"reference {q.reference})"),
+        (f"   tokens:   {usage['prompt_tokens']} in, {usage['completion_tokens']} out "
+         f"({orch} orchestration)   cost: ${usage.get('cost', 0):.6f}   "
+         f"latency: {ext.get('latency_s', 0):.2f}s")])
+
+
+def _ask(client: Any, model: str, q: Any, stream: bool) -> tuple[str, dict, dict]:
+    msgs = [{"role": "user", "content": q.query}]
+    if not stream:
+        r = client.chat.completions.create(model=model, messages=msgs).model_dump()
+        return r["choices"][0]["message"]["content"], r["conductor"], r["usage"]
+    text, ext, usage = "", {}, {}
+    for chunk in client.chat.completions.create(model=model, messages=msgs, stream=True,
+                                                stream_options={"include_usage": True}):
+        d = chunk.model_dump()
+        for choice in d["choices"]:
+            text += choice["delta"].get("content") or ""
+        ext = d.get("conductor") or ext
+        usage = d.get("usage") or usage
+    return text, ext, usage
+
+
+def demo(cfg: Any) -> dict[str, Any]:
+    """`make demo`: the server on the embedded default, a handful of recorded test questions
+    through the official `openai` client (the last one streamed), each answer with its
+    workflow, workers, tokens and cost; then the evaluation table and plot; then a clean
+    shutdown. Returns the evaluation report."""
+    try:
+        from openai import OpenAI
+    except ImportError:
+        raise ConfigError("the demo asks through the official openai client: "
+                          "pip install openai") from None
+
+    from ray_conductor.config import load
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.eval.command import EvalConfig, run_eval
+
+    cfg = as_serve_config(cfg)
+    cfg.blocking = False
+    if cfg.port == 8000:
+        cfg.port = free_port()  # a demo must not fail on a busy port
+    running = start(cfg)
+    try:
+        print(banner(running, example_question(cfg)), flush=True)
+        data = load_pool(cfg.pool, cfg.data_dir)
+        qs = demo_questions(data, cfg.demo.questions)
+        client = OpenAI(base_url=running.base_url, api_key="none", max_retries=0)
+        print(f"\nAsking {len(qs)} recorded test questions through the openai client:\n")
+        for i, q in enumerate(qs, 1):
+            stream = i == len(qs)
+            answer, ext, usage = _ask(client, "conductor", q, stream)
+            print(_show(i, len(qs), q, answer, ext, usage, data.judge(q.query_id, answer),
+                        stream), flush=True)
+        print("\nThe evaluation of the baselines on the test split:\n", flush=True)
+        eval_cfg = load(EvalConfig, [f"pool={cfg.pool}", "split=test",
+                                     f"out={cfg.demo.eval_out}"])
+        return run_eval(eval_cfg)
+    finally:
+        stats = stop(running)
+        print(f"\nserver stopped; traffic log: {stats.get('written', {}).get('requests', 0)} "
+              f"requests under {stats.get('root', cfg.log_dir)}", flush=True)

@@ -1,0 +1,354 @@
+"""The policies a Serve app offers by model name, loaded from a reference, and the set the
+planner holds (swapped atomically on a hot-swap). Pure: no Ray.
+
+References (the values of `policies: {served name: reference}`):
+
+- `knn`, `cheapest`, `random`, `single:WORKER`: the baselines of `eval.policies`, fit on the
+  replay pool's train split where they learn (kNN);
+- `scripted:FILE`: a fixed plan script (`policy.scripted_engine`), e.g. a pinned workflow;
+- `lite:DIR`: a lite conductor policy directory (`ray_conductor.lite`), which decides call by
+  call, so it runs interactively rather than planning up front;
+- `registry:DIR[@N]`: the promoted (or Nth) version of a policy registry, of any kind above
+  or an LM conductor (the version's `kind`: lm | lite | scripted, a `plans.json` inside);
+- anything else (or `conductor:REF`): an LM conductor, `policy.runner.load_conductor`
+  (a model name or directory, a training run or checkpoint directory).
+
+A plan-then-execute policy answers `PlanRequest`s with `PlanReply`s; the version a request
+started on is in its reply, and nested (recursive) plans ask for that same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.workers.base import WorkerInfo
+from ray_conductor.workflow import Workflow
+
+BASELINES = ("knn", "cheapest", "random")
+SCRIPT_FILE = "plans.json"  # inside a registry version of kind "scripted"
+
+
+@dataclass
+class PlanRequest:
+    """One question to plan. `previous` is set for a nested (recursive) plan, `version` pins
+    the policy version the request started on."""
+
+    model: str
+    question: str
+    workers: list[WorkerInfo]
+    previous: str | None = None
+    version: str | None = None
+
+
+@dataclass
+class PlanReply:
+    """A plan and what it took: the conductor's own tokens are orchestration tokens."""
+
+    model: str
+    version: str
+    workflow: Workflow | None
+    text: str = ""
+    attempts: int = 1
+    fell_back: bool = False
+    errors: list[str] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    recursion_depth: int = 0
+    self_name: str = "conductor"
+    interactive: bool = False
+
+
+def _sha8(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
+class RouterPolicy:
+    """A baseline that names one worker per question (kNN, cheapest, ...)."""
+
+    interactive = False
+    recursion_depth = 0
+    self_name = "conductor"
+
+    def __init__(self, policy: Any, version: str):
+        self.policy, self.version = policy, version
+
+    def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
+        queries = [SimpleNamespace(query=r.question, query_id=None) for r in reqs]
+        plans = self.policy.plan_batch(queries, reqs[0].workers)
+        return [PlanReply(r.model, self.version, p.workflow, fell_back=p.fell_back)
+                for r, p in zip(reqs, plans)]
+
+
+class ConductorPolicy:
+    """A `Conductor` (an LM, or a script through the same machinery). Top-level requests are
+    offered the conductor itself as a worker while recursion is on, as `RecursivePool` does."""
+
+    interactive = False
+
+    def __init__(self, conductor: Any, version: str, temperature: float = 0.0):
+        self.conductor, self.version, self.temperature = conductor, version, temperature
+        self.recursion_depth = int(conductor.cfg.recursion_depth)
+        self.self_name = conductor.cfg.self_name
+
+    def offered(self, req: PlanRequest) -> list[WorkerInfo]:
+        if req.previous is not None or self.recursion_depth <= 0:
+            return list(req.workers)
+        from ray_conductor.policy.recursion import SELF_DESCRIPTION
+
+        return [*req.workers, WorkerInfo(self.self_name, SELF_DESCRIPTION)]
+
+    def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
+        results = self.conductor.plan_many([r.question for r in reqs], self.offered(reqs[0]),
+                                           previous=[r.previous for r in reqs],
+                                           temperature=self.temperature)
+        return [PlanReply(
+            r.model, self.version, p.workflow, p.texts[-1] if p.texts else "", p.n_attempts,
+            p.fell_back, list(p.errors), sum(len(s.prompt_ids) for s in p.samples),
+            sum(len(s.completion_ids) for s in p.samples), self.recursion_depth,
+            self.self_name) for r, p in zip(reqs, results)]
+
+
+class InteractivePolicy:
+    """A policy that decides call by call (the lite conductor): it runs over a pool itself."""
+
+    interactive = True
+    recursion_depth = 0
+    self_name = "conductor"
+
+    def __init__(self, conductor: Any, version: str):
+        self.conductor, self.version = conductor, version
+
+    def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
+        return [PlanReply(r.model, self.version, None, interactive=True) for r in reqs]
+
+    async def run(self, question: str, pool: Any, *, query_id: str | None,
+                  answer_format: str | None, params: dict[str, Any]) -> tuple[Workflow, Any]:
+        return await self.conductor.run(question, pool, query_id=query_id,
+                                        answer_format=answer_format or "mc", params=params)
+
+
+@dataclass
+class LoadContext:
+    """What loading a policy may need: the workers it plans over, the replay data baselines
+    fit on (loaded on first use), LM conductor overrides and the serving temperature."""
+
+    workers: list[WorkerInfo]
+    data: Callable[[], Any] | None = None
+    pool: str | None = None
+    knn_k: int = 40
+    conductor: Mapping[str, Any] = field(default_factory=dict)
+    temperature: float = 0.0
+
+
+class _Embedder:
+    """Question embeddings for the kNN router. While fitting, through the disk cache (the
+    train split, the recorded test questions); then served questions are encoded directly (a
+    cache file per served question would only fill the disk), and the last `capacity`
+    vectors are kept by text: a repeated question, and every recorded question of a replay
+    pool, is not encoded again (one encode is ~10-150 ms of CPU; a lookup is microseconds)."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.fitting, self.capacity = True, capacity
+        self.memo: OrderedDict[str, Any] = OrderedDict()
+
+    def _remember(self, texts: Sequence[str], emb: Any) -> None:
+        for t, v in zip(texts, emb):
+            self.memo[t] = v
+            self.memo.move_to_end(t)
+        while len(self.memo) > self.capacity:
+            self.memo.popitem(last=False)
+
+    def __call__(self, texts: Sequence[str]) -> Any:
+        import numpy as np
+
+        from ray_conductor.features import embed_texts, encode
+
+        texts = list(texts)
+        if self.fitting:
+            emb = embed_texts(texts)
+            self._remember(texts, emb)
+            return emb
+        missing = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if missing:
+            self._remember(missing, encode(missing, progress=False))
+        for t in texts:
+            self.memo.move_to_end(t)
+        return np.stack([self.memo[t] for t in texts])
+
+
+def _baseline(ref: str, ctx: LoadContext) -> RouterPolicy:
+    from ray_conductor.eval.policies import make_policies
+
+    needs_data = ref == "knn"
+    if needs_data and ctx.data is None:
+        raise ConfigError(f"policy {ref!r} is fit on a replay pool's train split: set pool=...")
+    data = ctx.data() if needs_data else None
+    embed = _Embedder()
+    (policy,) = make_policies([ref], data, ctx.workers, knn_k=ctx.knn_k, embed=embed)
+    if needs_data:  # the recorded test questions too (train ones came with the fit), in
+        # the evaluation's order, so the disk cache an evaluation filled is reused
+        policy.embed([q.query for q in sorted(data.queries("test"), key=lambda q: q.query_id)])
+    embed.fitting = False
+    policy.plan_batch([SimpleNamespace(query="warm up", query_id=None)], ctx.workers)  # loads
+    # the encoder now (a fit from the disk cache did not), not in the first request
+    names = {w.name for w in ctx.workers}
+    missing = sorted(set(getattr(policy, "models", ())) - names)
+    if missing:
+        raise ConfigError(f"policy {ref!r} routes to the pool's recorded models, but the "
+                          f"workers lack {missing}: name the workers after them, or serve "
+                          "another policy")
+    version = f"knn-k{ctx.knn_k}-{_sha8(ctx.pool or '')}" if needs_data else ref
+    return RouterPolicy(policy, version)
+
+
+def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> ConductorPolicy:
+    from ray_conductor.policy.conductor import Conductor, ConductorConfig, build_engine
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"scripted policy {path!r}: no such file (a JSON plan script, see "
+                          "policy/scripted_engine.py)")
+    known = set(ConductorConfig.__dataclass_fields__)
+    overrides = {k: v for k, v in ctx.conductor.items() if k in known}
+    cfg = ConductorConfig(**{**overrides, "engine": "scripted", "model": str(p)})
+    return ConductorPolicy(Conductor(build_engine(cfg), cfg),
+                           version or f"scripted-{_sha8(p.read_bytes())}", ctx.temperature)
+
+
+def _lite(path: str, ctx: LoadContext, version: str | None = None) -> InteractivePolicy:
+    from ray_conductor.lite.conductor import LiteConductor
+
+    conductor = LiteConductor.load(path, ctx.workers)
+    return InteractivePolicy(conductor, version or f"lite-{Path(path).name}")
+
+
+def _lm(ref: str, ctx: LoadContext) -> ConductorPolicy:
+    from ray_conductor.policy.runner import load_conductor
+
+    conductor, tag = load_conductor(ref, **dict(ctx.conductor))
+    return ConductorPolicy(conductor, tag, ctx.temperature)
+
+
+def _registry(ref: str, ctx: LoadContext) -> Any:
+    from ray_conductor.policy.registry import resolve_policy
+
+    path, pv = resolve_policy(ref)
+    assert pv is not None
+    if pv.kind == "lite":
+        return _lite(path, ctx, pv.tag)
+    if pv.kind == "scripted":
+        return _scripted(str(Path(path) / SCRIPT_FILE), ctx, pv.tag)
+    if pv.kind == "lm":
+        policy = _lm(pin(ref), ctx)
+        policy.version = pv.tag
+        return policy
+    raise ConfigError(f"policy {ref!r}: registry version {pv.tag} is of kind {pv.kind!r}; this "
+                      "server serves lm, lite and scripted policies")
+
+
+def load_policy(ref: str, ctx: LoadContext) -> Any:
+    """The policy a reference names (see the module docstring)."""
+    ref = str(ref).strip()
+    if not ref:
+        raise ConfigError("an empty policy reference; use knn, scripted:FILE, lite:DIR, "
+                          "registry:DIR[@N] or a conductor model or run directory")
+    if ref in BASELINES or ref.startswith("single:"):
+        return _baseline(ref, ctx)
+    if ref.startswith("scripted:"):
+        return _scripted(ref.split(":", 1)[1], ctx)
+    if ref.startswith("lite:"):
+        return _lite(ref.split(":", 1)[1], ctx)
+    if ref.startswith("registry:"):
+        return _registry(ref, ctx)
+    return _lm(ref.removeprefix("conductor:"), ctx)
+
+
+def pin(ref: str) -> str:
+    """`registry:DIR` -> `registry:DIR@N` (its promoted version now), so every replica and
+    every restart serves the same version until the next swap; other references as given."""
+    if not ref.startswith("registry:") or "@" in ref:
+        return ref
+    from ray_conductor.policy.registry import resolve_policy
+
+    _, pv = resolve_policy(ref)
+    assert pv is not None
+    return f"{ref}@{pv.version}"
+
+
+class PolicySet:
+    """The live policies by served name. `update` loads what changed, then swaps the whole
+    mapping in one assignment: a plan that already picked its policy object keeps it. The
+    last `keep` versions of each name stay reachable for the nested plans of requests that
+    started on them."""
+
+    def __init__(self, loader: Callable[[str], Any], keep: int = 4):
+        self._load, self._keep = loader, keep
+        self._live: dict[str, tuple[str, Any]] = {}  # name -> (reference, policy)
+        self._recent: dict[tuple[str, str], Any] = {}  # (name, version) -> policy
+        self._lock = threading.Lock()  # one update at a time
+
+    def update(self, refs: Mapping[str, str]) -> dict[str, str]:
+        """Serve `refs` ({name: reference}); returns {name: version}. Nothing changes when any
+        reference fails to load (the error says which)."""
+        if not isinstance(refs, Mapping) or not refs:
+            raise ConfigError("the planner needs `policies`: a mapping of served model names "
+                              "to policy references")
+        with self._lock:
+            live = dict(self._live)
+            new = {}
+            for name, ref in refs.items():
+                same = live.get(name)
+                new[name] = same if same and same[0] == ref else (ref, self._load(ref))
+            for name, (_, policy) in new.items():
+                self._recent.pop((name, policy.version), None)  # re-inserted as the newest
+                self._recent[(name, policy.version)] = policy
+                for k in [k for k in self._recent if k[0] == name][:-self._keep]:
+                    del self._recent[k]
+            self._live = new
+        return {n: p.version for n, (_, p) in new.items()}
+
+    def names(self) -> list[str]:
+        return list(self._live)
+
+    def get(self, name: str, version: str | None = None) -> Any:
+        live = self._live.get(name)
+        if live is None:
+            raise ConfigError(f"no policy is served as {name!r}")
+        if version is not None and version != live[1].version:
+            old = self._recent.get((name, version))
+            if old is not None:
+                return old
+        return live[1]
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        return {n: {"policy": ref, "policy_version": p.version,
+                    "kind": "interactive" if p.interactive else "plan",
+                    "recursion_depth": p.recursion_depth}
+                for n, (ref, p) in self._live.items()}
+
+    def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
+        """Replies in request order; requests for the same policy version and the same
+        offered workers are planned in one call (one engine batch for an LM)."""
+        groups: dict[tuple, tuple[Any, list[int]]] = {}
+        out: list[PlanReply | None] = [None] * len(reqs)
+        for i, r in enumerate(reqs):
+            try:
+                policy = self.get(r.model, r.version)  # picked once: a swap cannot split it
+            except ConfigError:  # removed by a swap since the ingress looked
+                out[i] = PlanReply(r.model, "", None, errors=["unknown_model"])
+                continue
+            key = (id(policy), tuple(w.name for w in r.workers))
+            groups.setdefault(key, (policy, []))[1].append(i)
+        for policy, idx in groups.values():
+            for i, reply in zip(idx, policy.plan([reqs[i] for i in idx])):
+                out[i] = reply
+        return out  # type: ignore[return-value]

@@ -1,0 +1,221 @@
+"""The traffic log: every served request (its workflow, trace, answer, cost, key id, policy
+version) appended to a Parquet dataset, and feedback (a reward or a label for a request id)
+appended beside it. This log is what online retraining reads (`read_traffic`).
+
+Layout under the log directory, both partitioned by UTC date (hive style, so pandas,
+`pyarrow.dataset` and `ray.data.read_parquet` all read it)::
+
+    requests/date=2025-01-31/part-<ms>-<rand>.parquet
+    feedback/date=2025-01-31/part-<ms>-<rand>.parquet
+
+Files are only ever added, never rewritten: feedback is joined on read (the latest reward and
+the latest label per request). Each part is written under a hidden name and renamed, so a
+reader never sees half a file. Pure pyarrow (the writer actor is in `actors.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+REQUESTS, FEEDBACK = "requests", "feedback"
+REQUEST_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("time", pa.timestamp("us", tz="UTC")),
+    ("key_id", pa.string()), ("endpoint", pa.string()), ("model", pa.string()),
+    ("policy", pa.string()), ("policy_version", pa.string()), ("stream", pa.bool_()),
+    ("status", pa.int32()), ("error", pa.string()), ("error_code", pa.string()),
+    ("question", pa.string()), ("query_id", pa.string()), ("workflow", pa.string()),
+    ("trace", pa.string()), ("answer", pa.string()), ("cost", pa.float64()),
+    ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
+    ("orchestration_input_tokens", pa.int64()), ("orchestration_output_tokens", pa.int64()),
+    ("latency_s", pa.float64()),
+])
+FEEDBACK_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("time", pa.timestamp("us", tz="UTC")),
+    ("key_id", pa.string()), ("reward", pa.float64()), ("label", pa.string()),
+])
+MAX_LABEL_CHARS = 1000
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def request_row(**fields: Any) -> dict[str, Any]:
+    """A row with every column of `REQUEST_SCHEMA` (missing ones None); `time` is epoch
+    seconds, `trace` any JSON-able value."""
+    unknown = set(fields) - set(REQUEST_SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown traffic columns {sorted(unknown)}")
+    row = {name: fields.get(name) for name in REQUEST_SCHEMA.names}
+    if row["trace"] is not None and not isinstance(row["trace"], str):
+        row["trace"] = json.dumps(row["trace"], default=str)
+    return row
+
+
+def check_feedback(body: Any) -> tuple[str, float | None, str | None]:
+    """(request_id, reward, label) from a `/v1/feedback` body; `ValueError` says what is
+    wrong (the HTTP layer turns it into a 400)."""
+    if not isinstance(body, dict):
+        raise ValueError("the feedback body must be a JSON object")
+    rid, reward, label = body.get("request_id"), body.get("reward"), body.get("label")
+    if not isinstance(rid, str) or not rid or len(rid) > 100:
+        raise ValueError("`request_id` must be the `id` of an earlier response")
+    if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))
+                               or not math.isfinite(reward)):
+        raise ValueError("`reward` must be a finite number")
+    if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL_CHARS):
+        raise ValueError(f"`label` must be a string of at most {MAX_LABEL_CHARS} characters")
+    if reward is None and label is None:
+        raise ValueError("send a `reward`, a `label`, or both")
+    return rid, None if reward is None else float(reward), label
+
+
+@dataclass
+class _Buffer:
+    schema: pa.Schema
+    rows: list[dict[str, Any]]
+
+
+class TrafficLog:
+    """Buffers rows and writes them as Parquet parts. `append` returns True once the buffer
+    holds `max_rows` (the caller flushes then: memory stays bounded); `flush` writes one part
+    per date and dataset. Remembers the last `recent` request ids and their key ids, so
+    feedback for a fresh request is checked without reading files."""
+
+    def __init__(self, root: str | os.PathLike, max_rows: int = 2000, recent: int = 100_000,
+                 clock: Callable[[], float] | None = None):
+        import time
+
+        self.root = Path(root)
+        self.max_rows = max(1, int(max_rows))
+        self._clock = clock or time.time
+        self._buf = {REQUESTS: _Buffer(REQUEST_SCHEMA, []), FEEDBACK: _Buffer(FEEDBACK_SCHEMA, [])}
+        self._recent: OrderedDict[str, str | None] = OrderedDict()
+        self._recent_cap = recent
+        self.written = {REQUESTS: 0, FEEDBACK: 0}
+
+    def append(self, row: dict[str, Any]) -> bool:
+        self._buf[REQUESTS].rows.append(row)
+        self._recent[row["request_id"]] = row.get("key_id")
+        while len(self._recent) > self._recent_cap:
+            self._recent.popitem(last=False)
+        return self.pending() >= self.max_rows
+
+    def add_feedback(self, request_id: str, key_id: str | None, reward: float | None,
+                     label: str | None) -> bool:
+        self._buf[FEEDBACK].rows.append({"request_id": request_id, "time": self._clock(),
+                                         "key_id": key_id, "reward": reward, "label": label})
+        return self.pending() >= self.max_rows
+
+    def pending(self) -> int:
+        return sum(len(b.rows) for b in self._buf.values())
+
+    def owner_recent(self, request_id: str) -> tuple[bool, str | None]:
+        """`owner` from memory only."""
+        if request_id in self._recent:
+            return True, self._recent[request_id]
+        return False, None
+
+    def owner(self, request_id: str) -> tuple[bool, str | None]:
+        """(known, key id) of a logged request: recent ones from memory, others from disk."""
+        if request_id in self._recent:
+            return self.owner_recent(request_id)
+        path = self.root / REQUESTS
+        if not path.is_dir():
+            return False, None
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
+            columns=["key_id"], filter=ds.field("request_id") == request_id)
+        if table.num_rows == 0:
+            return False, None
+        return True, table.column("key_id")[0].as_py()
+
+    def flush(self) -> int:
+        """Write what is buffered; returns the rows written. Rows whose write failed stay
+        buffered for the next flush (and the error is raised)."""
+        n = 0
+        for name, buf in self._buf.items():
+            rows, buf.rows = buf.rows, []
+            try:
+                n += self._write(name, buf.schema, rows)
+            except BaseException:
+                buf.rows = rows + buf.rows
+                raise
+            self.written[name] += len(rows)
+        return n
+
+    def _write(self, name: str, schema: pa.Schema, rows: list[dict[str, Any]]) -> int:
+        by_day: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_day.setdefault(_utc(r["time"]).strftime("%Y-%m-%d"), []).append(r)
+        for day, part in sorted(by_day.items()):
+            cols = {f: [r.get(f) for r in part] for f in schema.names}
+            cols["time"] = [_utc(t) for t in cols["time"]]
+            table = pa.table(cols, schema=schema)
+            folder = self.root / name / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = f"part-{int(self._clock() * 1000):013d}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = folder / f".{stem}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, folder / stem)
+        return len(rows)
+
+
+def _dataset(root: Path, name: str, schema: pa.Schema) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    path = root / name
+    if not path.is_dir() or not any(path.rglob("part-*.parquet")):
+        return schema.empty_table()
+    part = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+    return ds.dataset(path, format="parquet", partitioning=part).to_table()
+
+
+def _since(since: Any) -> datetime | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return since if since.tzinfo else since.replace(tzinfo=UTC)
+    if isinstance(since, (int, float)):
+        return _utc(float(since))
+    parsed = datetime.fromisoformat(str(since))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def read_feedback(root: str | os.PathLike) -> Any:
+    """Every feedback row (pandas), oldest first."""
+    df = _dataset(Path(root), FEEDBACK, FEEDBACK_SCHEMA).to_pandas()
+    return df.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def read_traffic(root: str | os.PathLike, since: Any = None) -> Any:
+    """The logged requests (pandas, oldest first) with their feedback joined: `reward` and
+    `label` are the latest given for each request (None when none was). `since`: a datetime,
+    epoch seconds or an ISO date/time (UTC unless it says otherwise)."""
+    import pandas as pd
+
+    df = _dataset(Path(root), REQUESTS, REQUEST_SCHEMA).to_pandas()
+    start = _since(since)
+    if start is not None:
+        df = df[df["time"] >= pd.Timestamp(start)]
+    fb = read_feedback(root)
+    for col in ("reward", "label"):
+        last = fb.dropna(subset=[col]).drop_duplicates("request_id", keep="last")
+        df = df.merge(last[["request_id", col]], on="request_id", how="left")
+    return df.sort_values("time", kind="stable").reset_index(drop=True)

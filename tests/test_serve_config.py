@@ -1,0 +1,139 @@
+"""The serve configs: the Serve config YAML under cluster/ is one `serve deploy` accepts and its
+`import_path` builds the app; configs/serve.yaml is a valid `ServeConfig`; what a deploy
+carries holds key digests only; the planner's resources come from the graph declaration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_conductor.config import load
+from ray_conductor.errors import ConfigError
+from ray_conductor.serve.config import ServeConfig, as_serve_config, served_policies
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = ROOT / "cluster" / "serve" / "conductor.yaml"
+
+
+def _deployment(app, name):
+    return next(d for d in app.deployments if d.name == name)
+
+
+def test_the_cluster_serve_config_validates_and_builds():
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from ray_conductor.serve.app import app_builder
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CLUSTER_YAML.read_text()))
+    (app,) = schema.applications
+    assert app.import_path == "ray_conductor.serve.app:app_builder"
+    planner = next(d for d in app.deployments if d.name == "Planner")
+    assert planner.user_config == {"policies": {"conductor": "knn"}}
+    built = app_builder(app.args)
+    assert isinstance(built, Application)
+
+
+def test_the_default_config_file_loads():
+    cfg = as_serve_config(load(ServeConfig, ["port=9000", "policy=cheapest"], defaults="serve"))
+    assert cfg.port == 9000 and cfg.pool == "demo" and cfg.graph.workers_per_proxy == 12
+    assert served_policies(cfg) == {"conductor": "cheapest"}
+    with pytest.raises(ConfigError, match="ingress"):
+        as_serve_config({"ingress": {"max_ongoing_requests": "many"}})
+
+
+def test_a_deploy_carries_key_digests_and_pinned_versions_only(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from ray_conductor.policy.registry import PolicyRegistry
+    from ray_conductor.serve.app import app_schema, prepare
+    from ray_conductor.serve.keys import load_keys
+
+    src = tmp_path / "v"
+    src.mkdir()
+    (src / "plans.json").write_text('{"rules": [], "default": "model_id = [0]"}')
+    reg = PolicyRegistry(tmp_path / "reg")
+    reg.publish(src, kind="scripted")
+    reg.publish(src, kind="scripted")
+    reg.promote(2)
+    cfg = as_serve_config({"api_keys": ["sk-secret-key-1"],
+                           "policies": {"conductor": f"registry:{tmp_path / 'reg'}"}})
+    settings = prepare(cfg, keys=[r.to_dict() for r in load_keys(cfg.api_keys)])
+    text = repr(settings)
+    assert "sk-secret-key-1" not in text and settings["config"]["api_keys"] == []
+    assert settings["user_config"]["policies"]["conductor"].endswith("@2")  # pinned
+    deploy = {"applications": [app_schema(cfg, settings)]}
+    ServeDeploySchema.model_validate(deploy)
+
+
+def test_the_planner_takes_its_resources_from_the_graph():
+    from ray_conductor.serve.app import build_app, prepare
+
+    cfg = as_serve_config({"graph": {"planner": {"num_cpus": 2, "num_gpus": 1, "count": 2,
+                                                 "max_concurrency": 8}},
+                           "ingress": {"max_ongoing_requests": 300}})
+    app = build_app(cfg, prepare(cfg))
+    from ray.serve._private.build_app import build_app as serve_build
+
+    built = serve_build(app, name="x")
+    planner = _deployment(built, "Planner")
+    ingress = _deployment(built, "Ingress")
+    assert planner.num_replicas == 2 and planner.max_ongoing_requests == 8
+    assert planner.ray_actor_options["num_gpus"] == 1
+    assert planner.ray_actor_options["num_cpus"] == 2
+    assert ingress.max_ongoing_requests == 300
+    assert ingress._deployment_config.autoscaling_config.max_replicas == 4
+
+
+def test_serving_imports_no_training_code_and_the_core_no_ray():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import ray_conductor.serve.gateway, ray_conductor.serve.traffic, "
+        "ray_conductor.serve.policies\n"
+        "assert 'ray' not in sys.modules, 'the pure core imported ray'\n"
+        "import ray_conductor.serve.app, ray_conductor.serve.command, "
+        "ray_conductor.serve.ingress, ray_conductor.serve.planner\n"
+        "bad = [m for m in sys.modules if m.startswith('ray_conductor.rl')]\n"
+        "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_job_entrypoint_refuses_bad_arguments_in_one_line(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_job", ROOT / "jobs" / "serve.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["nonsense"]) == 2
+    assert "not key=value" in capsys.readouterr().err
+
+
+def test_the_load_benchmark_pairs_rounds_and_finds_the_slowest_chain():
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load",
+                                                  ROOT / "benchmarks" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    steps = [{"latency_s": 0.2, "access": []}, {"latency_s": 0.3, "access": []},
+             {"latency_s": 0.1, "access": [0, 1]}]
+    assert bench._slowest_chain(steps) == pytest.approx(0.4)
+
+    def side(rps):
+        return {"rps": rps, "p50_ms": 10.0, "p99_ms": 20.0, "errors": 0, "warmup_errors": 0}
+
+    rounds = {"conductor": [side(40), side(10)], "cheapest": [side(50), side(20)],
+              "pass_through": [side(60), side(30)], "bare": [side(100), side(20)]}
+    chain = {"p50_ms": 600.0, "p99_ms": 700.0, "measured_chain_p50_ms": 550.0, "errors": 0}
+    summary = bench.summarize(rounds, chain, argparse.Namespace(worker_latency_s=0.25))
+    assert summary["throughput_ratio_vs_bare_serve"] == pytest.approx(0.45)  # (0.4+0.5)/2
+    assert summary["overhead_ratio_vs_critical_path"] == pytest.approx(1.2)
+    assert summary["errors"] == 0
