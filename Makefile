@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ray-conductor eval pool=demo split=test out=reports/demo_eval.json
+	$(BIN)/ray-conductor demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

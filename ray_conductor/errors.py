@@ -99,3 +99,10 @@ class ServeError(ConductorError):
                  type: str = "invalid_request_error", param: str | None = None):
         super().__init__(message, code)
         self.status, self.type, self.param = status, type, param
+
+
+class RunFailed(ConductorError):
+    """A command ran but produced nothing to report (e.g. every worker call failed); the
+    message names the most common causes. The CLI exits 1, not 2: the input may be fine."""
+
+    code = "run_failed"

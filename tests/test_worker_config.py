@@ -11,8 +11,9 @@ from ray_conductor.workers.config import (
 
 
 def test_a_pool_config_loads_from_yaml_text():
+    """Where proxies run (namespace, processes) is the graph's business, not the worker YAML's."""
     yaml = """
-    namespace: prod
+    queue_timeout_s: 120
     workers:
       - {name: fast, model: openai/gpt-4o-mini, api_key_env: OPENAI_API_KEY, rpm: 500,
          fallbacks: [slow]}
@@ -21,7 +22,7 @@ def test_a_pool_config_loads_from_yaml_text():
     cfg = as_pool_config(OmegaConf.create(yaml))
     assert isinstance(cfg, WorkerPoolConfig) and isinstance(cfg.workers[0], WorkerConfig)
     assert cfg.workers[0].rpm == 500.0 and cfg.workers[0].fallbacks == ["slow"]
-    assert cfg.workers[1].window_s == 60.0 and cfg.namespace == "prod"
+    assert cfg.workers[1].window_s == 60.0 and cfg.queue_timeout_s == 120
 
 
 @pytest.mark.parametrize("workers, message", [

@@ -18,10 +18,13 @@ from ray_conductor.errors import DataError
 
 @dataclass
 class ImportConfig:
-    pool: str = "mmlu_pro"  # mmlu_pro[:PATH,...] | routerbench[:PATH,...] | parquet:PATH | demo
-    out: str = "data/pool.parquet"
-    overwrite: bool = False  # replace an existing `out` (never an input)
-    data_dir: str = field(default_factory=default_data_dir)
+    pool: str = field(default="mmlu_pro", metadata={
+        "help": "mmlu_pro[:PATH,...] | routerbench[:PATH,...] | parquet:PATH | demo"})
+    out: str = field(default="data/pool.parquet", metadata={"help": "the Parquet table written"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing out= (never an input)"})
+    data_dir: str = field(default_factory=default_data_dir, metadata={
+        "help": "where bare pool names (mmlu_pro, routerbench) are found"})
 
 
 def format_report(summary: dict[str, dict[str, Any]], report: dict[str, Any] | None) -> str:

@@ -1,54 +1,82 @@
 """`ray-conductor eval`: baselines (and conductors) on a replay pool's split, as a printed table,
-a JSON report and a cost-vs-accuracy plot."""
+a JSON report and a cost-vs-accuracy plot.
+
+Everything that can be wrong with the command is checked before any work starts (ranges at
+load; then the report and plot paths, the pool, the split, the worker YAML and what each
+policy needs), so a bad `out=` never costs a whole evaluation and a bad policy never starts
+Ray."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Sequence
 
-from ray_conductor.config import RayConfig, default_data_dir, to_dict
+from ray_conductor.config import (
+    RayConfig,
+    check,
+    default_data_dir,
+    opt,
+    read_yaml,
+    to_dict,
+)
+from ray_conductor.data.splits import SPLITS
 from ray_conductor.errors import ConfigError
 from ray_conductor.graph import GraphConfig
 
 DEFAULT_POLICIES = ["singles", "cheapest", "random", "knn", "oracle"]
+POLICY_FORMS = "singles, single:NAME, cheapest, random, oracle, knn, conductor:PATH"
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
 class EvalConfig:
-    pool: str = "demo"  # FORMAT:PATH[,PATH...] (mmlu_pro, routerbench, parquet) or "demo"
-    split: str = "test"  # train | test | all
-    policies: list[str] = field(default_factory=lambda: list(DEFAULT_POLICIES))
-    out: str = "reports/eval.json"
-    plot: str | None = None  # default: `out` with .png
-    backend: str = "local"  # local: in-process replay pool; ray: WorkerProxy actors
-    workers: str | None = None  # backend=ray: a worker-pool YAML (live providers); default replay
-    limit: int | None = None  # evaluate only the first N queries of the split (by id order)
-    seed: int = 0
-    knn_k: int = 40
-    concurrency: int = 64
-    data_dir: str = field(default_factory=default_data_dir)
-    progress: bool = True
-    ray: RayConfig = field(default_factory=RayConfig)
-    graph: GraphConfig = field(default_factory=GraphConfig)
+    """Evaluate policies on a replay pool's split: a table, a JSON report and a plot."""
+
+    pool: str = opt("demo", "demo | mmlu_pro:PATH[,PATH] | routerbench:CSV[,CSV] | parquet:PATH",
+                    nonempty=True)
+    split: str = opt("test", "which questions (by hashed query id)", choices=SPLITS)
+    policies: list[str] = opt(DEFAULT_POLICIES, POLICY_FORMS + " (a model dir, run dir or "
+                              "registry:DIR)", nonempty=True)
+    out: str = opt("reports/eval.json", "the JSON report; an earlier report there is replaced",
+                   nonempty=True)
+    plot: str | None = opt(None, "the cost-vs-accuracy plot (null: out with .png)")
+    overwrite: bool = opt(False, "replace an existing out=/plot= file that is not an earlier "
+                          "report or plot")
+    backend: str = opt("local", "local: in-process replay pool; ray: the WorkerProxy actors",
+                       choices=("local", "ray"))
+    workers: str | None = opt(None, "backend=ray: a worker-pool YAML of live providers (null: "
+                              "replay workers over the pool)")
+    limit: int | None = opt(None, "only the first N questions of the split, by id (null: all)",
+                            min=1)
+    seed: int = opt(0, "seed of the random policy")
+    knn_k: int = opt(40, "how many nearest training questions the knn router reads", min=1)
+    concurrency: int = opt(64, "how many workflows run at once", min=1)
+    data_dir: str = opt(factory=default_data_dir,
+                        help="where bare pool names (mmlu_pro, routerbench) are found")
+    progress: bool = opt(True, "progress bars on stderr")
+    ray: RayConfig = opt(factory=RayConfig, help="how to reach or start Ray (backend=ray)")
+    graph: GraphConfig = opt(factory=GraphConfig, help="the actors (backend=ray)")
 
 
 def worker_pool_config(cfg: Any, data: Any) -> Any:
     """The workers a command's proxies run: a worker YAML (live providers), or replay workers
     over the command's pool with the recorded prices."""
-    from omegaconf import OmegaConf
-
-    from ray_conductor.config import resolve_config_file
-    from ray_conductor.workers.config import WorkerPoolConfig, as_pool_config, replay_workers
+    from ray_conductor.workers.config import (
+        WorkerPoolConfig,
+        as_pool_config,
+        replay_workers,
+    )
 
     if getattr(cfg, "workers", None):
-        return as_pool_config(OmegaConf.load(resolve_config_file(cfg.workers)))
+        return as_pool_config(read_yaml(cfg.workers, "workers"))
     return WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
                             replay=cfg.pool)
 
 
-def make_pool(cfg: Any, data: Any, priority: str = "serve") -> Any:
+def make_pool(cfg: Any, data: Any, priority: str = "serve", pool_cfg: Any = None) -> Any:
     """The worker pool a command runs on: in-process replay, or the shared proxies."""
     if cfg.backend == "local":
         from ray_conductor.data.replay import ReplayPool
@@ -58,10 +86,93 @@ def make_pool(cfg: Any, data: Any, priority: str = "serve") -> Any:
         from ray_conductor.graph import GraphSpec, make_ray_pool
         from ray_conductor.runtime import init_ray
 
+        spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)  # ranges, before Ray
         init_ray(cfg.ray)
-        spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
-        return make_ray_pool(spec, worker_pool_config(cfg, data), priority=priority)
+        return make_ray_pool(spec, pool_cfg or worker_pool_config(cfg, data), priority=priority)
     raise ConfigError(f"backend={cfg.backend!r}: use local or ray")
+
+
+# -- checks before any work ----------------------------------------------------------------
+
+
+def _earlier_report(path: Path) -> bool:
+    """An eval report this command wrote before: replacing it is what a re-run is for."""
+    try:
+        if not path.is_file() or path.stat().st_size > 64 * 2**20:
+            return False
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("policies"), dict)
+
+
+def _earlier_plot(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return path.is_file() and f.read(8) == _PNG
+    except OSError:
+        return False
+
+
+def check_outputs(cfg: Any) -> tuple[Path, Path]:
+    """(report, plot) paths, refused before any work when writing them would lose data or
+    fail: an input of the pool or the worker YAML, a directory, an unwritable place, the
+    same file twice, or an existing file that is neither an earlier report (plot) nor
+    allowed by `overwrite=true`. Also checks the pool spec and that its files are readable."""
+    from ray_conductor.data.commands import check_import
+    from ray_conductor.eval.report import check_writable
+
+    out = Path(cfg.out).expanduser()
+    plot = Path(cfg.plot).expanduser() if cfg.plot else out.with_suffix(".png")
+    if out.resolve() == plot.resolve():
+        raise ConfigError(f"out={cfg.out}: the plot would be written over the report; give out= "
+                          "a .json name or name the plot with plot=")
+    for key, path, ours in (("out", out, _earlier_report), ("plot", plot, _earlier_plot)):
+        if path.is_dir():
+            raise ConfigError(f"{key}={path} is a directory: give a file path, e.g. "
+                              f"{key}={path / ('eval' + ('.png' if key == 'plot' else '.json'))}")
+        check_import(SimpleNamespace(pool=cfg.pool, data_dir=cfg.data_dir, out=str(path),
+                                     overwrite=bool(cfg.overwrite) or ours(path)))
+        check_writable(key, path)
+    if getattr(cfg, "workers", None):
+        from ray_conductor.config import resolve_config_file
+
+        src = resolve_config_file(cfg.workers).resolve()
+        if src in (out.resolve(), plot.resolve()):
+            raise ConfigError(f"out={cfg.out} / plot: would write over the worker YAML {src}; "
+                              "choose another out=")
+    return out, plot
+
+
+def check_policies(names: Sequence[str], data: Any, workers: Sequence[str]) -> None:
+    """Each policy name, and what the policy needs, before any is built: kNN fits on the
+    pool's train split, `single:NAME` needs that worker, `conductor:PATH` a loadable model."""
+    for name in names:
+        kind, _, arg = str(name).partition(":")
+        if name in ("singles", "cheapest", "random", "oracle"):
+            continue
+        if name == "knn":
+            if not data.queries("train"):
+                raise ConfigError(
+                    f"policy knn fits on the pool's train split, and this pool has none (test: "
+                    f"{len(data.queries('test'))} questions): drop knn from policies= or use a "
+                    "pool with a train split")
+        elif kind == "single" and arg:
+            if arg not in workers:
+                raise ConfigError(f"policy {name!r}: unknown worker {arg!r}; known: "
+                                  f"{sorted(workers)}")
+        elif kind == "conductor" and arg:
+            from ray_conductor.policy.loading import check_model
+            from ray_conductor.policy.runner import locate_conductor
+
+            model, settings, _ = locate_conductor(arg)
+            check_model(model, engine=settings.get("engine", "hf"))
+        else:
+            raise ConfigError(f"unknown policy {name!r}; use {POLICY_FORMS} (a model dir, run "
+                              "dir or registry:DIR)")
+
+
+# -- the command -----------------------------------------------------------------------------
 
 
 def run_eval(cfg: EvalConfig, extra_policies: list | None = None) -> dict[str, Any]:
@@ -70,9 +181,17 @@ def run_eval(cfg: EvalConfig, extra_policies: list | None = None) -> dict[str, A
     from ray_conductor.eval.judge import judge_policies
     from ray_conductor.eval.policies import make_policies
 
+    check(cfg, EvalConfig)
+    if cfg.workers and cfg.backend != "ray":
+        raise ConfigError(f"workers={cfg.workers} needs backend=ray (live providers are called "
+                          "through the worker proxies): add backend=ray or drop workers=")
+    out, plot = check_outputs(cfg)
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
     queries = select_queries(data, cfg.split, cfg.limit)
-    pool = make_pool(cfg, data)
+    pool_cfg = worker_pool_config(cfg, data) if cfg.backend == "ray" else None
+    names = [w.name for w in pool_cfg.workers] if pool_cfg else list(data.models)
+    check_policies(list(cfg.policies), data, names)
+    pool = make_pool(cfg, data, pool_cfg=pool_cfg)
     policies = make_policies(list(cfg.policies), data, list(pool.workers()), seed=cfg.seed,
                              knn_k=cfg.knn_k)
     policies += list(extra_policies or [])
@@ -80,7 +199,7 @@ def run_eval(cfg: EvalConfig, extra_policies: list | None = None) -> dict[str, A
             "price_sources": getattr(data, "report", None)
             and data.report.to_dict().get("price_sources"),
             "config": to_dict(cfg)}
-    return judge_policies(policies, data, queries, pool, out=cfg.out, plot=cfg.plot,
+    return judge_policies(policies, data, queries, pool, out=out, plot=plot,
                           title=f"{cfg.pool} ({cfg.split}, n={len(queries)})",
                           concurrency=cfg.concurrency, progress=cfg.progress, meta=meta)
 

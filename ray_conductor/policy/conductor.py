@@ -24,35 +24,51 @@ log = logging.getLogger(__name__)
 class ConductorConfig:
     """The policy's settings; an OmegaConf structured config (plain data)."""
 
-    model: str = "smollm2"  # "smollm2", "tiny-smollm2", or a local HF directory
-    engine: str = "hf"  # "hf" (transformers, CPU/CUDA), "vllm" (GPU), "scripted" (fixed plans)
-    device: str = "cpu"
-    dtype: str = "float32"
-    autocast: Optional[str] = None  # "bfloat16": faster forward passes on AMX CPUs and GPUs
-    batch_size: int = 8
-    max_new_tokens: int = 256
-    temperature: float = 0.7  # sampling for training; set 0 for greedy plans at evaluation
-    top_p: float = 1.0
-    resample_temperature: float = 0.7  # re-samples when `temperature` is 0 (greedy repeats)
+    model: str = field(default="smollm2", metadata={  # or a local HF directory
+        "help": "smollm2, tiny-smollm2, or a local HF directory"})
+    engine: str = field(default="hf", metadata={  # hf: CPU/CUDA, vllm: GPU, scripted: fixed
+        "help": "generation engine", "choices": ("hf", "vllm", "scripted")})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
+    dtype: str = field(default="float32", metadata={
+        "help": "weights' dtype", "choices": ("float32", "bfloat16", "float16")})
+    autocast: Optional[str] = field(default=None, metadata={  # faster on AMX CPUs and GPUs
+        "help": "run forward passes under autocast", "choices": ("bfloat16", "float16")})
+    batch_size: int = field(default=8, metadata={"help": "prompts per forward pass", "min": 1})
+    max_new_tokens: int = field(default=256, metadata={"help": "tokens per plan", "min": 1})
+    temperature: float = field(default=0.7, metadata={  # 0 for greedy plans at evaluation
+        "help": "sampling temperature (0: greedy)", "min": 0})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling", "gt": 0, "max": 1})
+    resample_temperature: float = field(default=0.7, metadata={  # greedy repeats itself
+        "help": "temperature of re-samples when temperature is 0", "gt": 0})
     # Temperature-0 planning. 1: token-by-token argmax. n > 1: draw n plans from the policy
     # (temperature 1) and keep the parsable one with the highest log-prob, a closer
     # approximation of the most likely plan when a choice spans several tokens: a
     # digit-splitting tokenizer (SmolLM2, Qwen2.5) writes worker ids 10, 11, ... as "1" plus
     # a digit, so the argmax of the first token favours ids starting with 1 whatever each
     # id's own probability.
-    greedy_samples: int = 1
-    seed: Optional[int] = None
-    max_steps: int = 5
-    max_resamples: int = 5  # so at most 1 + max_resamples samples per plan
-    few_shot: bool = True
-    max_question_chars: Optional[int] = None  # the conductor's view of long questions
-    fallback_worker: str = "0"  # a worker id ("0") or name, used when no sample parses
-    fallback_subtask: str = "Answer the question."
-    recursion_depth: int = 1  # how deep the conductor may call itself; 0 disables it
-    programs: bool = False  # offer the program workers (vote) and teach conditional steps
-    worker_ids: str = "index"  # "index": workers are numbers; "name": the conductor writes names
-    self_name: str = "conductor"
-    gpu_memory_utilization: float = 0.5  # vLLM only
+    greedy_samples: int = field(default=1, metadata={
+        "help": "plans drawn at temperature 0, the most likely kept", "min": 1})
+    seed: Optional[int] = field(default=None, metadata={"help": "sampling seed"})
+    max_steps: int = field(default=5, metadata={"help": "steps a workflow may have", "min": 1})
+    max_resamples: int = field(default=5, metadata={  # at most 1 + max_resamples per plan
+        "help": "re-samples of an unparsable plan before the fallback", "min": 0})
+    few_shot: bool = field(default=True, metadata={"help": "examples in the prompt"})
+    max_question_chars: Optional[int] = field(default=None, metadata={
+        "help": "the conductor's view of long questions (null: whole)", "min": 1})
+    fallback_worker: str = field(default="0", metadata={  # used when no sample parses
+        "help": "worker id or name of the fallback plan", "nonempty": True})
+    fallback_subtask: str = field(default="Answer the question.", metadata={
+        "help": "subtask of the fallback plan"})
+    recursion_depth: int = field(default=1, metadata={  # 0 disables it
+        "help": "how deep the conductor may call itself", "min": 0})
+    programs: bool = field(default=False, metadata={  # and teach conditional steps
+        "help": "offer the program workers (vote)"})
+    worker_ids: str = field(default="index", metadata={  # name: the conductor writes names
+        "help": "how plans name workers", "choices": ("index", "name")})
+    self_name: str = field(default="conductor", metadata={
+        "help": "the conductor's worker name", "nonempty": True})
+    gpu_memory_utilization: float = field(default=0.5, metadata={  # vLLM only
+        "help": "vLLM's share of GPU memory", "gt": 0, "max": 1})
 
 
 @dataclass

@@ -165,6 +165,55 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+_ADVICE = f"use '{SMOLLM2}', '{TINY_SMOLLM2}' or a local Hugging Face directory"
+
+
+def check_model(name_or_path: str, engine: str = "hf") -> None:
+    """Refuse, with one `ConfigError` line, a model that cannot be loaded offline, before any
+    actor starts or any weight is read: an embedded name whose package is missing, a path
+    that is not a model directory, a registry without versions, or a hub name missing from
+    the local cache (nothing is ever downloaded). `engine="scripted"` takes a plan file."""
+    name = str(name_or_path).strip()
+    if not name:
+        raise ConfigError(f"model is empty: {_ADVICE}")
+    if engine == "scripted":
+        if not Path(name).expanduser().is_file():
+            raise ConfigError(f"model={name!r}: the scripted engine reads a file of plans, and "
+                              "there is no such file")
+        return
+    if name in (SMOLLM2, TINY_SMOLLM2):
+        if not (cache_dir() / (_SMOLLM2_DIR if name == SMOLLM2 else _TOKENIZER_DIR)).is_dir():
+            smollm2_gguf_path()  # the package the conversion reads
+        return
+    if name.startswith("registry:"):
+        from ray_conductor.policy.registry import resolve_policy
+
+        name = resolve_policy(name)[0]
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"model={name!r} is a file, not a model directory: {_ADVICE}")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model={name!r}: {path} has no config.json, so it is not a "
+                              f"Hugging Face model directory: {_ADVICE}")
+        return
+    _check_hub_cache(name)
+
+
+def _check_hub_cache(name: str) -> None:
+    """A hub name must already be in the local Hugging Face cache (we run offline)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ConfigError(f"model={name!r}: no such directory: {_ADVICE}") from None
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ConfigError(f"model={name!r} is neither a local directory nor a model in the "
+                          f"local Hugging Face cache (nothing is downloaded): {_ADVICE}")
+
+
 def _torch_dtype(dtype: str) -> Any:
     import torch
 

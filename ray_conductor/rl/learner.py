@@ -32,32 +32,42 @@ class LearnerConfig:
     """Optimiser and loss settings. The paper: lr 1e-6 on a 7B model, GRPO, no KL; small
     models need far larger rates (1e-5 to 5e-5; the tiny test model learns at 1e-3)."""
 
-    model: str = "tiny-smollm2"
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    clip_eps: float = 0.2
-    clip_eps_high: float | None = None
-    kl_coef: float = 0.0
-    loss_agg: str = "token_mean"  # or "seq_mean"
-    advantage: str = "grpo"  # or "gae" (value head)
-    normalize_std: bool = True
-    gamma: float = 1.0
-    lam: float = 1.0
-    value_coef: float = 0.5
-    value_clip: float | None = None
-    ppo_epochs: int = 1
-    micro_batch_size: int = 8
-    gradient_checkpointing: bool = False  # recompute activations: far less memory, ~30% slower
+    model: str = field(default="tiny-smollm2", metadata={
+        "help": "the LM trained (train sets it from model=)"})
+    lr: float = field(default=1e-6, metadata={"help": "learning rate", "gt": 0})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={
+        "help": "AdamW betas"})
+    adam_eps: float = field(default=1e-8, metadata={"help": "AdamW epsilon", "gt": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping", "gt": 0})
+    clip_eps: float = field(default=0.2, metadata={"help": "PPO clip range", "gt": 0})
+    clip_eps_high: float | None = field(default=None, metadata={
+        "help": "upper clip range (null: clip_eps)", "gt": 0})
+    kl_coef: float = field(default=0.0, metadata={"help": "KL penalty", "min": 0})
+    loss_agg: str = field(default="token_mean", metadata={
+        "help": "loss aggregation", "choices": ("token_mean", "seq_mean")})
+    advantage: str = field(default="grpo", metadata={  # gae: value head
+        "help": "advantage estimator", "choices": ("grpo", "gae")})
+    normalize_std: bool = field(default=True, metadata={
+        "help": "divide group advantages by their std"})
+    gamma: float = field(default=1.0, metadata={"help": "GAE discount", "min": 0, "max": 1})
+    lam: float = field(default=1.0, metadata={"help": "GAE lambda", "min": 0, "max": 1})
+    value_coef: float = field(default=0.5, metadata={"help": "value loss weight", "min": 0})
+    value_clip: float | None = field(default=None, metadata={
+        "help": "value clip range (null: none)", "gt": 0})
+    ppo_epochs: int = field(default=1, metadata={"help": "passes over a batch", "min": 1})
+    micro_batch_size: int = field(default=8, metadata={
+        "help": "sequences per backward pass (keep a group in one)", "min": 1})
+    gradient_checkpointing: bool = field(default=False, metadata={  # ~30% slower
+        "help": "recompute activations: far less memory"})
     # Run the prompt prefix every sequence of a micro-batch shares (the conductor's
     # instructions and pool; all of a GRPO group's prompt) once, and backpropagate through its
     # KV cache: the same gradient for a fraction of the compute. Not with checkpointing (a
     # recomputed layer would append to the cache twice), which then runs every row in full.
-    share_prefix: bool = True
-    bf16: bool = False
-    seed: int = 0
+    share_prefix: bool = field(default=True, metadata={
+        "help": "run a micro-batch's shared prompt prefix once"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast in updates"})
+    seed: int = field(default=0, metadata={"help": "seed of the learner"})
 
 
 # -- pure helpers ------------------------------------------------------------------------------

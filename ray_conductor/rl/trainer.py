@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_conductor.config import RayConfig, default_data_dir, to_dict
+from ray_conductor.config import RayConfig, check, default_data_dir, opt, to_dict
+from ray_conductor.data.splits import SPLITS
 from ray_conductor.errors import ConfigError
 from ray_conductor.graph import GraphConfig
 from ray_conductor.policy.conductor import ConductorConfig
@@ -22,39 +23,52 @@ from ray_conductor.rl.rewards import RewardConfig
 
 @dataclass
 class TrainConfig:
-    model: str = "smollm2"  # the conductor LM, for both rollouts and learners
-    pool: str = "demo"
-    split: str = "train"
-    data_dir: str = field(default_factory=default_data_dir)
-    backend: str = "ray"  # ray: WorkerProxy actors; local: in-process replay pool per rollout
-    iterations: int = 20
-    warmup_steps: int = 0  # supervised steps on random valid plans before GRPO (format only)
-    warmup_batch: int = 8
-    warmup_lr: float | None = None  # the warm-up's learning rate (None: learner.lr)
-    questions_per_iter: int = 4
-    group_size: int = 8
-    run_dir: str = "runs/conductor"
-    registry: str | None = None  # policy registry checkpoints are published to (run_dir/registry)
-    promote: bool = True  # promote the final checkpoint in the registry
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
-    resume: bool = False  # continue from the last checkpoint in run_dir
-    overwrite: bool = False  # start afresh in a run_dir that holds an earlier run
-    log_samples: bool = True  # every sampled plan, its reward and errors, in samples.jsonl
-    eval_at_start: bool = False
-    eval_at_end: bool = True
-    eval_split: str = "test"
-    eval_limit: int | None = 200
-    eval_baselines: list[str] = field(default_factory=lambda: ["singles", "random", "knn",
-                                                               "oracle"])
-    seed: int = 0
-    progress: bool = True
-    conductor: ConductorConfig = field(default_factory=lambda: ConductorConfig(max_resamples=0))
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
+    """Train the conductor with GRPO on Ray: roll out, score, update, sync, checkpoint."""
+
+    model: str = opt("smollm2", "the conductor LM for rollouts and learners: smollm2, "
+                     "tiny-smollm2, a local HF directory or registry:DIR", nonempty=True)
+    pool: str = opt("demo", "the recorded pool the workers answer from (as for eval)",
+                    nonempty=True)
+    split: str = opt("train", "the questions trained on", choices=SPLITS)
+    data_dir: str = opt(factory=default_data_dir,
+                        help="where bare pool names (mmlu_pro, routerbench) are found")
+    backend: str = opt("ray", "ray: the WorkerProxy actors; local: a replay pool per rollout "
+                       "actor", choices=("ray", "local"))
+    iterations: int = opt(20, "GRPO iterations in all (a resumed run counts the done ones)",
+                          min=1)
+    warmup_steps: int = opt(0, "supervised steps on random valid plans before GRPO (format "
+                            "only)", min=0)
+    warmup_batch: int = opt(8, "questions per warm-up step", min=1)
+    warmup_lr: float | None = opt(None, "the warm-up's learning rate (null: learner.lr)", gt=0)
+    questions_per_iter: int = opt(4, "questions per iteration", min=1)
+    group_size: int = opt(8, "plans sampled per question; GRPO compares a group", min=2)
+    run_dir: str = opt("runs/conductor", "metrics, samples, checkpoints and evaluations",
+                       nonempty=True)
+    registry: str | None = opt(None, "policy registry checkpoints are published to (null: "
+                               "run_dir/registry)")
+    promote: bool = opt(True, "promote the final checkpoint in the registry")
+    checkpoint_every: int = opt(5, "iterations between checkpoints", min=1)
+    keep_checkpoints: int = opt(3, "checkpoints kept in run_dir", min=1)
+    resume: bool = opt(False, "continue from the last checkpoint in run_dir")
+    overwrite: bool = opt(False, "start afresh in a run_dir that holds an earlier run")
+    log_samples: bool = opt(True, "every sampled plan, its reward and errors, in samples.jsonl")
+    eval_at_start: bool = opt(False, "judge the untrained conductor first")
+    eval_at_end: bool = opt(True, "judge the trained conductor beside eval_baselines")
+    eval_split: str = opt("test", "the questions the evaluations judge", choices=SPLITS)
+    eval_limit: int | None = opt(200, "only the first N questions of eval_split (null: all)",
+                                 min=1)
+    eval_baselines: list[str] = opt(["singles", "random", "knn", "oracle"],
+                                    "baseline policies judged beside the conductor (as eval's "
+                                    "policies=)")
+    seed: int = opt(0, "seed of question sampling and rollouts")
+    progress: bool = opt(True, "progress bars on stderr")
+    conductor: ConductorConfig = opt(factory=lambda: ConductorConfig(max_resamples=0),
+                                     help="the policy's planning settings")
+    learner: LearnerConfig = opt(factory=LearnerConfig, help="optimiser and loss")
+    reward: RewardConfig = opt(factory=RewardConfig, help="the reward")
+    ray: RayConfig = opt(factory=RayConfig, help="how to reach or start Ray")
     # the actors: rollout and learner counts and resources, torch threads, the proxies
-    graph: GraphConfig = field(default_factory=GraphConfig)
+    graph: GraphConfig = opt(factory=GraphConfig, help="the actors")
 
 
 def pick_questions(queries: list, iteration: int, n: int, seed: int) -> list:
@@ -98,29 +112,95 @@ def registry_path(cfg: TrainConfig) -> Path:
     return Path(cfg.registry) if cfg.registry else Path(cfg.run_dir) / "registry"
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+def check_train(cfg: TrainConfig) -> tuple[Any, list, Any]:
+    """Everything that can be wrong with a run, checked before anything is deleted, written
+    or started (no directory, no Ray, no model load): ranges, the run directory and
+    registry, the actor graph, the model, the pool and its splits, the baselines. Returns
+    (pool data, the training questions, the `RunDir`)."""
     from ray_conductor.data.pools import load_pool
     from ray_conductor.data.selection import select_queries
-    from ray_conductor.policy.registry import PolicyRegistry
+    from ray_conductor.eval.command import check_policies
+    from ray_conductor.graph import GraphSpec
+    from ray_conductor.policy.loading import check_model
     from ray_conductor.rl.checkpoint import RunDir
+
+    check(cfg, TrainConfig)
+    run = RunDir(cfg.run_dir)
+    check_run_dir(cfg, run)
+    GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
+    check_actors(cfg)
+    check_model(cfg.model, engine=cfg.conductor.engine)
+    data = load_pool(cfg.pool, data_dir=cfg.data_dir)
+    train_q = select_queries(data, cfg.split)
+    if cfg.eval_at_start or cfg.eval_at_end:
+        select_queries(data, cfg.eval_split, cfg.eval_limit)
+    if cfg.eval_at_end:
+        check_policies(list(cfg.eval_baselines), data, list(data.models))
+    return data, train_q, run
+
+
+def check_actors(cfg: TrainConfig) -> None:
+    """What would otherwise fail inside a rollout actor, after Ray and the proxies started."""
+    from ray_conductor.rl.rewards import REWARDS
+
+    if cfg.reward.name not in REWARDS:
+        raise ConfigError(f"reward.name={cfg.reward.name}: must be one of "
+                          f"{', '.join(sorted(REWARDS))}")
+    if str(cfg.conductor.device).startswith("cuda") and not cfg.graph.rollout.num_gpus:
+        raise ConfigError(f"conductor.device={cfg.conductor.device} needs a GPU in each rollout "
+                          "actor: set graph.rollout.num_gpus=1 (Ray hides GPUs from actors "
+                          "that ask for none), or conductor.device=cpu")
+
+
+def check_run_dir(cfg: TrainConfig, run: Any) -> None:
+    """run_dir and the registry: directories we can create or write, outside the pool's
+    inputs; an earlier run in run_dir needs resume=true or overwrite=true."""
+    from ray_conductor.data.pools import parse_spec
+
+    inputs = [p.expanduser().resolve() for p in parse_spec(cfg.pool, cfg.data_dir)[1]]
+    for key, path in (("run_dir", Path(cfg.run_dir)), ("registry", registry_path(cfg))):
+        _check_dir(key, path.expanduser())
+        target = path.expanduser().resolve()
+        for src in inputs:
+            if target.is_relative_to(src):  # the input itself, or inside its directory
+                raise ConfigError(f"{key}={path} is inside the pool's input {src}: a run never "
+                                  f"writes among its inputs; choose another {key}=")
+    if run.is_used() and not cfg.resume and not cfg.overwrite:
+        raise ConfigError(f"run_dir {cfg.run_dir!r} holds an earlier run: pass resume=true "
+                          "to continue it, overwrite=true to start afresh, or another run_dir")
+
+
+def _check_dir(key: str, path: Path) -> None:
+    """`path` is a directory we can write, or one we can create."""
+    from ray_conductor.eval.report import check_writable
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file, not a directory; choose another {key}=")
+    check_writable(key, path)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
     from ray_conductor.rl.rollout_group import build_training_graph
     from ray_conductor.runtime import init_ray
 
-    if cfg.iterations < 1 or cfg.group_size < 2:
-        raise ConfigError("iterations must be >= 1 and group_size >= 2 (GRPO compares a group)")
+    data, train_q, run = check_train(cfg)
     cfg.conductor.model = cfg.learner.model = cfg.model
-    run = RunDir(cfg.run_dir)
-    if run.is_used() and not cfg.resume:
-        if not cfg.overwrite:
-            raise ConfigError(f"run_dir {cfg.run_dir!r} holds an earlier run: pass resume=true "
-                              "to continue it, overwrite=true to start afresh, or another run_dir")
-        run.clear()
     init_ray(cfg.ray)
-    data = load_pool(cfg.pool, data_dir=cfg.data_dir)
-    train_q = select_queries(data, cfg.split)
     graph = build_training_graph(cfg, data)
+    if run.is_used() and not cfg.resume:
+        run.clear()  # overwrite=true: only now, with every check passed and the actors up
+    run.prepare()
+    try:
+        return _train(cfg, graph, data, train_q, run)
+    finally:
+        run.close()  # TensorBoard flushed, this run's unfinished checkpoint removed
+
+
+def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from ray_conductor.policy.registry import PolicyRegistry
+
     registry = PolicyRegistry(registry_path(cfg))
 
     start, version = 0, 0

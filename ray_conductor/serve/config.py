@@ -5,10 +5,10 @@ replay pool through the kNN router as model `conductor`, on 127.0.0.1:8000.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ray_conductor.config import RayConfig, default_data_dir
+from ray_conductor.config import RayConfig, default_data_dir, opt
 from ray_conductor.graph import GraphConfig
 
 
@@ -18,62 +18,69 @@ class IngressConfig:
     (Serve's default of 5 would queue them in front of an idle replica) and scales on how many
     are ongoing."""
 
-    max_ongoing_requests: int = 256
-    min_replicas: int = 1
-    max_replicas: int = 4
-    target_ongoing_requests: int = 64
-    num_cpus: float = 0.1
+    max_ongoing_requests: int = opt(256, "requests one replica holds at once", min=1)
+    min_replicas: int = opt(1, "fewest ingress replicas", min=1)
+    max_replicas: int = opt(4, "most ingress replicas (autoscaling)", min=1)
+    target_ongoing_requests: int = opt(64, "ongoing requests per replica autoscaling aims at",
+                                       min=1)
+    num_cpus: float = opt(0.1, "CPUs one ingress replica reserves", min=0)
 
 
 @dataclass
 class KeyLimitsConfig:
     """Each API key's default limits (a keys file may set its own); null: none."""
 
-    requests_per_minute: float | None = 600.0
-    dollars_per_day: float | None = 25.0
+    requests_per_minute: float | None = opt(600.0, "requests per minute per key", gt=0)
+    dollars_per_day: float | None = opt(25.0, "dollars per day per key", gt=0)
 
 
 @dataclass
 class DemoConfig:
     """`make demo`: how many recorded test questions to send, and the evaluation's report."""
 
-    questions: int = 5
-    eval_out: str = "reports/demo_eval.json"
+    questions: int = opt(5, "recorded test questions the demo asks", min=1)
+    eval_out: str = opt("reports/demo_eval.json", "the demo evaluation's JSON report")
 
 
 @dataclass
 class ServeConfig:
-    app_name: str = "conductor"
-    host: str = "127.0.0.1"  # without API keys the server binds to 127.0.0.1 whatever this says
-    port: int = 8000
-    route_prefix: str = "/"
-    pool: str | None = "demo"  # replay pool: the replay workers' answers, knn's train split
-    workers: str | None = None  # a worker-pool YAML (live workers); default: replay workers
-    policy: str | None = None  # shortcut for policies.conductor
-    policies: dict[str, str] = field(default_factory=lambda: {"conductor": "knn"})
-    conductor: dict[str, Any] = field(default_factory=dict)  # LM ConductorConfig overrides
-    plan_temperature: float = 0.0
-    plan_batch_size: int = 16
-    plan_batch_wait_s: float = 0.005
-    knn_k: int = 40
-    api_keys: list[str] = field(default_factory=list)
-    api_keys_file: str | None = None
-    api_keys_env: str | None = "RAY_CONDUCTOR_API_KEYS"
-    limits: KeyLimitsConfig = field(default_factory=KeyLimitsConfig)
-    max_body_bytes: int = 2_000_000
-    max_prompt_chars: int = 200_000
-    call_timeout_s: float | None = None  # one worker call's deadline; null: the pool's
-    log_dir: str = "reports/traffic"
-    log_flush_s: float = 5.0
-    log_buffer_rows: int = 2000
-    orchestration_input_price_per_mtok: float = 0.0  # a self-hosted conductor costs nothing
-    orchestration_output_price_per_mtok: float = 0.0
-    data_dir: str = field(default_factory=default_data_dir)
-    blocking: bool = True  # run_serve: keep serving until Ctrl-C
-    ray: RayConfig = field(default_factory=RayConfig)
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    ingress: IngressConfig = field(default_factory=IngressConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
+    app_name: str = opt("conductor", "the Serve application's name")
+    host: str = opt("127.0.0.1", "address to bind; without API keys always 127.0.0.1")
+    port: int = opt(8000, "HTTP port", min=1, max=65535)
+    route_prefix: str = opt("/", "URL prefix of the app")
+    pool: str | None = opt("demo", "replay pool: the replay workers' answers, knn's train split")
+    workers: str | None = opt(None, "a worker-pool YAML (live workers); default: replay workers")
+    policy: str | None = opt(None, "shortcut for policies.conductor (knn, lite:DIR, registry:DIR,"
+                                   " a conductor model or run dir)")
+    policies: dict[str, str] = opt(factory=lambda: {"conductor": "knn"},
+                                   help="served model name -> policy reference")
+    conductor: dict[str, Any] = opt(factory=dict, help="LM ConductorConfig overrides")
+    plan_temperature: float = opt(0.0, "sampling temperature of planning (0: greedy)", min=0)
+    plan_batch_size: int = opt(16, "planning requests batched into one engine call", min=1)
+    plan_batch_wait_s: float = opt(0.005, "how long a planning batch waits to fill", min=0)
+    knn_k: int = opt(40, "neighbours of the kNN router", min=1)
+    api_keys: list[str] = opt(factory=list, help="bearer API keys clients must send")
+    api_keys_file: str | None = opt(None, "file of API keys (one a line, or YAML entries)")
+    api_keys_env: str | None = opt("RAY_CONDUCTOR_API_KEYS",
+                                   "environment variable holding API keys (comma-separated)")
+    limits: KeyLimitsConfig = opt(factory=KeyLimitsConfig, help="per-key limits, all replicas")
+    max_body_bytes: int = opt(2_000_000, "largest request body (413 above)", min=1)
+    max_prompt_chars: int = opt(200_000, "longest prompt (413 above)", min=1)
+    call_timeout_s: float | None = opt(None, "one worker call's deadline; null: the pool's",
+                                       gt=0)
+    log_dir: str = opt("reports/traffic", "traffic log (Parquet, partitioned by date)")
+    log_flush_s: float = opt(5.0, "seconds between traffic-log flushes", gt=0)
+    log_buffer_rows: int = opt(2000, "rows the traffic writer buffers at most", min=1)
+    orchestration_input_price_per_mtok: float = opt(
+        0.0, "$ per 1M conductor input tokens (self-hosted: 0)", min=0)
+    orchestration_output_price_per_mtok: float = opt(
+        0.0, "$ per 1M conductor output tokens", min=0)
+    data_dir: str = opt(factory=default_data_dir, help="where bare pool names are looked up")
+    blocking: bool = opt(True, "serve until Ctrl-C (false: return the running app)")
+    ray: RayConfig = opt(factory=RayConfig, help="how to reach or start Ray")
+    graph: GraphConfig = opt(factory=GraphConfig, help="the actors (one declaration)")
+    ingress: IngressConfig = opt(factory=IngressConfig, help="the HTTP ingress deployment")
+    demo: DemoConfig = opt(factory=DemoConfig, help="`ray-conductor demo` settings")
 
 
 def as_serve_config(cfg: Any = None) -> ServeConfig:
