@@ -96,7 +96,10 @@ def test_bad_outputs_and_specs_are_refused_before_any_work(src, no_import, tmp_p
     monkeypatch.setattr(files, "open", unreadable, raising=False)
     refused(cfg(f"routerbench:{src}", tmp_path / "t.parquet"), "cannot read this input")
     monkeypatch.undo()
-    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    def no_space(*a, **k):  # the write probe fails, as on a read-only or full disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", no_space)
     refused(cfg(f"routerbench:{src}", tmp_path / "new" / "t.parquet"), "cannot write")
     assert not (tmp_path / "new").exists() and not (tmp_path / "t.parquet").exists()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 import re
 import secrets
 from contextlib import contextmanager
@@ -141,6 +142,10 @@ def _check_writable(out: Path) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise DataError(f"out={out}: {parent} is a file, not a directory; choose another out=")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"out={out}: cannot write in {parent} (permission denied); choose "
-                        f"another out=")
+    try:  # a real probe: permission bits say nothing to root or about a read-only mount
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"out={out}: cannot write in {parent} ({e.strerror or e}); choose "
+                        f"another out=") from None

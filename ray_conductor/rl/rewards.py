@@ -7,7 +7,7 @@ or a verifier by name (`register_reward`, `register_verifier`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ray_conductor.errors import ConfigError
@@ -17,12 +17,14 @@ from ray_conductor.errors import ConfigError
 class RewardConfig:
     """Which reward (`name` in `REWARDS`) and its numbers. Penalties are off in the paper."""
 
-    name: str = "paper"
-    parse_fail: float = 0.0
-    wrong: float = 0.5
-    correct: float = 1.0
-    cost_penalty_per_dollar: float = 0.0
-    call_penalty: float = 0.0
+    name: str = field(default="paper", metadata={"help": "reward function (see REWARDS)"})
+    parse_fail: float = field(default=0.0, metadata={"help": "reward of an unparsable plan"})
+    wrong: float = field(default=0.5, metadata={"help": "reward of a plan that ran, wrong"})
+    correct: float = field(default=1.0, metadata={"help": "reward of a correct answer"})
+    cost_penalty_per_dollar: float = field(default=0.0, metadata={
+        "help": "subtracted per dollar the workflow spent", "min": 0})
+    call_penalty: float = field(default=0.0, metadata={
+        "help": "subtracted per worker call", "min": 0})
 
 
 RewardFn = Callable[[bool, bool, float, int, RewardConfig], float]
