@@ -63,6 +63,12 @@ COMMANDS: dict[str, Command] = {
                          "run_dir=runs/my_run",
                          "ray-conductor train run_dir=runs/my_run resume=true iterations=40"),
                      defaults="train_cpu"),
+    "train-lite": Command("ray_conductor.lite.train:LiteTrainConfig",
+                          "ray_conductor.lite.train:train_lite",
+                          "train the lite conductor (RLlib PPO, selector warm start) on a pool", (
+                              "ray-conductor train-lite config=lite run_dir=runs/lite_mmlu",
+                              "ray-conductor train-lite pool=demo run_dir=runs/lite_demo "
+                              "budget=0.002 iterations=10")),
     "serve": Command("ray_conductor.serve.config:ServeConfig",
                      "ray_conductor.serve.command:run_serve",
                      "serve the conductor as an OpenAI-compatible API on Ray Serve", (
@@ -88,7 +94,8 @@ def _obj(ref: Any) -> Any:
 
 def usage() -> str:
     lines = ["usage: ray-conductor COMMAND [config=FILE] [key=value ...]", "", "commands:"]
-    lines += [f"  {name:<8} {c.summary}" for name, c in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
     lines += ["", "`ray-conductor COMMAND --help` lists the command's keys."]
     return "\n".join(lines)
 

@@ -60,14 +60,18 @@ def _proxy_role() -> RoleConfig:
 class GraphConfig:
     """Every role of the system. `detached_proxies`: worker proxies outlive the driver that
     created them (a training job that exits leaves serving's proxies alone).
-    `workers_per_proxy`: how many workers one proxy process hosts (each import of litellm costs
-    ~250 MB); each worker keeps its own limiter, breaker and accounting."""
+    `workers_per_proxy`: how many workers one proxy process hosts (each process imports litellm
+    and its replay data: ~540 MB; 12 workers cost 616 MB in one process, 6.5 GB in twelve);
+    each worker keeps its own limiter, breaker and accounting. Commands that share proxies
+    must group them alike (the same value, the same worker order): a worker is never hosted
+    twice."""
 
     worker_proxy: RoleConfig = field(default_factory=_proxy_role)
     detached_proxies: bool = field(default=True, metadata={
         "help": "worker proxies outlive the driver that created them"})
-    workers_per_proxy: int = field(default=1, metadata={
-        "help": "workers hosted by one proxy process (each imports litellm)", "min": 1})
+    workers_per_proxy: int = field(default=16, metadata={
+        "help": "workers hosted by one proxy process (each process imports litellm)",
+        "min": 1})
     rollout: RoleConfig = field(default_factory=lambda: RoleConfig(max_concurrency=4))
     learner: RoleConfig = field(default_factory=RoleConfig)
     planner: RoleConfig = field(default_factory=lambda: RoleConfig(max_concurrency=16))

@@ -267,7 +267,7 @@ def test_a_run_whose_every_call_failed_raises_with_the_cause(tmp_path):
     from ray_conductor.eval.policies import SingleWorker
 
     with pytest.raises(RunFailed, match=r"every worker call failed \(3 of 3\).*3x "
-                                         r"missing_api_key: environment variable K"):
+                                         r"missing_api_key \(e.g. environment variable K"):
         judge_policies([SingleWorker("bad")], Data(), queries(3), HalfBrokenPool(),
                        out=tmp_path / "r.json", progress=False)
     assert not (tmp_path / "r.json").exists()  # zeros are not a report

@@ -38,8 +38,8 @@ def test_the_cluster_serve_config_validates_and_builds():
 
 def test_the_default_config_file_loads():
     cfg = as_serve_config(load(ServeConfig, ["port=9000", "policy=cheapest"], defaults="serve"))
-    assert cfg.port == 9000 and cfg.pool == "demo" and cfg.graph.workers_per_proxy == 12
-    assert served_policies(cfg) == {"conductor": "cheapest"}
+    assert cfg.port == 9000 and cfg.pool == "demo" and cfg.graph.workers_per_proxy == 16
+    assert served_policies(cfg) == {"conductor": "cheapest", "conductor-lite": "lite:default"}
     with pytest.raises(ConfigError, match="ingress"):
         as_serve_config({"ingress": {"max_ongoing_requests": "many"}})
 

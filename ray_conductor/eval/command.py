@@ -27,7 +27,8 @@ from ray_conductor.errors import ConfigError
 from ray_conductor.graph import GraphConfig
 
 DEFAULT_POLICIES = ["singles", "cheapest", "random", "knn", "oracle"]
-POLICY_FORMS = "singles, single:NAME, cheapest, random, oracle, knn, conductor:PATH"
+POLICY_FORMS = ("singles, single:NAME, cheapest, random, oracle, knn, lite:DIR (lite:default), "
+                "conductor:PATH")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -167,6 +168,10 @@ def check_policies(names: Sequence[str], data: Any, workers: Sequence[str]) -> N
 
             model, settings, _ = locate_conductor(arg)
             check_model(model, engine=settings.get("engine", "hf"))
+        elif kind == "lite" and arg:
+            from ray_conductor.lite import LiteConductor, default_policy_dir
+
+            LiteConductor.load(default_policy_dir() if arg == "default" else arg, workers)
         else:
             raise ConfigError(f"unknown policy {name!r}; use {POLICY_FORMS} (a model dir, run "
                               "dir or registry:DIR)")

@@ -14,8 +14,9 @@ import numpy as np
 from ray_conductor.errors import ConfigError
 from ray_conductor.workers.base import WorkerInfo
 from ray_conductor.workflow import Workflow
+from ray_conductor.workflow.model import ROUTER_SUBTASK
 
-SUBTASK = "Answer the question. End with 'The answer is (X)' for multiple choice."
+SUBTASK = ROUTER_SUBTASK
 
 
 @dataclass
@@ -144,7 +145,8 @@ class KNNRouter:
 def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, seed: int = 0,
                   knn_k: int = 40, embed=None) -> list[Policy]:
     """Policies from their command-line names: `singles` (every worker), `single:NAME`,
-    `cheapest`, `random`, `oracle`, `knn`, `conductor:PATH` (a trained LM conductor)."""
+    `cheapest`, `random`, `oracle`, `knn`, `lite:DIR` (a lite conductor; `lite:default` the
+    shipped demo policy), `conductor:PATH` (a trained LM conductor)."""
     known = {w.name for w in workers}
     out: list[Policy] = []
     for name in names:
@@ -165,6 +167,8 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
             if embed is None:
                 from ray_conductor.features import embed_texts as embed
             out.append(KNNRouter.fit(data, embed, k=knn_k))
+        elif name.startswith("lite:"):
+            out.append(LitePolicy.load(name.split(":", 1)[1], workers))
         elif name.startswith("conductor:"):
             from ray_conductor.policy.runner import load_conductor
 
@@ -173,7 +177,8 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
         else:
             raise ConfigError(
                 f"unknown policy {name!r}; use singles, single:NAME, cheapest, random, oracle, "
-                "knn, conductor:PATH (a model dir, run dir or registry:DIR)"
+                "knn, lite:DIR (or lite:default), conductor:PATH (a model dir, run dir or "
+                "registry:DIR)"
             )
     return out
 
@@ -207,3 +212,27 @@ class ConductorPolicy:
             out = await asyncio.to_thread(self._run, queries, pool, params)
         return [(Plan(p.workflow, p.texts[-1] if p.texts else "", p.n_attempts, p.fell_back,
                       {"errors": list(p.errors)}), trace) for p, trace in out]
+
+
+class LitePolicy:
+    """The lite conductor as a policy: it decides turn by turn over the pool, so it gives
+    (plan, trace) pairs like the LM conductor."""
+
+    def __init__(self, name: str, conductor):
+        self.name, self.conductor = name, conductor
+
+    @classmethod
+    def load(cls, ref: str, workers: Sequence[WorkerInfo]) -> "LitePolicy":
+        from pathlib import Path
+
+        from ray_conductor.lite import LiteConductor, default_policy_dir
+
+        path = default_policy_dir() if ref == "default" else Path(ref)
+        return cls(f"lite:{ref if ref == 'default' else path.name}",
+                   LiteConductor.load(path, workers))
+
+    async def run_batch(self, queries, pool, params: dict | None = None
+                        ) -> list[tuple[Plan, object]]:
+        runs = await self.conductor.run_batch(list(queries), pool, params=params,
+                                              cache_embeddings=True)
+        return [(Plan(wf), trace) for wf, trace in runs]

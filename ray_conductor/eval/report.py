@@ -32,15 +32,22 @@ def format_table(policies: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def top_errors(errors: Counter, n: int = 5) -> list[dict[str, Any]]:
-    """The `n` most common (code, message) pairs, counted, most common first."""
-    return [{"code": code, "count": count, "message": msg}
-            for (code, msg), count in errors.most_common(n)]
+    """The `n` most common error codes, counted, each with its most common message as an
+    example (messages often name the query, so they rarely repeat exactly)."""
+    by_code: Counter[str] = Counter()
+    example: dict[str, tuple[int, str]] = {}
+    for (code, msg), count in errors.items():
+        by_code[code] += count
+        if count > example.get(code, (0, ""))[0]:
+            example[code] = (count, msg)
+    return [{"code": code, "count": count, "message": example[code][1]}
+            for code, count in by_code.most_common(n)]
 
 
 def failure_line(summary: Mapping[str, Any], n: int = 3) -> str:
     """'12 of 400 (3.0%); 10x rate_limit_timeout: ...; 2x ...' on one line."""
     head = f"{summary['failed']} of {summary['calls']} ({summary['rate']:.1%})"
-    causes = [f"{e['count']}x {e['code']}: {e['message'][:160]}"
+    causes = [f"{e['count']}x {e['code']} (e.g. {e['message'][:160]})"
               for e in summary.get("errors", [])[:n]]
     more = len(summary.get("errors", [])) > n
     return "; ".join([head, *causes]) + ("; ..." if more else "")

@@ -52,8 +52,9 @@ class ServeConfig:
     workers: str | None = opt(None, "a worker-pool YAML (live workers); default: replay workers")
     policy: str | None = opt(None, "shortcut for policies.conductor (knn, lite:DIR, registry:DIR,"
                                    " a conductor model or run dir)")
-    policies: dict[str, str] = opt(factory=lambda: {"conductor": "knn"},
-                                   help="served model name -> policy reference")
+    policies: dict[str, str] = opt(
+        factory=lambda: {"conductor": "lite:default", "conductor-lite": "lite:default"},
+        help="served model name -> policy reference (lite:default: the shipped demo policy)")
     conductor: dict[str, Any] = opt(factory=dict, help="LM ConductorConfig overrides")
     plan_temperature: float = opt(0.0, "sampling temperature of planning (0: greedy)", min=0)
     plan_batch_size: int = opt(16, "planning requests batched into one engine call", min=1)

@@ -225,8 +225,10 @@ def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> Conduc
 
 
 def _lite(path: str, ctx: LoadContext, version: str | None = None) -> InteractivePolicy:
-    from ray_conductor.lite.conductor import LiteConductor
+    from ray_conductor.lite import LiteConductor, default_policy_dir
 
+    if path == "default":  # the policy shipped for the demo pool
+        path = str(default_policy_dir())
     conductor = LiteConductor.load(path, ctx.workers)
     return InteractivePolicy(conductor, version or f"lite-{Path(path).name}")
 

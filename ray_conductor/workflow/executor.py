@@ -105,8 +105,10 @@ def step_messages(question: str, step: Step, seen: list[tuple[int, str]]) -> lis
     return [{"role": "user", "content": content}]
 
 
-async def _call(pool: WorkerPool, worker: str, messages: list[Message], timeout_s: float | None,
-                params: dict[str, Any]) -> Completion:
+async def call_worker(pool: WorkerPool, worker: str, messages: list[Message],
+                      timeout_s: float | None, params: dict[str, Any]) -> Completion:
+    """One worker call; a timeout or a pool that breaks its contract becomes a failed
+    `Completion`, never an exception (shared by the executor and turn-by-turn policies)."""
     try:
         coro = pool.complete(worker, messages, **params)
         return await (asyncio.wait_for(coro, timeout_s) if timeout_s else coro)
@@ -116,6 +118,15 @@ async def _call(pool: WorkerPool, worker: str, messages: list[Message], timeout_
     except Exception as e:  # a pool that breaks its contract must not break the run
         code = getattr(e, "code", type(e).__name__)
         return Completion(worker=worker, error=str(e) or type(e).__name__, error_code=code)
+
+
+def record_call(st: StepTrace, c: Completion, answer_format: str | None) -> None:
+    """What a call returned, into its step's trace (text, tokens, cost, errors, answer)."""
+    st.text, st.input_tokens, st.output_tokens, st.cost = (
+        c.text or "", c.input_tokens, c.output_tokens, c.cost)
+    st.error, st.error_code, st.served_by = c.error, c.error_code, c.served_by
+    st.queue_wait_s, st.attempts, st.cached = c.queue_wait_s, len(c.attempts) or 1, c.cached
+    st.answer = _answer(c, answer_format)
 
 
 def _answer(c: Completion, answer_format: str | None) -> str | None:
@@ -219,15 +230,11 @@ async def execute(
                 picked[i] = step_strength(traces[st.winner])
             st.end_s = time.perf_counter() - t0
             return
-        c = await _call(pool, step.worker,
-                        step_messages(question, step, [(t.index, t.text) for t in seen]),
-                        step_timeout_s, call_params)
+        c = await call_worker(pool, step.worker,
+                              step_messages(question, step, [(t.index, t.text) for t in seen]),
+                              step_timeout_s, call_params)
         st.end_s = time.perf_counter() - t0
-        st.text, st.input_tokens, st.output_tokens, st.cost = (
-            c.text or "", c.input_tokens, c.output_tokens, c.cost)
-        st.error, st.error_code, st.served_by = c.error, c.error_code, c.served_by
-        st.queue_wait_s, st.attempts, st.cached = c.queue_wait_s, len(c.attempts) or 1, c.cached
-        st.answer = _answer(c, answer_format)
+        record_call(st, c, answer_format)
 
     async def guarded(i: int, step: Step) -> None:
         try:

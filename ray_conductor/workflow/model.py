@@ -11,6 +11,10 @@ Access = Union[Literal["all"], tuple[int, ...]]
 CONDITIONS = ("agree", "disagree")
 
 
+ROUTER_SUBTASK = "Answer the question. End with 'The answer is (X)' for multiple choice."
+"""The subtask of a router's one-step plan (baselines, the lite conductor)."""
+
+
 @dataclass(frozen=True)
 class Step:
     """One call: `worker` (by name) answers `subtask`, seeing the outputs named by `access`.
