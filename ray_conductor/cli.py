@@ -226,6 +226,8 @@ def run_command(cmd: str, argv: Sequence[str]) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "httpx2", "httpcore", "openai"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help", "help"):
         return _show(command_help(argv[1]) if len(argv) > 1 and argv[1] in COMMANDS
                      else usage())

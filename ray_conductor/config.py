@@ -72,6 +72,7 @@ class RayConfig:
     num_cpus: int | None = opt(None, "CPUs of a local cluster (null: all)", min=1)
     object_store_memory_mb: int = opt(512, "object store of a local cluster, MB", min=75)
     include_dashboard: bool = opt(False, "start Ray's dashboard with a local cluster")
+    log_to_driver: bool = opt(True, "print the actors' and replicas' logs here")
 
 
 # -- schema walking ----------------------------------------------------------------------------

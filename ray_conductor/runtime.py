@@ -20,7 +20,7 @@ def init_ray(cfg: RayConfig | Any | None = None) -> None:
         return
     cfg = cfg or RayConfig()
     kw: dict[str, Any] = {"namespace": cfg.namespace, "ignore_reinit_error": True,
-                          "log_to_driver": True}
+                          "log_to_driver": bool(getattr(cfg, "log_to_driver", True))}
     if cfg.address in ("local", "", None):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kw.update(address="local", include_dashboard=cfg.include_dashboard,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray_conductor.errors import ConfigError
-from ray_conductor.serve.config import ServeConfig, as_serve_config
+from ray_conductor.serve.config import ServeConfig, as_serve_config, served_policies
 
 __all__ = ["Running", "ServeConfig", "demo", "run_serve", "start", "stop"]
 LOOPBACK = "127.0.0.1"
@@ -232,10 +232,11 @@ def demo(cfg: Any) -> dict[str, Any]:
 
     from ray_conductor.config import load
     from ray_conductor.data.pools import load_pool
-    from ray_conductor.eval.command import EvalConfig, run_eval
+    from ray_conductor.eval.command import DEFAULT_POLICIES, EvalConfig, run_eval
 
     cfg = as_serve_config(cfg)
     cfg.blocking = False
+    cfg.ray.log_to_driver = False  # the replicas' request logs would bury the answers
     if cfg.port == 8000:
         cfg.port = free_port()  # a demo must not fail on a busy port
     running = start(cfg)
@@ -250,8 +251,12 @@ def demo(cfg: Any) -> dict[str, Any]:
             answer, ext, usage = _ask(client, "conductor", q, stream)
             print(_show(i, len(qs), q, answer, ext, usage, data.judge(q.query_id, answer),
                         stream), flush=True)
-        print("\nThe evaluation of the baselines on the test split:\n", flush=True)
-        eval_cfg = load(EvalConfig, [f"pool={cfg.pool}", "split=test",
+        served = served_policies(cfg).get("conductor", "")
+        policies = list(DEFAULT_POLICIES) + ([served] if served.startswith("lite:") else [])
+        print(f"\nThe served policy ({served}) beside the baselines, on the whole test "
+              "split:\n", flush=True)
+        eval_cfg = load(EvalConfig, [f"pool={cfg.pool}", "split=test", "progress=false",
+                                     f"policies=[{','.join(policies)}]",
                                      f"out={cfg.demo.eval_out}"])
         return run_eval(eval_cfg)
     finally:
