@@ -68,6 +68,37 @@ def summarize(result: dict) -> dict:
     }
 
 
+def plan_shapes(run_dir: str, names: list[str], last: int = 10) -> dict:
+    """What the sampled plans of the last `last` GRPO iterations looked like, and how each
+    shape paid: share and mean reward / accuracy of one-step, multi-step, vote and
+    conditional plans (from samples.jsonl)."""
+    import json
+    from pathlib import Path
+
+    from ray_conductor.errors import WorkflowError
+    from ray_conductor.workflow import parse
+
+    rows = [json.loads(x) for x in (Path(run_dir) / "samples.jsonl").read_text().splitlines()
+            if x.strip()]
+    top = max((r["iteration"] for r in rows), default=0)
+    rows = [r for r in rows if r["iteration"] > top - last and r.get("parsed")]
+    shapes: dict[str, list[dict]] = {}
+    for r in rows:
+        try:
+            wf = parse(r["text"] or "", names)
+        except WorkflowError:
+            continue
+        kind = ("vote" if "vote" in wf.workers else "conditional" if any(s.when for s in wf)
+                else "multi_step" if len(wf) > 1 else "one_step")
+        shapes.setdefault(kind, []).append(r)
+    n = max(sum(len(v) for v in shapes.values()), 1)
+    return {k: {"share": round(len(v) / n, 3),
+                "reward": round(sum(r["reward"] for r in v) / len(v), 3),
+                "accuracy": round(sum(bool(r["correct"]) for r in v) / len(v), 3),
+                "cost": round(sum(r["cost"] for r in v) / len(v), 6)}
+            for k, v in sorted(shapes.items())}
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="reports/bench_train_quality.json")
@@ -83,11 +114,18 @@ def main(argv: list[str]) -> int:
     result = train(cfg)
     wall = time.perf_counter() - t0
     summary = summarize(result)
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.policy.conductor import offered_workers
+
+    offered = offered_workers(load_pool(cfg.pool, data_dir=cfg.data_dir).worker_infos(),
+                              cfg.conductor)
+    shapes = plan_shapes(args.run_dir, [w.name for w in offered])
     rows = [r for r in result["metrics"] if r["iteration"] >= 0]
     report = {
         "summary": summary,
         "trained_beats_untrained": summary["trained"]["accuracy"] > summary["untrained"]["accuracy"],
         "trained_beats_random": summary["trained"]["accuracy"] > summary["random"]["accuracy"],
+        "plan_shapes_last_10_iterations": shapes,
         "wall_s": round(wall, 1),
         "curve": [{**{k: r.get(k) for k in ("iteration", "reward_mean", "parse_rate", "accuracy",
                                             "cost_per_plan", "time/iteration_s")},

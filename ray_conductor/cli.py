@@ -69,6 +69,14 @@ COMMANDS: dict[str, Command] = {
                               "ray-conductor train-lite config=lite run_dir=runs/lite_mmlu",
                               "ray-conductor train-lite pool=demo run_dir=runs/lite_demo "
                               "budget=0.002 iterations=10")),
+    "retrain": Command("ray_conductor.online.config:RetrainConfig",
+                       "ray_conductor.online.command:run_retrain",
+                       "retrain the served lite conductor on its rewarded traffic, promote "
+                       "only what a paired test says is better", (
+                           "ray-conductor retrain model=conductor once=true force=true",
+                           "ray-conductor retrain app=conductor model=conductor mode=actor "
+                           "trigger.every_rows=100"),
+                       defaults="online"),
     "serve": Command("ray_conductor.serve.config:ServeConfig",
                      "ray_conductor.serve.command:run_serve",
                      "serve the conductor as an OpenAI-compatible API on Ray Serve", (

@@ -40,3 +40,15 @@ def fault_server(fault_server_session):
     fault_server_session.reset()
     yield fault_server_session
     fault_server_session.reset()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny nets: a second torch thread only spins against other processes on a busy machine
+    (modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

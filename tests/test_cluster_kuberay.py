@@ -231,7 +231,7 @@ def test_one_image_one_ray_version():
     base = re.search(r"^FROM (\S+)$", (ROOT / "cluster" / "image" / "Dockerfile").read_text(),
                      re.MULTILINE).group(1)
     assert base == f"rayproject/ray:{ray.__version__}-py311-gpu"
-    assert f'"ray[serve]=={ray.__version__}"' in (ROOT / "pyproject.toml").read_text()
+    assert f'"ray[serve,rllib]=={ray.__version__}"' in (ROOT / "pyproject.toml").read_text()
     for doc in MANIFESTS.values():
         assert cluster_spec(doc)["rayVersion"] == ray.__version__
         assert {c["image"] for c in containers(doc)} == {"ray-conductor:0.1.0"}

@@ -20,18 +20,11 @@ from ray_conductor.lite.table import NO_ANSWER, LiteTable
 from ray_conductor.workers.base import Completion, WorkerInfo
 from ray_conductor.workflow.model import Step, Workflow
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WORKERS = ["cheap", "mid", "pricey"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny nets: a second thread only spins against other processes on a busy machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 STRENGTH = [1.0, 2.0, 10.0]
 COST = {"cheap": 0.001, "mid": 0.01, "pricey": 0.1}
 

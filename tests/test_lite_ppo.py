@@ -14,15 +14,9 @@ from ray_conductor.lite.episode import n_actions, state_dim
 from ray_conductor.lite.net import LiteNet, Projection
 from ray_conductor.lite.table import LiteTable
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WORKERS = ["cheap", "mid", "pricey"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def toy_table(q: int = 400, seed: int = 0) -> LiteTable:

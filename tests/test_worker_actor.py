@@ -12,7 +12,8 @@ import pytest
 import ray.cloudpickle
 
 from ray_conductor.errors import PoolError
-from ray_conductor.graph import GraphSpec, build_worker_proxies, make_ray_pool, proxy_name
+from ray_conductor.graph import (GraphConfig, GraphSpec, build_worker_proxies, make_ray_pool,
+                                 proxy_name)
 from ray_conductor.workers.config import WorkerConfig, WorkerPoolConfig, replay_workers
 from ray_conductor.workers.ratelimit import max_in_window
 from ray_conductor.workflow import Step, Workflow, execute
@@ -20,7 +21,7 @@ from ray_conductor.workflow import Step, Workflow, execute
 pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
 NS = "test_worker_proxies"
-SPEC = GraphSpec.from_config(namespace=NS)
+SPEC = GraphSpec.from_config(GraphConfig(workers_per_proxy=1), namespace=NS)  # one actor each
 
 
 def create_worker_proxies(cfg):

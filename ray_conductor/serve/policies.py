@@ -230,6 +230,8 @@ def _lite(path: str, ctx: LoadContext, version: str | None = None) -> Interactiv
     if path == "default":  # the policy shipped for the demo pool
         path = str(default_policy_dir())
     conductor = LiteConductor.load(path, ctx.workers)
+    conductor.embed(["warm up"])  # loads the encoder now: concurrent first requests raced
+    # on importing transformers in their threads (ImportError: cannot import AutoModel)
     return InteractivePolicy(conductor, version or f"lite-{Path(path).name}")
 
 

@@ -81,6 +81,7 @@ class WorkerProxyCore:
         self.cfg = cfg
         self._acompletion = acompletion
         self._fallback, self._observer = fallback, observer
+        self._logged: dict[str, tuple[float, int]] = {}  # error code -> (last logged, muted)
         self.queue_timeout_s = queue_timeout_s
         self._api_base = cfg.api_base or (default_api_base if cfg.model.startswith("replay/")
                                           else None)
@@ -321,13 +322,27 @@ class WorkerProxyCore:
                          fallback=c.served_by is not None, error_code=c.error_code)
         self.accounts.record(rec)
         if c.error:
-            log.warning("worker %s: %s", self.cfg.name, c.error)
+            self._log_failure(c)
         if self._observer is not None:
             try:
                 self._observer(rec)
             except Exception:  # metrics must never fail a call that succeeded
                 log.exception("worker %s: the call's observer failed", self.cfg.name)
         return c
+
+
+    def _log_failure(self, c: Completion, every_s: float = 30.0) -> None:
+        """One warning per error code per `every_s` (with how many were muted since): a
+        missing key or an outage fails every call, and one line each would bury the logs.
+        Every failure is still counted in the accounts and returned to its caller."""
+        code, now = c.error_code or "worker_failed", self._clock()
+        last, muted = self._logged.get(code, (float("-inf"), 0))
+        if now - last < every_s:
+            self._logged[code] = (last, muted + 1)
+            return
+        more = f" (and {muted} more {code} failures in the last {now - last:.0f}s)" if muted else ""
+        log.warning("worker %s: %s%s", self.cfg.name, c.error, more)
+        self._logged[code] = (now, 0)
 
 
 def _cost_map_entry(model: str) -> dict[str, Any]:

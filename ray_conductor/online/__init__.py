@@ -1,0 +1,53 @@
+"""Online retraining: the served conductor learns from its own traffic, and only a policy
+that is measurably better replaces it.
+
+One round (`loop.Retrainer.round`) reads the traffic log's rewarded rows (a posted reward,
+else a label judged against the answer, else a verifier: `rewards`), watches the live reward
+of the last promotion and rolls it back when it dropped (`stats.drop_test`), and, when a
+trigger fires (`triggers`: every N new rewarded rows or T minutes), re-rolls every worker's
+answer to those questions through the shared worker proxies at `rollout` priority
+(`reroll`: a counterfactual table, so the stale served plans need no importance weights),
+continues training the serving policy from its own weights on new rows plus a replay buffer
+(`trainer.LiteTrainer`; a new worker extends its action space in place: `extend`), rolls out
+candidate and serving policy on a held-back slice of recent questions and promotes by
+hot-swap only when a one-sided paired test says the candidate is better (`stats.paired_test`).
+Every decision goes to a JSONL log and to Prometheus (`decisions`).
+
+Owns: those modules, `RetrainConfig` (`config`), the `retrain` command (`command`) and the
+`OnlineRetrainer` actor that runs the same loop beside a Serve app (`actor`).
+May import: serve (the traffic log, hot-swap), policy.registry, lite, graph, data, workers,
+workflow, features, verify. Must not import: rl. The pure core (rewards, stats, triggers,
+decisions, extend) imports no Ray.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "RetrainConfig",
+    "Retrainer",
+    "drop_test",
+    "extend_workers",
+    "paired_test",
+    "run_retrain",
+]
+
+_HOMES = {"RetrainConfig": "config", "Retrainer": "loop", "extend_workers": "extend",
+          "paired_test": "stats", "drop_test": "stats", "run_retrain": "command"}
+
+if TYPE_CHECKING:
+    from ray_conductor.online.command import run_retrain
+    from ray_conductor.online.config import RetrainConfig
+    from ray_conductor.online.extend import extend_workers
+    from ray_conductor.online.loop import Retrainer
+    from ray_conductor.online.stats import drop_test, paired_test
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: importing the package pulls in neither Ray nor torch."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

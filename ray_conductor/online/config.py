@@ -1,0 +1,132 @@
+"""`RetrainConfig`: the online loop as typed config (`configs/online.yaml` and `key=value`
+overrides). The app, its traffic log and its worker pool are read from the running Serve
+app itself, so a plain `ray-conductor retrain model=NAME` retrains what is being served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ray_conductor.config import RayConfig, opt
+from ray_conductor.lite.ppo import PPOSettings
+
+
+@dataclass
+class TriggerConfig:
+    every_rows: int | None = opt(200, "train after this many new rewarded rows (null: never "
+                                      "by count)", min=1)
+    every_minutes: float | None = opt(60.0, "train after this long (null: never by time)",
+                                      gt=0)
+    min_rows: int = opt(50, "a timed trigger needs at least this many new rewarded rows",
+                        min=1)
+
+
+@dataclass
+class EvaluationConfig:
+    holdout: float = opt(0.25, "share of questions (by hashed id) held back, never trained "
+                               "on", gt=0, max=0.9)
+    rows: int = opt(400, "most recent held-back questions the paired test compares on",
+                    min=2)
+    min_rows: int = opt(30, "fewer held-back questions: skip the round (no decision)", min=2)
+    test: str = opt("t", "paired t-test or percentile bootstrap", choices=("t", "bootstrap"))
+    alpha: float = opt(0.05, "one-sided level of the paired test", gt=0, max=0.5)
+    min_gain: float = opt(0.0, "the lower bound of the mean reward gain must exceed this")
+    bootstrap_samples: int = opt(2000, "resamples of the bootstrap", min=100)
+
+
+@dataclass
+class RollbackConfig:
+    window: int = opt(100, "rewarded rows of a promoted version before its live test", min=2)
+    baseline: int = opt(200, "most recent rewarded rows of the previous version it is "
+                             "compared with", min=2)
+    min_baseline: int = opt(20, "fewer previous rows: keep the promotion untested", min=2)
+    alpha: float = opt(0.05, "one-sided level of the live drop test", gt=0, max=0.5)
+    margin: float = opt(0.0, "roll back only if worse than the previous mean by more", min=0)
+
+
+@dataclass
+class TrainingConfig:
+    iterations: int = opt(8, "warm-started PPO iterations per round", min=1)
+    cost_penalty: float | None = opt(None, "reward = correct - cost_penalty * dollars (null: "
+                                           "the serving policy's own)", min=0)
+    temperature: float = opt(1.0, "divide the serving policy's logits by this before PPO: "
+                                  "the same greedy decisions, more exploration", gt=0)
+    new_worker_init: str = opt("like", "a new worker starts as a clone of the old worker "
+                                       "with the closest single-call reward (like), as the "
+                                       "mean of the old ones (average) or never chosen (never)",
+                               choices=("like", "average", "never"))
+    feature_noise: float = opt(0.0, "std of noise on the projected question features per "
+                                    "episode (a few hundred questions are easy to memorise)",
+                               min=0)
+    recent_rows: int = opt(400, "train on the new questions plus the most recent earlier ones "
+                                "up to this many: after a shift the recent traffic is the new "
+                                "world, and a few dozen new rows alone make a noisy candidate",
+                           min=0)
+    replay_ratio: float = opt(1.0, "older rows (beyond recent_rows) mixed in per new row, "
+                                   "against forgetting", min=0)
+    buffer_rows: int = opt(5000, "earlier training questions remembered", min=0)
+    min_rows: int = opt(30, "fewer complete training questions: skip the round", min=1)
+    seed: int = opt(0, "random seed")
+    torch_threads: int = opt(1, "torch threads of the loop (serving keeps the rest)", min=1)
+    ppo: PPOSettings = opt(factory=lambda: PPOSettings(
+        train_batch_size=1000, minibatch_size=250, num_epochs=4, lr=1e-4,
+        num_envs_per_env_runner=32), help="RLlib PPO settings of the continued training")
+
+
+@dataclass
+class RerollConfig:
+    calls_per_round: int = opt(20000, "worker calls one round may make for counterfactual "
+                                      "answers (cache hits are free)", min=1)
+    concurrency: int = opt(32, "counterfactual calls in flight", min=1)
+    timeout_s: float = opt(120.0, "one counterfactual call's deadline", gt=0)
+
+
+@dataclass
+class RetrainConfig:
+    app: str = opt("conductor", "the running Serve app")
+    model: str = opt("conductor", "the served model (policy) to retrain")
+    learn_from: list[str] = opt(factory=list, help="other served models whose rewarded rows "
+                                                   "also teach (default: only `model`)")
+    state_dir: str = opt("runs/online", "decisions.jsonl, state, answer cache, candidates")
+    registry: str | None = opt(None, "registry to publish into when `model` serves lite:DIR "
+                                     "(null: STATE_DIR/registry)")
+    log_dir: str | None = opt(None, "traffic log to read (null: the app's log_dir)")
+    verifier: str = opt("pool", "judge unlabelled recorded questions with the app's replay "
+                                "pool (pool) or not at all (none)", choices=("pool", "none"))
+    correct_threshold: float = opt(0.5, "a posted reward at least this marks the served "
+                                        "answer correct (when no label or verifier)")
+    answer_format: str = opt("mc", "answer format of questions no verifier knows")
+    once: bool = opt(False, "run one round and exit")
+    force: bool = opt(False, "train in this round whatever the trigger says")
+    mode: str = opt("loop", "loop: run here; actor: start the loop as a Ray actor beside "
+                            "the app and return", choices=("loop", "actor"))
+    poll_s: float = opt(30.0, "seconds between rounds", gt=0)
+    max_rounds: int | None = opt(None, "stop after this many rounds (null: run until "
+                                       "stopped)", min=1)
+    train_while_watching: bool = opt(False, "train a new candidate before the last promotion "
+                                            "passed its live watch")
+    trigger: TriggerConfig = opt(factory=TriggerConfig, help="when to train")
+    evaluation: EvaluationConfig = opt(factory=EvaluationConfig, help="the paired test")
+    rollback: RollbackConfig = opt(factory=RollbackConfig, help="the live watch")
+    training: TrainingConfig = opt(factory=TrainingConfig, help="the continued training")
+    reroll: RerollConfig = opt(factory=RerollConfig, help="counterfactual answers")
+    ray: RayConfig = opt(factory=RayConfig, help="how to reach the Ray cluster the app runs "
+                                                 "on (auto)")
+
+
+def as_retrain_config(cfg: Any = None) -> RetrainConfig:
+    """A typed `RetrainConfig` from a dataclass, a DictConfig, a plain dict or None."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ray_conductor.errors import ConfigError
+
+    if isinstance(cfg, RetrainConfig):
+        return cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RetrainConfig), cfg or {})
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"bad retrain config at {key!r}: {str(e).strip().splitlines()[0]}") \
+            from None

@@ -1,0 +1,85 @@
+"""The running Serve app as the online loop sees it (`ServeApp`): what it was deployed with
+(its traffic log, worker pool and replay pool, read from the Serve controller, so the loop
+needs no copy of the serve config), which policy each model serves, the hot-swap, and the
+shared worker proxies called at `rollout` priority.
+
+The deployed worker config can change under the loop (an operator redeploys the app with
+another pool): the rollout pool is looked up every round, the verifier reloaded when the
+replay pool changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray_conductor.errors import ConfigError
+
+
+class ServeApp:
+    def __init__(self, app: str, *, verifier: str = "pool"):
+        self.app, self.verifier_kind = app, verifier
+        self._data: tuple[str, Any] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The app's deployed arguments: `config` (the ServeConfig as plain data, no keys) and
+        `pool_config` (its workers)."""
+        from ray_conductor.serve.app import _declarative_apps
+
+        apps = _declarative_apps()
+        if self.app not in apps:
+            raise ConfigError(f"no Serve app {self.app!r} is running on this Ray cluster "
+                              f"(running: {sorted(apps) or 'none'}): start it with "
+                              "`ray-conductor serve`, or name it with app=...")
+        return dict(apps[self.app].get("args") or {})
+
+    def config(self) -> Any:
+        from ray_conductor.serve.config import as_serve_config
+
+        return as_serve_config(self.settings().get("config") or {})
+
+    def reference(self, model: str) -> str:
+        """The policy reference `model` serves now (e.g. registry:DIR@3)."""
+        from ray_conductor.serve.app import served
+
+        live = served(self.app)
+        if model not in live:
+            raise ConfigError(f"the app {self.app!r} serves no model {model!r} (it serves "
+                              f"{sorted(live)}); name one with model=...")
+        return str(live[model]["policy"])
+
+    def swap(self, model: str, ref: str) -> str:
+        from ray_conductor.serve.app import swap_policy
+
+        return swap_policy(self.app, model, ref)
+
+    def rollout_pool(self) -> tuple[Any, dict[str, str]]:
+        """The shared worker proxies at `rollout` priority, and each worker's config
+        fingerprint (the answer cache's key). Looked up again every round: a redeployed app
+        has new proxy actors under the same names, and old handles would only fail."""
+        from ray_conductor.graph import GraphSpec, make_ray_pool
+        from ray_conductor.workers.config import as_pool_config, fingerprint
+
+        cfg = self.config()
+        pool_cfg = as_pool_config(self.settings()["pool_config"])
+        pool = make_ray_pool(GraphSpec.from_config(cfg.graph, cfg.ray.namespace), pool_cfg,
+                             priority="rollout")
+        prints = {w.name: fingerprint(w, pool_cfg.replay, pool_cfg.queue_timeout_s)
+                  for w in pool_cfg.workers}
+        return pool, prints
+
+    def verifier(self) -> Any:
+        """The app's replay pool (`ReplayData`), which judges its recorded questions; None
+        with `verifier=none` or live workers without a pool."""
+        cfg = self.config()
+        if self.verifier_kind == "none" or not cfg.pool:
+            return None
+        tag = f"{cfg.pool}|{cfg.data_dir}"
+        if self._data is None or self._data[0] != tag:
+            from ray_conductor.data.pools import load_pool
+
+            self._data = (tag, load_pool(cfg.pool, cfg.data_dir))
+        return self._data[1]
+
+    def log_dir(self) -> str:
+        return str(self.config().log_dir)
+

@@ -1,0 +1,196 @@
+"""What a policy tier must offer the online loop (`Trainer`), and the lite conductor's.
+
+A tier continues training a policy directory on counterfactual data (`improve`: a new
+policy directory, never an overwrite) and scores a policy per question on the same kind of
+data (`score`: the reward of each question, for the paired test). The LM conductor would
+plug in here at GPU scale with the same loop; this module has the lite tier, which retrains
+in minutes on a CPU.
+
+`LiteTrainer.improve` warm-starts RLlib PPO (the `train-lite` machinery, `lite.ppo`) from the
+serving policy's own weights, with a small learning rate and few iterations, on the new rows
+plus a replay buffer of earlier ones (the loop mixes them), and keeps the iteration whose
+greedy reward on those rows is best, the starting weights included: PPO may only make a good
+policy worse. A worker the policy has never seen extends its action space first (`extend`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.lite.conductor import LiteConductor
+from ray_conductor.lite.table import LiteTable, worker_strength
+from ray_conductor.online.config import TrainingConfig
+from ray_conductor.online.extend import clone_worker, extend_workers
+from ray_conductor.online.reroll import Answer, build_table
+from ray_conductor.online.rewards import LoggedRow
+from ray_conductor.workers.base import WorkerInfo
+
+DEFAULT_PENALTY = 30.0  # train-lite's default, for a policy that does not say its own
+
+
+@dataclass
+class Counterfactual:
+    """Complete questions: each row's every-worker answers, over the pool's `workers`."""
+
+    rows: list[LoggedRow]
+    answers: dict[str, dict[str, Answer]]
+    workers: list[WorkerInfo]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class Trainer(Protocol):
+    kind: str  # the registry kind of the policies it writes
+
+    def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
+                ) -> tuple[Path, dict[str, Any]]: ...
+
+    def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray: ...
+
+
+def _ppo(settings: Any) -> Any:
+    """PPOSettings from the typed config (OmegaConf hands a dataclass or a DictConfig)."""
+    from ray_conductor.lite.ppo import PPOSettings
+
+    if isinstance(settings, PPOSettings):
+        return settings
+    from ray_conductor.config import to_dict
+
+    return PPOSettings(**to_dict(settings))
+
+
+def soften(net: Any, temperature: float) -> None:
+    """Divide the policy's logits by `temperature` (its last layer): greedy decisions stay
+    the same, but PPO samples the other actions often enough to learn about them (a trained
+    policy puts ~1e-5 on a worker it never calls, a new one included). Undone (`1/T`) on
+    the weights kept, so rounds do not compound."""
+    import torch
+
+    with torch.no_grad():
+        net.pi[-1].weight.div_(temperature)
+        net.pi[-1].bias.div_(temperature)
+
+
+def stand_in(table: LiteTable, old: list[str], new: str, penalty: float) -> str:
+    """The old worker whose single-call reward on these questions is closest to the new
+    one's: the new worker starts as its clone (PPO then tells them apart)."""
+    reward = (table.correct - penalty * table.cost).mean(axis=0)
+    j = table.workers.index(new)
+    gaps = [abs(reward[table.workers.index(w)] - reward[j]) for w in old]
+    return old[int(np.argmin(gaps))]
+
+
+def policy_penalty(conductor: LiteConductor) -> float:
+    """The dollar penalty a lite policy was trained with (its reward's own exchange rate)."""
+    trained = (conductor.info or {}).get("trained") or {}
+    return float(trained.get("cost_penalty", DEFAULT_PENALTY))
+
+
+class LiteTrainer:
+    kind = "lite"
+
+    def __init__(self, settings: TrainingConfig, cost_penalty: float):
+        self.settings, self.cost_penalty = settings, float(cost_penalty)
+        self._emb: dict[tuple[str, str], np.ndarray] = {}  # (featurizer, key) -> embedding
+
+    def load(self, policy_dir: Path | str) -> LiteConductor:
+        return LiteConductor.load(policy_dir)
+
+    def table(self, conductor: LiteConductor, data: Counterfactual) -> LiteTable:
+        """`data` as a table over the conductor's workers, then any new ones (vote
+        strengths: the conductor's own, and a new worker's price)."""
+        known = {w.name: w for w in data.workers}
+        missing = sorted(set(conductor.workers) - set(known))
+        if missing:
+            raise ConfigError(f"workers {missing} left the pool; a lite policy cannot drop "
+                              "actions online: train a new one (ray-conductor train-lite)")
+        new = [known[n] for n in known if n not in conductor.workers]
+        names = [*conductor.workers, *(w.name for w in new)]
+        strength = np.concatenate([conductor.strength, worker_strength(new)])
+        return build_table(data.rows, data.answers, self._embed(conductor, data.rows), names,
+                           strength)
+
+    def _embed(self, conductor: LiteConductor, rows: list[LoggedRow]) -> np.ndarray:
+        tag = repr(conductor.featurizer.to_dict())
+        todo = [r for r in dict.fromkeys(rows) if (tag, r.key) not in self._emb]
+        if todo:
+            for r, v in zip(todo, conductor.embed([r.question for r in todo])):
+                self._emb[(tag, r.key)] = v
+        if not rows:
+            return np.zeros((0, 384), np.float32)
+        return np.stack([self._emb[(tag, r.key)] for r in rows])
+
+    def rewards(self, conductor: LiteConductor, table: LiteTable) -> np.ndarray:
+        r = conductor.rollout(table.reorder(conductor.workers))
+        return r.correct.astype(np.float64) - self.cost_penalty * r.cost
+
+    def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray:
+        conductor = self.load(policy_dir)
+        return self.rewards(conductor, self.table(conductor, data))
+
+    def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
+                ) -> tuple[Path, dict[str, Any]]:
+        from ray_conductor.lite.ppo import build_ppo, iteration_metrics, net_state
+
+        t0 = time.perf_counter()
+        conductor = self.load(policy_dir)
+        table = self.table(conductor, data)
+        added = table.workers[len(conductor.workers):]
+        pending = [w for w in conductor.info.get("pending_workers", []) if w in table.workers]
+        settled = [w for w in conductor.workers if w not in pending]
+        inits = {}
+        for name in added:
+            inits[name] = self.settings.new_worker_init
+            if inits[name] == "like":
+                inits[name] = f"like:{stand_in(table, settled, name, self.cost_penalty)}"
+            conductor = extend_workers(conductor, [name],
+                                       [table.strength[table.workers.index(name)]], inits[name])
+        if pending and self.settings.new_worker_init == "like":
+            for name in pending:  # added while serving, never called yet: clone, then learn
+                like = stand_in(table, settled, name, self.cost_penalty)
+                clone_worker(conductor, name, like)
+                inits[name] = f"like:{like}"
+            conductor.info.pop("pending_workers", None)
+            added = [*added, *pending]
+        feats = conductor.question_features(table.features)
+        assert conductor.net is not None
+        soften(conductor.net, self.settings.temperature)
+        start = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
+        first = float(self.rewards(conductor, table).mean())
+        best = {"reward": first, "iteration": 0, "state": start}
+        settings = replace(_ppo(self.settings.ppo), hidden=list(conductor.net.hidden))
+        noise = np.zeros(feats.shape[1], np.float32)  # on the projected embedding only
+        noise[:conductor.projection.dim] = self.settings.feature_noise
+        algo = build_ppo(table.with_features(feats), settings, max_calls=conductor.max_calls,
+                         cost_penalty=self.cost_penalty, cost_scale=conductor.cost_scale,
+                         seed=self.settings.seed, init_state=start, feature_noise=noise)
+        curve = [first]
+        try:
+            for it in range(1, self.settings.iterations + 1):
+                iteration_metrics(algo.train())
+                conductor.net.load_state_dict(net_state(algo))
+                reward = float(self.rewards(conductor, table).mean())
+                curve.append(reward)
+                if reward > best["reward"]:
+                    best = {"reward": reward, "iteration": it, "state": net_state(algo)}
+        finally:
+            algo.stop()
+        conductor.net.load_state_dict(best["state"])
+        soften(conductor.net, 1.0 / self.settings.temperature)  # back to its own scale
+        figures = {"rows": len(table), "workers_added": list(added), "inits": inits,
+                   "start_reward": first, "best_reward": best["reward"],
+                   "best_iteration": best["iteration"], "iterations": self.settings.iterations,
+                   "curve": curve, "cost_penalty": self.cost_penalty,
+                   "wall_s": time.perf_counter() - t0}
+        conductor.info = {**conductor.info, "online": figures,
+                          "trained": {**(conductor.info.get("trained") or {}),
+                                      "cost_penalty": self.cost_penalty}}
+        conductor.save(out_dir, overwrite=True)
+        return Path(out_dir), figures

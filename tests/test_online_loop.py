@@ -1,0 +1,250 @@
+"""The online loop's decisions, round by round, without Ray: a real policy registry, state
+and decision log; the app (served references and the swap), the trainer and the traffic log
+are small stand-ins with known answers, so each branch is forced: skip, reject, promote,
+keep, roll back, adopt a served lite:DIR, and a failed hot-swap that leaves the registry as
+it was. (The end-to-end test drives the same loop against a real Serve app.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.online.config import RetrainConfig
+from ray_conductor.online.loop import Retrainer
+from ray_conductor.online.trainer import Counterfactual
+from ray_conductor.policy.registry import PolicyRegistry
+from ray_conductor.workers.base import Completion, WorkerInfo
+
+WORKERS = ["cheap", "good"]
+
+
+class Pool:
+    """Two workers: `good` answers (A), `cheap` answers (B); every call is counted."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def workers(self):
+        return [WorkerInfo(w, "", 1.0, 1.0) for w in WORKERS]
+
+    async def complete(self, worker, messages, **params):
+        self.calls += 1
+        return Completion(worker=worker, text=f"The answer is ({'A' if worker == 'good' else 'B'})",
+                          cost=0.001, input_tokens=1, output_tokens=1)
+
+
+class App:
+    def __init__(self, ref):
+        self.ref, self.pool, self.swaps, self.fail_swap = ref, Pool(), [], False
+
+    def reference(self, model):
+        return self.ref
+
+    def swap(self, model, ref):
+        if self.fail_swap:
+            raise ConfigError("policy could not be loaded")
+        self.swaps.append(ref)
+        self.ref = ref
+        return "v" + ref.rsplit("@", 1)[1]
+
+    def rollout_pool(self):
+        return self.pool, {w: "fp" for w in WORKERS}
+
+    def verifier(self):
+        return None
+
+    def log_dir(self):
+        return "unused"
+
+
+class Trainer:
+    """A policy directory's quality is a number in it; `improve` adds `gain`; `score` gives
+    each held-back question its quality plus fixed noise."""
+
+    kind = "lite"
+
+    def __init__(self, gain):
+        self.gain, self.trained_on = gain, []
+
+    def improve(self, policy_dir, data: Counterfactual, out_dir):
+        self.trained_on.append(len(data))
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "q").write_text(str(quality(policy_dir) + self.gain))
+        return out_dir, {"start_reward": 0.0, "best_reward": self.gain, "wall_s": 0.0}
+
+    def score(self, policy_dir, data: Counterfactual):
+        noise = np.random.default_rng(0).normal(0, 0.05, len(data))
+        return quality(policy_dir) + noise
+
+
+def quality(path):
+    return float((Path(path) / "q").read_text())
+
+
+class Log:
+    """The traffic log: rows are appended by the test, with a reward each."""
+
+    def __init__(self):
+        self.rows = []
+        self.t = 1000.0
+
+    def add(self, n, version, reward, model="online", start=0):
+        for i in range(start, start + n):
+            self.t += 1.0
+            self.rows.append({"request_id": f"r{len(self.rows)}", "status": 200, "model": model,
+                              "policy_version": version, "question": f"question {i}",
+                              "query_id": None, "answer": "The answer is (A)", "cost": 0.0,
+                              "reward": reward, "label": "A",
+                              "time": pd.Timestamp(self.t, unit="s", tz="UTC")})
+
+    def __call__(self, _log_dir):
+        return pd.DataFrame(self.rows)
+
+
+def setup(tmp_path, gain, **over):
+    reg = PolicyRegistry(tmp_path / "registry")
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "q").write_text("0.5")
+    (v1 / "lite.json").write_text(json.dumps({"info": {"trained": {"cost_penalty": 1.0}}}))
+    reg.publish(v1, kind="lite")
+    reg.promote(1)
+    cfg = RetrainConfig(app="a", model="online", state_dir=str(tmp_path / "state"))
+    cfg.trigger.every_rows, cfg.trigger.every_minutes = 40, None
+    cfg.evaluation.min_rows, cfg.training.min_rows = 5, 5
+    cfg.rollback.window, cfg.rollback.min_baseline = 10, 10
+    cfg.training.cost_penalty = 0.0
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    app, log, trainer = App(f"registry:{reg.root}@1"), Log(), Trainer(gain)
+    loop = Retrainer(cfg, app, lambda penalty: trainer, read=log, clock=lambda: log.t)
+    return loop, app, log, trainer, reg
+
+
+def kinds(decisions):
+    return [d["kind"] for d in decisions]
+
+
+def test_no_trigger_no_training_then_a_better_candidate_is_promoted(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    log.add(39, "v1", 0.5)
+    assert loop.round() == [] and trainer.trained_on == []
+    log.add(1, "v1", 0.5, start=39)
+    made = loop.round()
+    assert kinds(made) == ["trained", "evaluated", "promoted"]
+    evaluated, promoted = made[1], made[2]
+    assert evaluated["test"]["passed"] and evaluated["candidate_mean"] > evaluated["serving_mean"]
+    assert 5 <= evaluated["n"] < 40 and made[0]["train_rows"] + evaluated["n"] == 40
+    assert promoted["version"] == "v2" and promoted["previous"] == "v1"
+    assert app.swaps == [f"registry:{reg.root}@2"] and reg.promoted().version == 2
+    assert reg.history()[-1]["figures"]["n"] == evaluated["n"]
+    assert app.pool.calls == 40 * 2  # every worker re-asked once per question
+    assert loop.decisions.read()[-1]["kind"] == "promoted"  # on disk too
+    from ray_conductor.online.command import describe
+
+    assert "candidate 0.7" in describe(evaluated) and "promoted online v2" in describe(promoted)
+    assert not (tmp_path / "state" / "candidates" / "round-00001").exists()  # registry has it
+
+
+def test_a_candidate_that_is_no_better_is_rejected(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.0)
+    log.add(40, "v1", 0.5)
+    made = loop.round()
+    assert kinds(made) == ["trained", "evaluated", "rejected"]
+    assert not made[1]["test"]["passed"] and "lower bound" in made[2]["reason"]
+    assert app.swaps == [] and reg.promoted().version == 1 and len(reg.versions()) == 1
+
+
+def test_too_few_questions_skip_and_new_rows_are_counted_once(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    loop.cfg.evaluation.min_rows = 500
+    log.add(40, "v1", 0.5)
+    assert kinds(loop.round()) == ["skipped"]
+    assert loop.round() == []  # the same 40 rows do not trigger twice
+    log.add(40, "v1", 0.5, start=40)
+    (skip,) = loop.round()
+    assert skip["kind"] == "skipped" and skip["new_rows"] == 40
+    assert app.pool.calls == 80 * 2  # the first 40 were answered from the cache
+
+
+def test_a_promotion_whose_live_reward_drops_is_rolled_back(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    log.add(40, "v1", 0.5)
+    assert kinds(loop.round())[-1] == "promoted"
+    log.add(9, "v2", 0.0, start=100)
+    assert loop.round() == []  # 9 of the 10 rows the watch waits for
+    log.add(1, "v2", 0.0, start=109)
+    (back,) = loop.round()
+    assert back["kind"] == "rolled_back" and back["version"] == "v1"
+    assert back["test"]["dropped"] and back["test"]["mean_old"] == 0.5
+    assert app.swaps[-1] == f"registry:{reg.root}@1" and reg.promoted().version == 1
+    assert reg.history()[-1]["action"] == "rollback" and loop.state.watch is None
+
+
+def test_a_promotion_that_holds_is_kept_and_training_waits_for_the_watch(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    log.add(40, "v1", 0.5)
+    loop.round()
+    log.add(45, "v2", 0.55, start=100)  # enough rows to trigger, but v2 is on watch ...
+    made = loop.round()
+    assert kinds(made)[0] == "kept" and made[0]["test"]["dropped"] is False
+    assert kinds(made)[1:] == ["trained", "evaluated", "promoted"]  # ... which ends first
+    assert trainer.trained_on[1] > trainer.trained_on[0]  # new rows plus replayed ones
+
+
+def test_a_failed_hot_swap_leaves_the_previous_version_promoted(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    app.fail_swap = True
+    log.add(40, "v1", 0.5)
+    made = loop.round()
+    assert kinds(made) == ["trained", "evaluated", "failed"]
+    assert reg.promoted().version == 1 and loop.state.watch is None
+
+
+def test_a_served_lite_dir_is_adopted_into_a_registry(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    lite = tmp_path / "lite_policy"
+    shutil.copytree(reg.get(1).path, lite)
+    app.ref = f"lite:{lite}"
+    log.add(10, "lite-lite_policy", 0.5)
+    (adopted,) = loop.round()
+    assert adopted["kind"] == "adopted" and adopted["source"] == f"lite:{lite}"
+    own = PolicyRegistry(tmp_path / "state" / "registry")
+    assert app.ref == f"registry:{own.root}@1" and own.promoted().kind == "lite"
+
+
+def test_only_lite_policies_are_retrained(tmp_path):
+    loop, app, *_ = setup(tmp_path, gain=0.2)
+    app.ref = "knn"
+    with pytest.raises(ConfigError, match="continues a lite policy"):
+        loop.round()
+
+
+def test_questions_with_a_transient_failure_wait_for_the_next_round(tmp_path):
+    """Regression: after a redeploy the loop called the old, dead proxies; every failure went
+    into the table as a worker that did not answer, and the round trained and evaluated on
+    that. A transient failure now leaves its question out (and uncached) until it answers."""
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+
+    async def gone(worker, messages, **params):
+        app.pool.calls += 1
+        return Completion(worker=worker, error="worker proxy is unreachable",
+                          error_code="proxy_unreachable")
+
+    real, app.pool.complete = app.pool.complete, gone
+    log.add(40, "v1", 0.5)
+    (skip,) = loop.round()
+    assert skip["kind"] == "skipped" and skip["reroll"]["retry"] == 40
+    assert skip["train_rows"] == skip["held_rows"] == 0 and trainer.trained_on == []
+    assert len(loop.cache) == 0
+    app.pool.complete = real
+    log.add(40, "v1", 0.5, start=40)
+    assert kinds(loop.round()) == ["trained", "evaluated", "promoted"]
+    assert trainer.trained_on[0] >= 40  # the 40 that failed were asked again
