@@ -54,12 +54,12 @@ def pick(p: dict) -> dict:
 
 
 def summarize(result: dict) -> dict:
-    start = result["eval_start"]["policies"]
+    start = (result.get("eval_start") or {}).get("policies")  # None: eval_at_start=false
     end = result["eval"]["policies"]
     singles = {k: v for k, v in end.items() if k.startswith("single:")}
     best = max(singles, key=lambda k: singles[k]["accuracy"])
     return {
-        "untrained": pick(start["conductor:untrained"]),
+        "untrained": pick(start["conductor:untrained"]) if start else None,
         "trained": pick(end["conductor:trained"]),
         "random": pick(end["random"]),
         "best_single": {**pick(singles[best]), "worker": best.split(":", 1)[1]},
@@ -123,7 +123,9 @@ def main(argv: list[str]) -> int:
     rows = [r for r in result["metrics"] if r["iteration"] >= 0]
     report = {
         "summary": summary,
-        "trained_beats_untrained": summary["trained"]["accuracy"] > summary["untrained"]["accuracy"],
+        "trained_beats_untrained": (summary["trained"]["accuracy"]
+                                    > summary["untrained"]["accuracy"]
+                                    if summary["untrained"] else None),
         "trained_beats_random": summary["trained"]["accuracy"] > summary["random"]["accuracy"],
         "plan_shapes_last_10_iterations": shapes,
         "wall_s": round(wall, 1),

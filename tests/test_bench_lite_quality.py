@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import load_script
+from scripts import ROOT, load_script
 
 
 def _bench():
@@ -114,7 +114,7 @@ def test_tiny_run_on_the_demo_pool_writes_report_and_plot(ray_cluster, tmp_path)
     # the LM conductor's result was measured on this very split: the same recorded gpt-4o
     lm = res["lm_conductor"]
     assert lm["same_questions_as_this_table"] and lm["n"] == res["n_test"]
-    measured = json.loads((BENCH.parent / "results" / "train_quality_48_iterations.json")
+    measured = json.loads((ROOT / "benchmarks" / "results" / "train_quality_48_iterations.json")
                           .read_text())["summary"]["best_single"]
     assert pol["single:gpt-4o"]["accuracy"] == pytest.approx(measured["accuracy"], abs=1e-4)
     assert pol["single:gpt-4o"]["cost_per_query"] == pytest.approx(measured["cost_per_query"],
