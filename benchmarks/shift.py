@@ -27,7 +27,11 @@ from the served pool's table for the same questions.
 
 Summary per scenario, on the last `--after-window` questions: `frozen_after`,
 `online_after`, `oracle_after`, `best_single_after`, `recovered` = (online - frozen) /
-(oracle - frozen), requests failed during swaps (must be 0), promotions and rollbacks.
+(oracle - frozen), requests failed during swaps (must be 0), promotions and rollbacks; and
+the lite tier's own ceiling: `refit_after`, a lite policy trained from scratch on part A as
+the world looks after the shift, judged offline on the same questions beside the frozen
+policy (`frozen_after_offline`), and `recovered_vs_refit` = (online - frozen) / (refit -
+frozen offline). `--refit-only` adds these to an existing report.
 
     cd benchmarks && nice python shift.py          # ~40 min on a busy 2-core machine
     nice python shift.py --scenarios b --before 100 --after 200 --after-window 100
@@ -129,6 +133,8 @@ class World:
     part_b: list[Any]
     policy: Path = Path()
     policy_minus: Path = Path()
+    part_a: set[str] = field(default_factory=set)
+    train_s: float = 150.0
 
 
 def build_world(work: Path, penalty: float, train_s: float) -> World:
@@ -146,7 +152,7 @@ def build_world(work: Path, penalty: float, train_s: float) -> World:
     rows = [i for i, q in enumerate(train) if q.query_id in a_ids]
     reward = (m.correct[rows] - penalty * m.cost[rows]).mean(axis=0)
     best = data.models[int(np.argmax(reward))]
-    world = World(data, table, penalty, best, work, full)
+    world = World(data, table, penalty, best, work, full, part_a=a_ids, train_s=train_s)
     pool_a = derive(table, work / "pools" / "part_a.parquet", a_ids)
     pool_a_minus = derive(table, work / "pools" / "part_a_minus.parquet", a_ids, drop=best)
     world.policy = initial_policy(pool_a, work / "initial", penalty, train_s)
@@ -440,6 +446,80 @@ def summarize(name: str, ticks: list[dict[str, Any]], phases: list[Phase], load:
         "ticks": ticks, "decisions": decisions, "swap_errors": load["errors"][:10]}
 
 
+# -- the lite tier's own ceiling ----------------------------------------------------------------
+
+
+def refit_policy(key: str, w: World) -> Path:
+    """A lite policy trained from scratch, with the initial policy's budget, on part A as the
+    world looks *after* the shift: what the lite tier reaches with plenty of data from the new
+    world (the per-question oracle is no policy's target). (a) part A's questions in the new
+    mix (every law question of part A, 80% of the set); (b) part A with the best worker's
+    price x10; (c) part A with its answers degraded; (d) part A with every worker (the
+    initial policy of the scenarios that start with the full pool)."""
+    d = w.work / "pools" / "refit"
+    if key == "a":
+        qs = [q for q in w.data.queries("train") if q.query_id in w.part_a]
+        law = [q for q in qs if q.task.endswith("/law")]
+        rest = [q for q in qs if not q.task.endswith("/law")]
+        keep = round(len(law) / 0.8) - len(law)
+        pick = [rest[i] for i in np.random.default_rng(4).permutation(len(rest))[:keep]]
+        pool = derive(w.table, d / "mix.parquet", {q.query_id for q in law + pick})
+    elif key == "b":
+        pool = derive(w.table, d / "price.parquet", w.part_a, price=(w.best, 10.0))
+    elif key == "c":
+        pool = derive(w.table, d / "degrade.parquet", w.part_a, degrade=(w.best, WEAK))
+    else:
+        return w.policy
+    return initial_policy(pool, w.work / f"refit_{NAMES[key]}", w.penalty, w.train_s)
+
+
+def refit_reference(key: str, w: World, args: argparse.Namespace) -> dict[str, Any]:
+    """The refit policy and the frozen one, judged offline (replay table, the served
+    reward) on the questions of the `_after` window."""
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.lite import LiteConductor
+    from ray_conductor.lite.table import build_table
+    from ray_conductor.online.extend import prepare_for_pool
+
+    initial, phases = scenario_phases(key, w, args.before, args.after)
+    last = phases[-1]
+    start = len(last.questions) - args.after_window
+    first = -(-start // args.tick) * args.tick  # the first tick inside the window, as summarize
+    window = {q.query_id for q in last.questions[first:]}
+    data = load_pool(f"parquet:{last.pool}")
+    refit = LiteConductor.load(refit_policy(key, w))
+    frozen = LiteConductor.load(initial)
+    if last.grow:
+        frozen = prepare_for_pool(frozen, [(i.name, i.input_price_per_mtok
+                                            + i.output_price_per_mtok)
+                                           for i in data.worker_infos() if i.name in last.grow])
+    table = build_table(data, "all", refit.embed)
+    rows = [i for i, q in enumerate(table.query_ids) if q in window]
+    table = table.take(rows)
+
+    def reward(c: Any) -> float:
+        r = c.rollout(table)
+        return float(np.mean(r.correct - w.penalty * r.cost))
+
+    return {"refit_after": round(reward(refit), 4),
+            "frozen_after_offline": round(reward(frozen), 4), "questions": len(rows)}
+
+
+def add_refit(report: dict[str, Any], w: World, args: argparse.Namespace) -> None:
+    """Each scenario's summary gains the refit reference and `recovered_vs_refit`."""
+    for key, name in NAMES.items():
+        s = report["summary"].get(name)
+        if s is None:
+            continue
+        ref = refit_reference(key, w, args)
+        gap = ref["refit_after"] - ref["frozen_after_offline"]
+        s.update(ref)
+        s["recovered_vs_refit"] = (round((s["online_after"] - s["frozen_after"]) / gap, 4)
+                                   if gap > 1e-9 else None)
+        print(f"[{name}] refit {ref['refit_after']:.4f}, frozen offline "
+              f"{ref['frozen_after_offline']:.4f} on {ref['questions']} questions", flush=True)
+
+
 # -- the plot -----------------------------------------------------------------------------------
 
 
@@ -500,9 +580,11 @@ def main() -> None:
     ap.add_argument("--tick", type=int, default=50, help="questions per retrain round")
     ap.add_argument("--every-rows", type=int, default=50, help="the loop's trigger")
     ap.add_argument("--iterations", type=int, default=12, help="PPO iterations per round")
-    ap.add_argument("--lr", type=float, default=1e-3, help="PPO learning rate online")
+    ap.add_argument("--lr", type=float, default=1e-4, help="PPO learning rate online")
     ap.add_argument("--penalty", type=float, default=30.0, help="λ: dollars' weight")
     ap.add_argument("--train-s", type=float, default=150.0, help="initial training budget")
+    ap.add_argument("--refit-only", action="store_true",
+                    help="only add the refit reference to the report at --out (same settings)")
     args = ap.parse_args()
 
     import ray
@@ -517,6 +599,14 @@ def main() -> None:
         world = build_world(Path(args.work), args.penalty, args.train_s)
         setup_s = time.perf_counter() - t0
         print(f"setup {setup_s:.0f}s; best worker {world.best}", flush=True)
+        if args.refit_only:
+            import json
+
+            report = json.loads(Path(args.out).read_text())
+            add_refit(report, world, args)
+            report["refit_s"] = round(time.perf_counter() - t0)
+            write_report(report, args.out)
+            return
         for key in args.scenarios:
             results.append(run_scenario(key, world, args))
     finally:
@@ -532,6 +622,7 @@ def main() -> None:
                   "part_b_questions": len(world.part_b), "setup_s": round(setup_s, 1)},
         "config": vars(args), "scenarios": results, "wall_s": round(time.perf_counter() - t0),
         "environment": environment(1), "plot": args.plot}
+    add_refit(report, world, args)
     write_report(report, args.out)
 
 

@@ -215,3 +215,40 @@ def test_a_pool_that_grows_gets_a_version_that_knows_the_newcomer(shipped, tmp_p
     with torch.no_grad():
         logits = grown.net.pi(torch.as_tensor(obs))
     assert torch.equal(logits[:, -3], logits[:, policy.workers.index("gpt-4o")])
+
+
+def test_a_refit_prior_is_kept_only_when_it_trains_better(ray_cluster, shipped, tmp_path):
+    """The worker the shipped policy calls first most often starts answering like the
+    weakest one. The trainer continues PPO from the old weights, and also refits the prior
+    (the selector whose estimates the policy reads) on the new world's rows, clones its
+    choices and continues PPO from there; the better of the two on the training rows is the
+    candidate, and the old prior stays unless the refit one won. Below `refit_min_rows`
+    nothing is refit."""
+    from ray_conductor.online.config import TrainingConfig
+    from ray_conductor.online.trainer import LiteTrainer
+
+    class OnTable(LiteTrainer):  # the counterfactual rows, already a table
+        def table(self, conductor, data):
+            return data.reorder(conductor.workers)
+
+    policy, table = shipped
+    first = policy.rollout(table).summary(policy.workers)["first_worker"]
+    hit = max(first, key=first.get)
+    j, weak = table.workers.index(hit), table.workers.index("Phi-3-mini-4k-instruct")
+    correct, answers = table.correct.copy(), table.answers.copy()
+    correct[:, j], answers[:, j] = table.correct[:, weak], table.answers[:, weak]
+    fit = replace(table, correct=correct, answers=answers).take(np.arange(300))
+
+    trainer = OnTable(TrainingConfig(iterations=3), cost_penalty=30.0)
+    out, figures = trainer.improve(default_policy_dir(), fit, tmp_path / "cand")
+    refit, cand = figures["prior_refit"], LiteConductor.load(out)
+    assert refit["rows"] == 300 and refit["bc"]["bc_agreement"] > 0.5
+    assert figures["best_reward"] >= refit["best_reward"]  # the better run is the candidate
+    assert figures["best_reward"] >= figures["start_reward"]
+    keys = 300 if refit["kept"] else len(policy.prior.keys)
+    assert len(cand.prior.keys) == keys
+
+    few = OnTable(TrainingConfig(iterations=1, refit_min_rows=301), cost_penalty=30.0)
+    out, figures = few.improve(default_policy_dir(), fit, tmp_path / "few")
+    assert figures["prior_refit"] == {}
+    assert len(LiteConductor.load(out).prior.keys) == len(policy.prior.keys)

@@ -58,6 +58,13 @@ class TrainingConfig:
     feature_noise: float = opt(0.0, "std of noise on the projected question features per "
                                     "episode (a few hundred questions are easy to memorise)",
                                min=0)
+    refit_prior: bool = opt(True, "also train a candidate whose prior (the selector whose "
+                                  "per-worker estimates the policy reads) is refit on the "
+                                  "re-rolled rows, its choices cloned before PPO; the better "
+                                  "run on the training rows wins (a worker whose answers or "
+                                  "price changed is re-estimated at once)")
+    refit_min_rows: int = opt(100, "fewer training questions: keep the old prior", min=1)
+    bc_steps: int = opt(500, "behaviour-cloning updates after a prior refit", min=0)
     recent_rows: int = opt(400, "train on the new questions plus the most recent earlier ones "
                                 "up to this many: after a shift the recent traffic is the new "
                                 "world, and a few dozen new rows alone make a noisy candidate",

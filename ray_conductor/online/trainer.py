@@ -10,7 +10,11 @@ in minutes on a CPU.
 serving policy's own weights, with a small learning rate and few iterations, on the new rows
 plus a replay buffer of earlier ones (the loop mixes them), and keeps the iteration whose
 greedy reward on those rows is best, the starting weights included: PPO may only make a good
-policy worse. A worker the policy has never seen extends its action space first (`extend`).
+policy worse. With `refit_prior` it also refits the policy's prior (the selector whose
+per-worker estimates the net reads) on those rows, clones the new selector's choices and
+continues PPO from there (features leave each row out of the prior fit on it); the better of
+the two runs on the training rows is the candidate. A worker the policy has never seen
+extends its action space first (`extend`).
 """
 
 from __future__ import annotations
@@ -135,9 +139,78 @@ class LiteTrainer:
         conductor = self.load(policy_dir)
         return self.rewards(conductor, self.table(conductor, data))
 
+    def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
+        """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
+        `table`, the re-rolled rows of the current world, and behaviour-clone the new
+        selector's choices into the net (from its current weights). {} when skipped."""
+        if (not self.settings.refit_prior or conductor.prior is None
+                or len(table) < self.settings.refit_min_rows):
+            return {}
+        from ray_conductor.lite.bc import behaviour_clone, demonstrations
+        from ray_conductor.lite.selector import SelectorConfig, choose, fit_selector
+
+        old = conductor.prior
+        cfg = SelectorConfig(shrink=old.shrink)
+        sel = fit_selector(table, max_calls=conductor.max_calls,
+                           cost_penalty=self.cost_penalty, cfg=cfg)
+        def singles(programs: Any) -> list[tuple[int, ...]]:
+            return [p.workers for p in programs if len(p.workers) == 1]
+
+        # the net reads one estimate per single worker; cascades may reorder (by price)
+        if singles(sel.programs) != singles(old.programs):
+            return {}
+        conductor.prior = sel
+        feats = conductor.question_features(table.features, leave_one_out=True)
+        picks = choose(sel.probs(table.features, leave_one_out=True), sel.mean_cost,
+                       self.cost_penalty)
+        demos = demonstrations(table.with_features(feats), sel.programs, picks,
+                               max_calls=conductor.max_calls, cost_scale=conductor.cost_scale,
+                               cost_penalty=self.cost_penalty)
+        stats = behaviour_clone(conductor.net, demos, steps=self.settings.bc_steps,
+                                seed=self.settings.seed)
+        return {"rows": len(table), "bc": stats}
+
+    def _greedy(self, conductor: LiteConductor, table: LiteTable, feats: np.ndarray) -> float:
+        r = conductor.rollout(table.reorder(conductor.workers), features=feats)
+        return float(np.mean(r.correct - self.cost_penalty * r.cost))
+
+    def _continue(self, conductor: LiteConductor, table: LiteTable,
+                  refit: bool = False) -> dict[str, Any]:
+        """Warm-started PPO from the conductor's current weights on `table`; the iteration
+        (the start included) whose greedy reward on these rows is best. `refit`: the prior
+        was fit on exactly these rows, so each row is left out of it (else it would see its
+        own answer)."""
+        from ray_conductor.lite.ppo import build_ppo, iteration_metrics, net_state
+
+        assert conductor.net is not None
+        feats = conductor.question_features(table.reorder(conductor.workers).features,
+                                            leave_one_out=refit)
+        soften(conductor.net, self.settings.temperature)
+        start = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
+        first = self._greedy(conductor, table, feats)
+        best = {"reward": first, "iteration": 0, "state": start}
+        settings = replace(_ppo(self.settings.ppo), hidden=list(conductor.net.hidden))
+        noise = np.zeros(feats.shape[1], np.float32)  # on the projected embedding only
+        noise[:conductor.projection.dim] = self.settings.feature_noise
+        algo = build_ppo(table.reorder(conductor.workers).with_features(feats), settings,
+                         max_calls=conductor.max_calls, cost_penalty=self.cost_penalty,
+                         cost_scale=conductor.cost_scale, seed=self.settings.seed,
+                         init_state=start, feature_noise=noise)
+        curve = [first]
+        try:
+            for it in range(1, self.settings.iterations + 1):
+                iteration_metrics(algo.train())
+                conductor.net.load_state_dict(net_state(algo))
+                reward = self._greedy(conductor, table, feats)
+                curve.append(reward)
+                if reward > best["reward"]:
+                    best = {"reward": reward, "iteration": it, "state": net_state(algo)}
+        finally:
+            algo.stop()
+        return {**best, "first": first, "curve": curve}
+
     def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
                 ) -> tuple[Path, dict[str, Any]]:
-        from ray_conductor.lite.ppo import build_ppo, iteration_metrics, net_state
 
         t0 = time.perf_counter()
         conductor = self.load(policy_dir)
@@ -159,35 +232,28 @@ class LiteTrainer:
                 inits[name] = f"like:{like}"
             conductor.info.pop("pending_workers", None)
             added = [*added, *pending]
-        feats = conductor.question_features(table.features)
         assert conductor.net is not None
-        soften(conductor.net, self.settings.temperature)
-        start = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
-        first = float(self.rewards(conductor, table).mean())
-        best = {"reward": first, "iteration": 0, "state": start}
-        settings = replace(_ppo(self.settings.ppo), hidden=list(conductor.net.hidden))
-        noise = np.zeros(feats.shape[1], np.float32)  # on the projected embedding only
-        noise[:conductor.projection.dim] = self.settings.feature_noise
-        algo = build_ppo(table.with_features(feats), settings, max_calls=conductor.max_calls,
-                         cost_penalty=self.cost_penalty, cost_scale=conductor.cost_scale,
-                         seed=self.settings.seed, init_state=start, feature_noise=noise)
-        curve = [first]
-        try:
-            for it in range(1, self.settings.iterations + 1):
-                iteration_metrics(algo.train())
-                conductor.net.load_state_dict(net_state(algo))
-                reward = float(self.rewards(conductor, table).mean())
-                curve.append(reward)
-                if reward > best["reward"]:
-                    best = {"reward": reward, "iteration": it, "state": net_state(algo)}
-        finally:
-            algo.stop()
-        conductor.net.load_state_dict(best["state"])
+        old_prior = conductor.prior
+        old_state = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
+        plain = self._continue(conductor, table)
+        refit, run = {}, plain
+        if self.settings.refit_prior:
+            conductor.net.load_state_dict(old_state)
+            refit = self._refit_prior(conductor, table)
+            if refit:
+                taught = self._continue(conductor, table, refit=True)
+                refit["best_reward"], refit["kept"] = taught["reward"], False
+                if taught["reward"] > plain["reward"]:
+                    run, refit["kept"] = taught, True
+        if not refit.get("kept"):
+            conductor.prior = old_prior
+        conductor.net.load_state_dict(run["state"])
         soften(conductor.net, 1.0 / self.settings.temperature)  # back to its own scale
+        first, best, curve = run["first"], run, run["curve"]
         figures = {"rows": len(table), "workers_added": list(added), "inits": inits,
                    "start_reward": first, "best_reward": best["reward"],
                    "best_iteration": best["iteration"], "iterations": self.settings.iterations,
-                   "curve": curve, "cost_penalty": self.cost_penalty,
+                   "curve": curve, "cost_penalty": self.cost_penalty, "prior_refit": refit,
                    "wall_s": time.perf_counter() - t0}
         conductor.info = {**conductor.info, "online": figures,
                           "trained": {**(conductor.info.get("trained") or {}),
