@@ -328,12 +328,23 @@ def retrain_config(name: str, state: Path, args: argparse.Namespace) -> Any:
     return cfg
 
 
+def frozen_for(initial: Path, new: list[Any]) -> Any:
+    """The frozen policy on a pool that gained `new` workers (`WorkerInfo`s): the initial
+    policy, grown so that it loads there, never calling them (none: the initial policy)."""
+    from ray_conductor.lite import LiteConductor
+    from ray_conductor.online.extend import prepare_for_pool
+
+    policy = LiteConductor.load(initial)
+    if not new:
+        return policy
+    return prepare_for_pool(policy, [(i.name, i.input_price_per_mtok + i.output_price_per_mtok)
+                                     for i in new])
+
+
 def run_scenario(key: str, w: World, args: argparse.Namespace) -> dict[str, Any]:
     from ray_conductor.data.pools import load_pool
     from ray_conductor.graph import stop_worker_proxies
-    from ray_conductor.lite import LiteConductor
     from ray_conductor.online.command import build
-    from ray_conductor.online.extend import prepare_for_pool
     from ray_conductor.policy.registry import PolicyRegistry
     from ray_conductor.serve.command import free_port, start, stop
 
@@ -357,9 +368,7 @@ def run_scenario(key: str, w: World, args: argparse.Namespace) -> dict[str, Any]
                     new = [i for i in load_pool(f"parquet:{phase.pool}").worker_infos()
                            if i.name in phase.grow]
                     loop.grow(new)
-                    grown = prepare_for_pool(LiteConductor.load(initial),
-                                             [(i.name, i.input_price_per_mtok
-                                               + i.output_price_per_mtok) for i in new])
+                    grown = frozen_for(initial, new)
                     frozen = f"lite:{grown.save(d / 'frozen_grown', overwrite=True)}"
                 stop(running, shutdown_ray=False)
                 stop_worker_proxies(f"shift_{name}")
@@ -479,7 +488,6 @@ def refit_reference(key: str, w: World, args: argparse.Namespace) -> dict[str, A
     from ray_conductor.data.pools import load_pool
     from ray_conductor.lite import LiteConductor
     from ray_conductor.lite.table import build_table
-    from ray_conductor.online.extend import prepare_for_pool
 
     initial, phases = scenario_phases(key, w, args.before, args.after)
     last = phases[-1]
@@ -488,11 +496,7 @@ def refit_reference(key: str, w: World, args: argparse.Namespace) -> dict[str, A
     window = {q.query_id for q in last.questions[first:]}
     data = load_pool(f"parquet:{last.pool}")
     refit = LiteConductor.load(refit_policy(key, w))
-    frozen = LiteConductor.load(initial)
-    if last.grow:
-        frozen = prepare_for_pool(frozen, [(i.name, i.input_price_per_mtok
-                                            + i.output_price_per_mtok)
-                                           for i in data.worker_infos() if i.name in last.grow])
+    frozen = frozen_for(initial, [i for i in data.worker_infos() if i.name in last.grow])
     table = build_table(data, "all", refit.embed)
     rows = [i for i, q in enumerate(table.query_ids) if q in window]
     table = table.take(rows)

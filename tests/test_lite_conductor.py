@@ -20,12 +20,12 @@ from ray_conductor.lite.table import NO_ANSWER, LiteTable
 from ray_conductor.workers.base import Completion, WorkerInfo
 from ray_conductor.workflow.model import Step, Workflow
 
+import lite_toy
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-WORKERS = ["cheap", "mid", "pricey"]
-
-
-STRENGTH = [1.0, 2.0, 10.0]
+WORKERS = lite_toy.WORKERS
+STRENGTH = lite_toy.STRENGTH
 COST = {"cheap": 0.001, "mid": 0.01, "pricey": 0.1}
 
 
@@ -140,15 +140,9 @@ def test_run_with_the_real_encoder():
     assert wf.workers == ("cheap", "mid") and trace.answer == "The answer is (A)"
 
 
-def toy_table(seed: int = 0, q: int = 400) -> LiteTable:
+def toy_table() -> LiteTable:
     """The cheap worker is right when feature 0 is positive; the pricey one usually."""
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(q, 4)).astype(np.float32)
-    correct = np.stack([feats[:, 0] > 0, rng.random(q) < 0.5, rng.random(q) < 0.9], axis=1)
-    answers = np.where(correct, 0, rng.integers(1, 4, (q, 3))).astype(np.int32)
-    cost = np.tile([0.001, 0.01, 0.1], (q, 1))
-    return LiteTable([f"q{i}" for i in range(q)], feats, answers, correct, cost,
-                     np.ones((q, 3), bool), list(WORKERS), np.array(STRENGTH), True)
+    return lite_toy.toy_table(mid_rate=0.5)
 
 
 def cloned_conductor(table: LiteTable, program: Program) -> LiteConductor:

@@ -14,20 +14,9 @@ from ray_conductor.lite.episode import n_actions, state_dim
 from ray_conductor.lite.net import LiteNet, Projection
 from ray_conductor.lite.table import LiteTable
 
+from lite_toy import WORKERS, toy_table
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-WORKERS = ["cheap", "mid", "pricey"]
-
-
-def toy_table(q: int = 400, seed: int = 0) -> LiteTable:
-    """cheap is right exactly when feature 0 > 0; pricey is right 90% of the time."""
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(q, 4)).astype(np.float32)
-    correct = np.stack([feats[:, 0] > 0, rng.random(q) < 0.4, rng.random(q) < 0.9], axis=1)
-    answers = np.where(correct, 0, rng.integers(1, 4, (q, 3))).astype(np.int32)
-    cost = np.tile([0.001, 0.01, 0.1], (q, 1))
-    return LiteTable([f"q{i}" for i in range(q)], feats, answers, correct, cost,
-                     np.ones((q, 3), bool), list(WORKERS), np.array([1.0, 2.0, 10.0]), True)
 
 
 def greedy_reward(conductor: LiteConductor, table: LiteTable, penalty: float) -> float:

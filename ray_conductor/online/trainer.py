@@ -131,8 +131,10 @@ class LiteTrainer:
             return np.zeros((0, 384), np.float32)
         return np.stack([self._emb[(tag, r.key)] for r in rows])
 
-    def rewards(self, conductor: LiteConductor, table: LiteTable) -> np.ndarray:
-        r = conductor.rollout(table.reorder(conductor.workers))
+    def rewards(self, conductor: LiteConductor, table: LiteTable,
+                features: np.ndarray | None = None) -> np.ndarray:
+        """Each row's greedy reward (`features`: the controller's inputs, if computed)."""
+        r = conductor.rollout(table.reorder(conductor.workers), features=features)
         return r.correct.astype(np.float64) - self.cost_penalty * r.cost
 
     def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray:
@@ -170,29 +172,25 @@ class LiteTrainer:
                                 seed=self.settings.seed)
         return {"rows": len(table), "bc": stats}
 
-    def _greedy(self, conductor: LiteConductor, table: LiteTable, feats: np.ndarray) -> float:
-        r = conductor.rollout(table.reorder(conductor.workers), features=feats)
-        return float(np.mean(r.correct - self.cost_penalty * r.cost))
-
     def _continue(self, conductor: LiteConductor, table: LiteTable,
                   refit: bool = False) -> dict[str, Any]:
-        """Warm-started PPO from the conductor's current weights on `table`; the iteration
+        """Warm-started PPO from the conductor's current weights on `table` (over its
+        workers, in its order: what `table()` builds); the iteration
         (the start included) whose greedy reward on these rows is best. `refit`: the prior
         was fit on exactly these rows, so each row is left out of it (else it would see its
         own answer)."""
         from ray_conductor.lite.ppo import build_ppo, iteration_metrics, net_state
 
         assert conductor.net is not None
-        feats = conductor.question_features(table.reorder(conductor.workers).features,
-                                            leave_one_out=refit)
+        feats = conductor.question_features(table.features, leave_one_out=refit)
         soften(conductor.net, self.settings.temperature)
         start = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
-        first = self._greedy(conductor, table, feats)
+        first = float(self.rewards(conductor, table, feats).mean())
         best = {"reward": first, "iteration": 0, "state": start}
         settings = replace(_ppo(self.settings.ppo), hidden=list(conductor.net.hidden))
         noise = np.zeros(feats.shape[1], np.float32)  # on the projected embedding only
         noise[:conductor.projection.dim] = self.settings.feature_noise
-        algo = build_ppo(table.reorder(conductor.workers).with_features(feats), settings,
+        algo = build_ppo(table.with_features(feats), settings,
                          max_calls=conductor.max_calls, cost_penalty=self.cost_penalty,
                          cost_scale=conductor.cost_scale, seed=self.settings.seed,
                          init_state=start, feature_noise=noise)
@@ -201,7 +199,7 @@ class LiteTrainer:
             for it in range(1, self.settings.iterations + 1):
                 iteration_metrics(algo.train())
                 conductor.net.load_state_dict(net_state(algo))
-                reward = self._greedy(conductor, table, feats)
+                reward = float(self.rewards(conductor, table, feats).mean())
                 curve.append(reward)
                 if reward > best["reward"]:
                     best = {"reward": reward, "iteration": it, "state": net_state(algo)}
@@ -249,11 +247,10 @@ class LiteTrainer:
             conductor.prior = old_prior
         conductor.net.load_state_dict(run["state"])
         soften(conductor.net, 1.0 / self.settings.temperature)  # back to its own scale
-        first, best, curve = run["first"], run, run["curve"]
         figures = {"rows": len(table), "workers_added": list(added), "inits": inits,
-                   "start_reward": first, "best_reward": best["reward"],
-                   "best_iteration": best["iteration"], "iterations": self.settings.iterations,
-                   "curve": curve, "cost_penalty": self.cost_penalty, "prior_refit": refit,
+                   "start_reward": run["first"], "best_reward": run["reward"],
+                   "best_iteration": run["iteration"], "iterations": self.settings.iterations,
+                   "curve": run["curve"], "cost_penalty": self.cost_penalty, "prior_refit": refit,
                    "wall_s": time.perf_counter() - t0}
         conductor.info = {**conductor.info, "online": figures,
                           "trained": {**(conductor.info.get("trained") or {}),
