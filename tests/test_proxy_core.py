@@ -180,6 +180,24 @@ async def test_a_missing_key_variable_is_a_clear_error(fault_server, monkeypatch
     assert fault_server.requests() == []
 
 
+async def test_repeated_failures_are_logged_once_per_code_per_30s(fault_server, monkeypatch,
+                                                                  caplog):
+    """A missing key fails every call: one warning, then the muted ones counted in the next
+    warning once 30 s have passed; every call is still counted and returned as failed."""
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    now = [100.0]
+    core = WorkerProxyCore(worker(fault_server, api_key_env="NO_SUCH_KEY"),
+                           clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="ray_conductor.workers.proxy"):
+        for _ in range(5):
+            assert (await core.complete(MSG)).error_code == "missing_api_key"
+        now[0] += 31
+        await core.complete(MSG)
+    lines = [r.getMessage() for r in caplog.records if "NO_SUCH_KEY" in r.getMessage()]
+    assert len(lines) == 2 and "and 4 more missing_api_key failures in the last 31s" in lines[1]
+    assert core.stats()["calls"] == 6
+
+
 async def test_the_api_key_appears_nowhere(fault_server, monkeypatch, caplog, capfd):
     monkeypatch.setenv("FAKE_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
