@@ -21,7 +21,13 @@ official `openai` client, and label feedback is posted (POST /v1/feedback). Afte
 one round of the online loop runs (the same `Retrainer` as `ray-conductor retrain`) while a
 load thread keeps asking `online` (no feedback), so every hot-swap happens under traffic:
 its failed requests are counted. Where a shift changes the workers the app is redeployed
-with the new pool (registry and policies survive). Best single worker (chosen in hindsight
+with the new pool (registry and policies survive). The loop's anchor questions
+(`--anchor-rows`, `training.anchor`) are part A's: re-asked of the served workers as they
+are after the shift and trained on beside the traffic (the served pools hold part A's
+questions for that; they are never streamed), while half the traffic is held back for the
+paired test, and up to `--held-anchor-rows` held-back part A questions join the evaluation
+(a candidate better on them and not worse on held-back traffic is promoted; `--anchor-rows
+0`: traffic only, 30% held back). Best single worker (chosen in hindsight
 on the phase's questions) and the oracle (per question, the best single-call reward) come
 from the served pool's table for the same questions.
 
@@ -33,7 +39,7 @@ the world looks after the shift, judged offline on the same questions beside the
 policy (`frozen_after_offline`), and `recovered_vs_refit` = (online - frozen) / (refit -
 frozen offline). `--refit-only` adds these to an existing report.
 
-    cd benchmarks && nice python shift.py          # ~40 min on a busy 2-core machine
+    cd benchmarks && nice python shift.py          # ~65 min on 2 cores
     nice python shift.py --scenarios b --before 100 --after 200 --after-window 100
 """
 
@@ -176,15 +182,17 @@ def stream(qs: list[Any], n: int, seed: int, mostly: str | None = None,
 
 
 def scenario_phases(key: str, w: World, n_before: int, n_after: int) -> tuple[Path, list[Phase]]:
-    """(initial policy, phases) of scenario `key`; pools hold only the streamed questions."""
+    """(initial policy, phases) of scenario `key`; pools hold the streamed questions and
+    part A's (the online loop's anchor questions, never streamed)."""
     d = w.work / "pools" / NAMES[key]
     if key == "a":
         before = stream(w.part_b, n_before, 1, "math")
         after = stream(w.part_b, n_after, 2, "law", avoid={q.query_id for q in before})
-        pool = derive(w.table, d / "pool.parquet", {q.query_id for q in before + after})
+        pool = derive(w.table, d / "pool.parquet",
+                      {q.query_id for q in before + after} | w.part_a)
         return w.policy, [Phase(pool, before), Phase(pool, after)]
     qs = stream(w.part_b, n_before + n_after, 3)
-    ids = {q.query_id for q in qs}
+    ids = {q.query_id for q in qs} | w.part_a
     before, after = qs[:n_before], qs[n_before:]
     if key == "b":
         return w.policy, [Phase(derive(w.table, d / "before.parquet", ids), before),
@@ -321,10 +329,19 @@ def retrain_config(name: str, state: Path, args: argparse.Namespace) -> Any:
     cfg = RetrainConfig(app="shift", model="online", state_dir=str(state), verifier="none")
     cfg.ray.namespace = f"shift_{name}"
     cfg.trigger.every_rows, cfg.trigger.every_minutes = args.every_rows, None
-    cfg.evaluation.holdout, cfg.evaluation.min_rows = 0.3, 20
+    # with anchors to train on, half the traffic can go to the paired test: its power is
+    # what limits promotion on a few hundred questions
+    cfg.evaluation.holdout = 0.5 if args.anchor_rows else 0.3
+    cfg.evaluation.min_rows = 20
     cfg.training.iterations, cfg.training.min_rows = args.iterations, 30
     cfg.training.ppo.lr = args.lr
     cfg.rollback.window, cfg.rollback.min_baseline = args.tick, 20
+    if args.anchor_rows:  # part A's questions, re-asked of the workers as they are now
+        cfg.training.anchor.pool = f"parquet:{args.work}/pools/part_a.parquet"
+        cfg.training.anchor.split, cfg.training.anchor.rows = "all", args.anchor_rows
+        cfg.reroll.calls_per_round = 20 * args.anchor_rows + 20000
+        cfg.reroll.concurrency = 128  # replay answers: the proxies' overhead, not a provider
+        cfg.evaluation.anchor_rows = args.held_anchor_rows
     return cfg
 
 
@@ -497,7 +514,7 @@ def refit_reference(key: str, w: World, args: argparse.Namespace) -> dict[str, A
     data = load_pool(f"parquet:{last.pool}")
     refit = LiteConductor.load(refit_policy(key, w))
     frozen = frozen_for(initial, [i for i in data.worker_infos() if i.name in last.grow])
-    table = build_table(data, "all", refit.embed)
+    table = build_table(data, "all", lambda texts: refit.embed(texts, cache=True))
     rows = [i for i, q in enumerate(table.query_ids) if q in window]
     table = table.take(rows)
 
@@ -587,6 +604,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="PPO learning rate online")
     ap.add_argument("--penalty", type=float, default=30.0, help="λ: dollars' weight")
     ap.add_argument("--train-s", type=float, default=150.0, help="initial training budget")
+    ap.add_argument("--anchor-rows", type=int, default=3000,
+                    help="part A questions the loop re-asks and trains on (0: traffic only)")
+    ap.add_argument("--held-anchor-rows", type=int, default=1000,
+                    help="held-back part A questions the paired test also compares on")
     ap.add_argument("--refit-only", action="store_true",
                     help="only add the refit reference to the report at --out (same settings)")
     args = ap.parse_args()

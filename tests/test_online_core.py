@@ -261,3 +261,44 @@ def test_retrain_refuses_bad_options_in_one_line_before_touching_ray(capsys):
     assert len(err) == 1 and "evaluation.alpha" in err[0]
     assert main(["retrain", "mode=elsewhere"]) == 2
     assert "mode" in capsys.readouterr().err
+
+
+def test_anchor_rows_are_a_stable_sample_outside_the_held_back_slice():
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.online.anchor import Verifiers, anchor_rows, combined
+
+    data = load_pool("demo")
+    small, big = anchor_rows(data, "train", 30, 0.3), anchor_rows(data, "train", 60, 0.3)
+    assert len(small) == 30 and len(big) == 60
+    assert [r.key for r in big[:30]] == [r.key for r in small]  # growing keeps the first
+    assert not any(held_back(r.key, 0.3) for r in big)
+    test_ids = {q.query_id for q in data.queries("test")}
+    assert not test_ids & {r.query_id for r in big}
+    q = data.find(small[0].query_id)
+    right = f"The answer is ({q.reference})"
+    assert small[0].judge(right, combined(None, data)) is True
+    chain = Verifiers([None, data])
+    assert chain.find(q.query_id).query_id == q.query_id and chain.find("nope") is None
+    with pytest.raises(ValueError, match="no verifier knows"):
+        chain.judge("nope", right)
+
+
+def test_a_failure_a_second_call_would_repeat_is_settled_and_a_passing_one_is_not():
+    """Regression: a replay pool's recorded hole reaches the reroller through a proxy as
+    `worker_failed` after a 404; it was taken for a passing fault, so its question was asked
+    again every round and never trained on (231 of 1,612 anchor questions in a shift run)."""
+    from ray_conductor.online.reroll import permanent
+    from ray_conductor.workers.base import Attempt, Completion
+
+    def failed(code, *attempts):
+        return Completion(worker="w", error="x", error_code=code, attempts=list(attempts))
+
+    assert permanent(failed("missing_answer"))
+    assert permanent(failed("worker_failed", Attempt("replay/w", "error", 0.0, 404)))
+    assert permanent(failed("worker_failed", Attempt("m", "error", 0.0, 400)))
+    for transient in (failed("worker_failed", Attempt("m", "error", 0.0, 401)),
+                      failed("worker_failed", Attempt("m", "timeout", 0.0, None)),
+                      failed("worker_failed", Attempt("m", "error", 0.0, 404),
+                             Attempt("m", "server_error", 0.0, 503)),
+                      failed("proxy_unreachable"), failed("circuit_open")):
+        assert not permanent(transient)

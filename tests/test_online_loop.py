@@ -248,3 +248,100 @@ def test_questions_with_a_transient_failure_wait_for_the_next_round(tmp_path):
     log.add(40, "v1", 0.5, start=40)
     assert kinds(loop.round()) == ["trained", "evaluated", "promoted"]
     assert trainer.trained_on[0] >= 40  # the 40 that failed were asked again
+
+
+def test_anchor_questions_train_beside_the_traffic_and_are_re_asked_only_after_a_change(
+        tmp_path):
+    """`training.anchor`: known questions from a pool, re-asked of the current workers and
+    trained on with the traffic; never held back; asked again only when a worker's config
+    fingerprint changes (a price, a model), else answered from the cache."""
+    from ray_conductor.config import default_data_dir
+    from ray_conductor.online.anchor import ANCHOR
+    from ray_conductor.online.rewards import held_back
+
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.0)
+    loop.cfg.training.anchor.pool, loop.cfg.training.anchor.rows = "demo", 25
+    loop.cfg.training.anchor.data_dir = default_data_dir()
+    log.add(40, "v1", 0.5)
+    first = loop.round()[0]
+    assert first["kind"] == "trained" and first["anchor_rows"] == 25
+    assert trainer.trained_on[0] == first["train_rows"] == 25 + 40 - first["held_rows"]
+    anchors = loop._anchor_rows()
+    assert len(anchors) == 25 and all(r.model == ANCHOR and r.judge.kind == "verifier"
+                                      for r in anchors)
+    assert not any(held_back(r.key, loop.cfg.evaluation.holdout) for r in anchors)
+    assert app.pool.calls == (40 + 25) * 2
+    log.add(40, "v1", 0.5, start=40)
+    loop.round()
+    assert app.pool.calls == (80 + 25) * 2  # anchors (and old traffic) from the cache
+    prints = {"cheap": "fp", "good": "fp-new-price"}
+    app.rollout_pool = lambda: (app.pool, prints)
+    log.add(40, "v1", 0.5, start=80)
+    third = loop.round()[0]
+    assert third["anchor_rows"] == 25
+    # the changed worker is asked everything again (anchors included), the other only the new
+    assert app.pool.calls - (80 + 25) * 2 == third["reroll"]["calls"] >= 25 + 40
+
+
+def test_an_anchor_pool_that_cannot_be_loaded_is_a_one_line_config_error(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    loop.cfg.training.anchor.pool = f"parquet:{tmp_path / 'missing.parquet'}"
+    loop.cfg.training.anchor.data_dir = str(tmp_path)
+    log.add(40, "v1", 0.5)
+    with pytest.raises(ConfigError, match=r"training.anchor.pool=.*cannot be loaded") as e:
+        loop.round()
+    assert "\n" not in str(e.value) and trainer.trained_on == []
+
+
+class AnchorTrainer(Trainer):
+    """The candidate is exactly `traffic_gain` better on traffic (too small a slice for the
+    paired test to see a gain), and `gain` better on anchor questions give or take noise
+    (sd 0.42 per question)."""
+
+    def __init__(self, gain, traffic_gain):
+        super().__init__(gain)
+        self.traffic_gain = traffic_gain
+
+    def score(self, policy_dir, data: Counterfactual):
+        from ray_conductor.online.anchor import ANCHOR
+
+        serving = quality(policy_dir) == 0.5
+        on_anchors = np.array([r.model == ANCHOR for r in data.rows])
+        noise = np.random.default_rng(0 if serving else 1).normal(0, 0.3, len(data))
+        if serving:
+            return 0.5 + noise
+        noise[~on_anchors] = np.random.default_rng(0).normal(0, 0.3, len(data))[~on_anchors]
+        return 0.5 + noise + np.where(on_anchors, self.gain, self.traffic_gain)
+
+
+@pytest.mark.parametrize("traffic_gain,expected", [(0.0, "promoted"), (-0.05, "rejected")])
+def test_held_back_anchors_promote_a_candidate_the_traffic_alone_cannot_tell(
+        tmp_path, traffic_gain, expected):
+    """The held-back traffic shows no gain; 200 held-back anchors show one, and then the
+    candidate is promoted unless its gain on the traffic is negative."""
+    from ray_conductor.config import default_data_dir
+    from ray_conductor.online.rewards import held_back
+
+    loop, app, log, _, reg = setup(tmp_path, gain=0.1)
+    trainer = AnchorTrainer(0.1, traffic_gain)
+    loop.make_trainer = lambda penalty: trainer
+    a = loop.cfg.training.anchor
+    a.pool, a.rows, a.data_dir = "demo", 25, default_data_dir()
+    loop.cfg.evaluation.anchor_rows = 200
+    log.add(40, "v1", 0.5)
+    made = loop.round()
+    assert kinds(made) == ["trained", "evaluated", expected]
+    ev = made[1]
+    assert made[0]["held_anchor_rows"] == ev["anchors"]["n"] == 200
+    assert not ev["test"]["passed"] and ev["anchors"]["test"]["passed"]
+    assert ev["passed_by"] == ("anchors" if expected == "promoted" else None)
+    held = loop._anchor_rows(held=True)
+    assert all(held_back(r.key, loop.cfg.evaluation.holdout) for r in held)
+    assert not {r.key for r in held} & {r.key for r in loop._anchor_rows()}
+    if expected == "rejected":
+        assert "traffic gain is negative" in made[2]["reason"]
+    else:
+        assert "held-back anchors" in made[2]["reason"] and reg.promoted().version == 2
+    from ray_conductor.online.command import describe
+
+    assert "200 held-back anchors" in describe(ev)

@@ -26,13 +26,18 @@ def describe(d: dict[str, Any]) -> str:
     kind, model = d["kind"], d["model"]
     if kind == "evaluated":
         t = d["test"]
-        return (f"evaluated {model} {d['version']}: candidate {d['candidate_mean']:.4f} vs "
+        line = (f"evaluated {model} {d['version']}: candidate {d['candidate_mean']:.4f} vs "
                 f"serving {d['serving_mean']:.4f} on {d['n']} held-back questions, gain "
                 f"{t['mean']:+.4f} (lower bound {t['lcb']:+.4f}, p={t['p_value']:.3g})")
+        if "anchors" in d:
+            a = d["anchors"]
+            line += (f"; {a['n']} held-back anchors: gain {a['test']['mean']:+.4f} (lower "
+                     f"bound {a['test']['lcb']:+.4f})")
+        return line
     if kind == "trained":
         t = d["training"]
         return (f"trained {model} from {d['version']} on {d['train_rows']} questions "
-                f"({d['replayed']} replayed): reward {t['start_reward']:.4f} -> "
+                f"({d['replayed']} replayed, {d.get('anchor_rows', 0)} anchors): reward {t['start_reward']:.4f} -> "
                 f"{t['best_reward']:.4f} in {t['wall_s']:.0f}s")
     extra = d.get("reason") or ""
     return f"{kind} {model} {d.get('version', '')}{': ' + extra if extra else ''}"

@@ -32,6 +32,9 @@ class EvaluationConfig:
     alpha: float = opt(0.05, "one-sided level of the paired test", gt=0, max=0.5)
     min_gain: float = opt(0.0, "the lower bound of the mean reward gain must exceed this")
     bootstrap_samples: int = opt(2000, "resamples of the bootstrap", min=100)
+    anchor_rows: int = opt(0, "held-back anchor questions (training.anchor's pool, in the "
+                              "held-back slice, never trained on) also compared: a candidate "
+                              "passes on them if it is not worse on held-back traffic", min=0)
 
 
 @dataclass
@@ -42,6 +45,18 @@ class RollbackConfig:
     min_baseline: int = opt(20, "fewer previous rows: keep the promotion untested", min=2)
     alpha: float = opt(0.05, "one-sided level of the live drop test", gt=0, max=0.5)
     margin: float = opt(0.0, "roll back only if worse than the previous mean by more", min=0)
+
+
+@dataclass
+class AnchorConfig:
+    pool: str | None = opt(None, "a pool spec whose questions every round re-asks of the "
+                                 "current workers and trains on beside the traffic (null: "
+                                 "none); see the README's online section")
+    data_dir: str | None = opt(None, "where a bare anchor pool name is looked up (null: "
+                                     "the app's data_dir)")
+    split: str = opt("train", "the anchor pool's rows (never test)", choices=("train", "all"))
+    rows: int = opt(1000, "anchor questions at most (a stable hashed sample); each costs one "
+                          "call per worker whenever that worker's config changes", min=1)
 
 
 @dataclass
@@ -73,6 +88,8 @@ class TrainingConfig:
                                    "against forgetting", min=0)
     buffer_rows: int = opt(5000, "earlier training questions remembered", min=0)
     min_rows: int = opt(30, "fewer complete training questions: skip the round", min=1)
+    anchor: AnchorConfig = opt(factory=AnchorConfig, help="known questions re-asked of the "
+                                                         "current workers and trained on")
     seed: int = opt(0, "random seed")
     torch_threads: int = opt(1, "torch threads of the loop (serving keeps the rest)", min=1)
     ppo: PPOSettings = opt(factory=lambda: PPOSettings(

@@ -5,8 +5,9 @@
    mean with the previous version's last live rewards (one-sided Welch test); worse: roll
    the registry back and hot-swap the previous version in;
 3. trigger (`triggers`), then: split the new questions by hashed key into training rows
-   and the held-back slice, re-roll every worker's answer to them and to a sample of the
-   replay buffer at `rollout` priority (`reroll`), continue training the serving policy
+   and the held-back slice, re-roll every worker's answer to them, to a sample of the
+   replay buffer and to the anchor questions (`anchor`) at `rollout` priority (`reroll`),
+   continue training the serving policy
    (`Trainer.improve`), roll candidate and serving policy out on the most recent held-back
    questions and run the paired test (`stats`): pass, publish and promote by hot-swap;
    fail, reject.
@@ -27,7 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ray_conductor.errors import ConductorError, ConfigError
+from ray_conductor.errors import ConductorError, ConfigError, DataError
+from ray_conductor.online.anchor import anchor_rows, combined
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.decisions import DecisionLog, OnlineMetrics
 from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable
@@ -61,6 +63,8 @@ class Retrainer:
         self.trigger = Trigger(cfg.trigger.every_rows, cfg.trigger.every_minutes,
                                cfg.trigger.min_rows)
         self._trainer: Trainer | None = None
+        # (tag, data, anchors to train on, held-back anchors to evaluate on)
+        self._anchor: tuple[str, Any, list[LoggedRow], list[LoggedRow]] | None = None
         self._lock = threading.Lock()  # one round at a time (the actor also takes calls)
 
     @classmethod
@@ -227,16 +231,25 @@ class Retrainer:
             latest[rest[i]] for i in sorted(rng.choice(len(rest), n_old, replace=False))]
         held = [latest[k] for k in self.state.held if k in latest]
         train = train_new + replay
+        taken = {r.key for r in train} | {r.key for r in held}
+        anchors = [r for r in self._anchor_rows() if r.key not in taken]
+        train += anchors  # after the traffic: the call budget goes to the traffic first
+        held_anchors = [r for r in self._anchor_rows(held=True) if r.key not in taken]
         pool, prints = self.app.rollout_pool()
-        rr = Reroller(pool, prints, self.cache, self.app.verifier(),
+        verifier = combined(self.app.verifier(), self._anchor[1] if self._anchor else None)
+        rr = Reroller(pool, prints, self.cache, verifier,
                       concurrency=cfg.reroll.concurrency, timeout_s=cfg.reroll.timeout_s)
         t0 = time.perf_counter()
-        answers, stats = rr.answers(held + train, cfg.reroll.calls_per_round)
+        answers, stats = rr.answers(held + train + held_anchors, cfg.reroll.calls_per_round)
         workers = list(pool.workers())
         held_cf = Counterfactual([r for r in held if r.key in answers], answers, workers)
+        anchor_cf = Counterfactual([r for r in held_anchors if r.key in answers], answers,
+                                   workers)
         train_cf = Counterfactual([r for r in train if r.key in answers], answers, workers)
         counts = {"trigger": why, "new_rows": len(new), "new_questions": len(fresh),
                   "train_rows": len(train_cf), "replayed": len(replay),
+                  "anchor_rows": sum(r.key in answers for r in anchors),
+                  "held_anchor_rows": len(anchor_cf),
                   "held_rows": len(held_cf), "reroll": vars(stats),
                   "reroll_s": time.perf_counter() - t0}
         if len(train_cf) < cfg.training.min_rows or len(held_cf) < cfg.evaluation.min_rows:
@@ -248,28 +261,73 @@ class Retrainer:
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]
-        out += self._decide(reg, pv, trainer, cand_dir, held_cf)
+        out += self._decide(reg, pv, trainer, cand_dir, held_cf, anchor_cf)
         return out
 
+    def _anchor_rows(self, held: bool = False) -> list[LoggedRow]:
+        """The anchor questions (`training.anchor`) to train on, or (`held`) the held-back
+        ones to evaluate on (`evaluation.anchor_rows`); loaded once per pool spec."""
+        a = self.cfg.training.anchor
+        if not a.pool or (held and not self.cfg.evaluation.anchor_rows):
+            return []
+        data_dir = a.data_dir or self.app.config().data_dir
+        tag = f"{a.pool}|{data_dir}|{a.split}|{a.rows}|{self.cfg.evaluation.anchor_rows}"
+        if self._anchor is None or self._anchor[0] != tag:
+            from ray_conductor.data.pools import load_pool
+
+            try:
+                data = load_pool(a.pool, data_dir)
+            except (DataError, OSError) as e:
+                raise ConfigError(f"training.anchor.pool={a.pool!r} cannot be loaded: "
+                                  f"{str(e).splitlines()[0][:200]}; name a pool spec such as "
+                                  "mmlu_pro or parquet:PATH, or leave it null") from None
+            hold = self.cfg.evaluation.holdout
+            self._anchor = (tag, data, anchor_rows(data, a.split, a.rows, hold),
+                            anchor_rows(data, a.split, self.cfg.evaluation.anchor_rows, hold,
+                                        held=True))
+        return self._anchor[3 if held else 2]
+
     def _decide(self, reg: Any, pv: Any, trainer: Trainer, cand_dir: Path,
-                held: Counterfactual) -> list[dict[str, Any]]:
+                held: Counterfactual, anchors: Counterfactual | None = None
+                ) -> list[dict[str, Any]]:
+        """The paired test on held-back traffic; with held-back anchors (at least
+        `evaluation.min_rows`), a candidate also passes if it is better on them and its mean
+        gain on held-back traffic is not negative."""
         cfg, model = self.cfg.evaluation, self.cfg.model
-        serving = trainer.score(Path(pv.path), held)
-        candidate = trainer.score(cand_dir, held)
-        res = paired_test(candidate - serving, alpha=cfg.alpha, min_gain=cfg.min_gain,
-                          method=cfg.test, samples=cfg.bootstrap_samples,
-                          seed=self.cfg.training.seed)
+
+        def test(data: Counterfactual) -> tuple[Any, np.ndarray, np.ndarray]:
+            serving, candidate = trainer.score(Path(pv.path), data), trainer.score(cand_dir, data)
+            return paired_test(candidate - serving, alpha=cfg.alpha, min_gain=cfg.min_gain,
+                               method=cfg.test, samples=cfg.bootstrap_samples,
+                               seed=self.cfg.training.seed), serving, candidate
+
+        res, serving, candidate = test(held)
         self.metrics.eval_reward(model, "serving", float(serving.mean()))
         self.metrics.eval_reward(model, "candidate", float(candidate.mean()))
-        figures = {"n": len(held), "serving_mean": float(serving.mean()),
-                   "candidate_mean": float(candidate.mean()), "test": res.figures()}
+        figures: dict[str, Any] = {"n": len(held), "serving_mean": float(serving.mean()),
+                                   "candidate_mean": float(candidate.mean()),
+                                   "test": res.figures()}
+        passed_by = "traffic" if res.passed else None
+        if anchors is not None and len(anchors) >= cfg.min_rows:
+            ares, aserving, acandidate = test(anchors)
+            figures["anchors"] = {"n": len(anchors), "serving_mean": float(aserving.mean()),
+                                  "candidate_mean": float(acandidate.mean()),
+                                  "test": ares.figures()}
+            if passed_by is None and ares.passed and res.mean >= 0:
+                passed_by = "anchors"
+        figures["passed_by"] = passed_by
         out = [self.decisions.append("evaluated", model, version=pv.tag, **figures)]
-        if not res.passed:
+        if passed_by is None:
             shutil.rmtree(cand_dir, ignore_errors=True)
-            return out + [self.decisions.append(
-                "rejected", model, version=pv.tag, reason=(
-                    f"lower bound {res.lcb:.4f} of the mean gain {res.mean:.4f} is not above "
-                    f"min_gain {cfg.min_gain:g} (p={res.p_value:.3g}, n={res.n})"), **figures)]
+            why = (f"lower bound {res.lcb:.4f} of the mean gain {res.mean:.4f} is not above "
+                   f"min_gain {cfg.min_gain:g} (p={res.p_value:.3g}, n={res.n})")
+            if "anchors" in figures:
+                a = figures["anchors"]["test"]
+                why += (f"; on {figures['anchors']['n']} held-back anchors the gain is "
+                        f"{a['mean']:.4f} (lower bound {a['lcb']:.4f})"
+                        + (", but the traffic gain is negative" if a["passed"] else ""))
+            return out + [self.decisions.append("rejected", model, version=pv.tag,
+                                                reason=why, **figures)]
         return out + [self._promote(reg, pv, cand_dir, figures)]
 
     def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any]
@@ -279,6 +337,11 @@ class Retrainer:
         reason = (f"held-back reward {figures['candidate_mean']:.4f} vs "
                   f"{figures['serving_mean']:.4f}, lower bound of the gain "
                   f"{figures['test']['lcb']:.4f} (n={figures['n']})")
+        if figures.get("passed_by") == "anchors":
+            a = figures["anchors"]
+            reason += (f"; on {a['n']} held-back anchors {a['candidate_mean']:.4f} vs "
+                       f"{a['serving_mean']:.4f}, lower bound of the gain "
+                       f"{a['test']['lcb']:.4f}")
         reg.promote(new.version, reason=reason, figures=figures)
         try:
             tag = self.app.swap(model, f"{REGISTRY}{reg.root}@{new.version}")

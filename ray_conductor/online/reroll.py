@@ -11,7 +11,8 @@ each round has a call budget. Answers are cached by (question, worker, the worke
 fingerprint, judgement): a worker whose config changes (a price, a model, a pool) is asked
 again, and nothing else is.
 
-A recorded hole is state for the episode, as in serving (`responded` False), and cached; a
+A recorded hole (or another failure a second call would repeat: a 400/404/413/422 from the
+worker) is state for the episode, as in serving (`responded` False), and cached; a
 transient failure (a timeout, a proxy that went away in a redeploy) says nothing about the
 worker, so its question is left out of this round and asked again in the next.
 """
@@ -30,11 +31,24 @@ import numpy as np
 from ray_conductor.lite.table import NO_ANSWER, LiteTable, answer_codes
 from ray_conductor.online.rewards import LoggedRow, Verifier
 from ray_conductor.verify.answers import comparable
-from ray_conductor.workers.base import WorkerPool
+from ray_conductor.workers.base import Completion, WorkerPool
 from ray_conductor.workflow.executor import StepTrace, call_worker, record_call, step_messages
 from ray_conductor.workflow.model import ROUTER_SUBTASK, Step
 
 PERMANENT = ("missing_answer", "unknown_query")  # failures a second call would repeat
+# a worker's answer to this request, not a passing fault: a second call would get it again
+# (a replay pool's hole comes through a proxy as a 404; 401/403 are credentials, which a
+# worker's fingerprint does not cover, so they are asked again)
+DETERMINISTIC_STATUS = (400, 404, 413, 422)
+
+
+def permanent(c: Completion) -> bool:
+    """Whether a failed call says something about the worker on this question (cache it as
+    no answer) rather than about the moment (leave the question for the next round)."""
+    if c.error_code in PERMANENT:
+        return True
+    last = c.attempts[-1] if c.attempts else None
+    return last is not None and last.outcome == "error" and last.status in DETERMINISTIC_STATUS
 
 
 @dataclass(frozen=True)
@@ -123,10 +137,10 @@ class Reroller:
         if todo:
             fresh = asyncio.run(self._ask(todo))
             keep, retry = {}, set()
-            for (row, w), (a, code) in zip(todo, fresh):
+            for (row, w), (a, settled) in zip(todo, fresh):
                 have[row.key][w] = a
                 stats.failed += not a.responded
-                if a.responded or code in PERMANENT:
+                if a.responded or settled:
                     keep[AnswerCache.key(row, w, self.fingerprints[w])] = a
                 else:  # a transient failure says nothing about the worker: ask next round
                     retry.add(row.key)
@@ -138,16 +152,17 @@ class Reroller:
         stats.complete = len(have)
         return have, stats
 
-    async def _ask(self, todo: list[tuple[LoggedRow, str]]) -> list[tuple[Answer, str | None]]:
+    async def _ask(self, todo: list[tuple[LoggedRow, str]]) -> list[tuple[Answer, bool]]:
         sem = asyncio.Semaphore(self.concurrency)
 
-        async def one(row: LoggedRow, worker: str) -> tuple[Answer, str | None]:
+        async def one(row: LoggedRow, worker: str) -> tuple[Answer, bool]:
             async with sem:
                 return await self._call(row, worker)
 
         return list(await asyncio.gather(*(one(r, w) for r, w in todo)))
 
-    async def _call(self, row: LoggedRow, worker: str) -> tuple[Answer, str | None]:
+    async def _call(self, row: LoggedRow, worker: str) -> tuple[Answer, bool]:
+        """The judged answer, and whether it is settled (an answer, or a permanent failure)."""
         assert row.judge is not None
         fmt = row.judge.answer_format
         step = Step(worker, ROUTER_SUBTASK, ())
@@ -158,7 +173,7 @@ class Reroller:
         record_call(st, c, fmt if comparable(fmt) else None)
         ok = c.error is None
         correct = ok and row.judge(c.text, self.verifier)
-        return Answer(st.answer, bool(correct), float(c.cost), ok), c.error_code
+        return Answer(st.answer, bool(correct), float(c.cost), ok), ok or permanent(c)
 
 
 def build_table(rows: Sequence[LoggedRow], answers: Mapping[str, Mapping[str, Answer]],

@@ -29,6 +29,7 @@ import numpy as np
 from ray_conductor.errors import ConfigError
 from ray_conductor.lite.conductor import LiteConductor
 from ray_conductor.lite.table import LiteTable, worker_strength
+from ray_conductor.online.anchor import ANCHOR
 from ray_conductor.online.config import TrainingConfig
 from ray_conductor.online.extend import clone_worker, extend_workers
 from ray_conductor.online.reroll import Answer, build_table
@@ -124,9 +125,13 @@ class LiteTrainer:
     def _embed(self, conductor: LiteConductor, rows: list[LoggedRow]) -> np.ndarray:
         tag = repr(conductor.featurizer.to_dict())
         todo = [r for r in dict.fromkeys(rows) if (tag, r.key) not in self._emb]
-        if todo:
-            for r, v in zip(todo, conductor.embed([r.question for r in todo])):
-                self._emb[(tag, r.key)] = v
+        # anchors come as one stable list: cached on disk, so a restarted loop reuses them
+        for batch, cache in (([r for r in todo if r.model == ANCHOR], True),
+                             ([r for r in todo if r.model != ANCHOR], False)):
+            if batch:
+                for r, v in zip(batch, conductor.embed([r.question for r in batch],
+                                                       cache=cache)):
+                    self._emb[(tag, r.key)] = v
         if not rows:
             return np.zeros((0, 384), np.float32)
         return np.stack([self._emb[(tag, r.key)] for r in rows])

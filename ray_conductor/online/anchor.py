@@ -1,0 +1,72 @@
+"""Anchor questions: a fixed set of known questions (a pool's train split) that every round
+re-asks of the workers as they are *now* and trains on beside the traffic.
+
+Why: after a shift the traffic has brought only a few hundred rewarded questions of the new
+world, too few to retrain a policy that was fitted on thousands; but what shifted is the
+workers (a price, a degraded model, a new worker), not what the known questions mean. The
+answer cache is keyed by each worker's config fingerprint, so a worker whose price, model or
+pool changed is asked the anchor questions again (once: later rounds hit the cache) and the
+rest are free. With replay workers these calls are table lookups; with live workers they are
+real calls, bounded by `reroll.calls_per_round` and by `training.anchor.rows`.
+
+Anchors in the held-back slice (by the same hashed key as the traffic's) are never trained
+on. With `evaluation.anchor_rows` some of them join the evaluation: the candidate is then
+promoted if it is better on held-back traffic (the paired test), or better on the held-back
+anchors (the same test, on many more questions of the current workers) and not worse on
+held-back traffic (mean gain >= 0: a candidate that only fits the anchors' question mix is
+kept out when the traffic's mix has moved). A worker whose answers change *without* a config change (a provider swapping
+models under one name) is not re-asked: the cache would need an age limit for that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ray_conductor.data.splits import unit_hash
+from ray_conductor.online.rewards import VERIFIER, Judge, LoggedRow, held_back, query_key
+
+ANCHOR = "anchor"  # the model name anchor rows carry (they were never served)
+
+
+def anchor_rows(data: Any, split: str, rows: int, holdout: float, held: bool = False,
+                salt: str = "online-anchor") -> list[LoggedRow]:
+    """Up to `rows` questions of `data`'s `split` (a hashed, stable sample: growing `rows`
+    keeps the earlier ones), each judged by the pool: those outside the held-back slice (to
+    train on), or with `held` those inside it (to evaluate on, never trained on)."""
+    picked = []
+    for q in data.queries(split):
+        key = query_key(q.query_id, q.query)
+        if held_back(key, holdout) != held:
+            continue
+        picked.append((unit_hash(f"{salt}/{q.query_id}"), q, key))
+    picked.sort(key=lambda t: t[0])
+    return [LoggedRow(f"{ANCHOR}:{q.query_id}", 0.0, ANCHOR, "", q.query, q.query_id, key,
+                      "", 0.0, 0.0, ANCHOR, Judge(VERIFIER, q.answer_format, query_id=q.query_id))
+            for _, q, key in picked[:rows]]
+
+
+class Verifiers:
+    """Several verifiers as one: a question is judged by the first that knows it (the app's
+    own pool first: for recorded-label pools it is the current world's judge)."""
+
+    def __init__(self, verifiers: Sequence[Any]):
+        self.verifiers = [v for v in verifiers if v is not None]
+
+    def find(self, query_id: str | None, question: str | None = None) -> Any:
+        for v in self.verifiers:
+            if (q := v.find(query_id, question)) is not None:
+                return q
+        return None
+
+    def judge(self, query_id: str, text: str) -> bool:
+        for v in self.verifiers:
+            if v.find(query_id) is not None:
+                return bool(v.judge(query_id, text))
+        raise ValueError(f"no verifier knows question {query_id!r}")
+
+
+def combined(app_verifier: Any, anchor_data: Any) -> Any:
+    """The app's verifier, extended by the anchor pool when there is one."""
+    if anchor_data is None:
+        return app_verifier
+    return Verifiers([app_verifier, anchor_data])
