@@ -14,13 +14,14 @@ on. With `evaluation.anchor_rows` some of them join the evaluation: the candidat
 promoted if it is better on held-back traffic (the paired test), or better on the held-back
 anchors (the same test, on many more questions of the current workers) and not worse on
 held-back traffic (mean gain >= 0: a candidate that only fits the anchors' question mix is
-kept out when the traffic's mix has moved). A worker whose answers change *without* a config change (a provider swapping
-models under one name) is not re-asked: the cache would need an age limit for that.
+kept out when the traffic's mix has moved). A worker whose answers change *without* a
+config change (a provider swapping models under one name) is not re-asked: the cache would
+need an age limit for that.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from ray_conductor.data.splits import unit_hash
 from ray_conductor.online.rewards import VERIFIER, Judge, LoggedRow, held_back, query_key
@@ -43,6 +44,16 @@ def anchor_rows(data: Any, split: str, rows: int, holdout: float, held: bool = F
     return [LoggedRow(f"{ANCHOR}:{q.query_id}", 0.0, ANCHOR, "", q.query, q.query_id, key,
                       "", 0.0, 0.0, ANCHOR, Judge(VERIFIER, q.answer_format, query_id=q.query_id))
             for _, q, key in picked[:rows]]
+
+
+class Anchors(NamedTuple):
+    """The anchor pool as loaded for one config (`tag`): its data (which judges the
+    questions), the questions to train on and the held-back ones to evaluate on."""
+
+    tag: str
+    data: Any
+    train: list[LoggedRow]
+    held: list[LoggedRow]
 
 
 class Verifiers:

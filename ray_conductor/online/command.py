@@ -37,8 +37,8 @@ def describe(d: dict[str, Any]) -> str:
     if kind == "trained":
         t = d["training"]
         return (f"trained {model} from {d['version']} on {d['train_rows']} questions "
-                f"({d['replayed']} replayed, {d.get('anchor_rows', 0)} anchors): reward {t['start_reward']:.4f} -> "
-                f"{t['best_reward']:.4f} in {t['wall_s']:.0f}s")
+                f"({d['replayed']} replayed, {d.get('anchor_rows', 0)} anchors): reward "
+                f"{t['start_reward']:.4f} -> {t['best_reward']:.4f} in {t['wall_s']:.0f}s")
     extra = d.get("reason") or ""
     return f"{kind} {model} {d.get('version', '')}{': ' + extra if extra else ''}"
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ray_conductor.errors import ConductorError, ConfigError, DataError
-from ray_conductor.online.anchor import anchor_rows, combined
+from ray_conductor.online.anchor import Anchors, anchor_rows, combined
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.decisions import DecisionLog, OnlineMetrics
 from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable
@@ -63,8 +63,7 @@ class Retrainer:
         self.trigger = Trigger(cfg.trigger.every_rows, cfg.trigger.every_minutes,
                                cfg.trigger.min_rows)
         self._trainer: Trainer | None = None
-        # (tag, data, anchors to train on, held-back anchors to evaluate on)
-        self._anchor: tuple[str, Any, list[LoggedRow], list[LoggedRow]] | None = None
+        self._anchors: Anchors | None = None  # loaded on first use, per anchor config
         self._lock = threading.Lock()  # one round at a time (the actor also takes calls)
 
     @classmethod
@@ -236,7 +235,7 @@ class Retrainer:
         train += anchors  # after the traffic: the call budget goes to the traffic first
         held_anchors = [r for r in self._anchor_rows(held=True) if r.key not in taken]
         pool, prints = self.app.rollout_pool()
-        verifier = combined(self.app.verifier(), self._anchor[1] if self._anchor else None)
+        verifier = combined(self.app.verifier(), self._anchors.data if self._anchors else None)
         rr = Reroller(pool, prints, self.cache, verifier,
                       concurrency=cfg.reroll.concurrency, timeout_s=cfg.reroll.timeout_s)
         t0 = time.perf_counter()
@@ -272,7 +271,7 @@ class Retrainer:
             return []
         data_dir = a.data_dir or self.app.config().data_dir
         tag = f"{a.pool}|{data_dir}|{a.split}|{a.rows}|{self.cfg.evaluation.anchor_rows}"
-        if self._anchor is None or self._anchor[0] != tag:
+        if self._anchors is None or self._anchors.tag != tag:
             from ray_conductor.data.pools import load_pool
 
             try:
@@ -282,10 +281,10 @@ class Retrainer:
                                   f"{str(e).splitlines()[0][:200]}; name a pool spec such as "
                                   "mmlu_pro or parquet:PATH, or leave it null") from None
             hold = self.cfg.evaluation.holdout
-            self._anchor = (tag, data, anchor_rows(data, a.split, a.rows, hold),
-                            anchor_rows(data, a.split, self.cfg.evaluation.anchor_rows, hold,
-                                        held=True))
-        return self._anchor[3 if held else 2]
+            self._anchors = Anchors(tag, data, anchor_rows(data, a.split, a.rows, hold),
+                                    anchor_rows(data, a.split, self.cfg.evaluation.anchor_rows,
+                                                hold, held=True))
+        return self._anchors.held if held else self._anchors.train
 
     def _decide(self, reg: Any, pv: Any, trainer: Trainer, cand_dir: Path,
                 held: Counterfactual, anchors: Counterfactual | None = None

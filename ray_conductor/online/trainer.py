@@ -160,6 +160,7 @@ class LiteTrainer:
         cfg = SelectorConfig(shrink=old.shrink)
         sel = fit_selector(table, max_calls=conductor.max_calls,
                            cost_penalty=self.cost_penalty, cfg=cfg)
+
         def singles(programs: Any) -> list[tuple[int, ...]]:
             return [p.workers for p in programs if len(p.workers) == 1]
 
@@ -214,7 +215,6 @@ class LiteTrainer:
 
     def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
                 ) -> tuple[Path, dict[str, Any]]:
-
         t0 = time.perf_counter()
         conductor = self.load(policy_dir)
         table = self.table(conductor, data)
