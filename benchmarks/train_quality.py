@@ -6,6 +6,14 @@ then judge it on the test split beside the baselines.
 Summary: {"untrained": P, "trained": P, "random": P, "best_single": P, "knn": P, "oracle": P},
 each P = {"accuracy", "cost_per_query"}. Extra `key=value` arguments override the training
 config (see configs/train_cpu.yaml), e.g. `iterations=20 pool=mmlu_pro:../shared/data/mmlu_pro`.
+
+The program vocabulary (vote, conditional steps; worker names instead of digit ids) with
+structure-constrained decoding, as last run (see the README's "Benchmarks"):
+
+    cd benchmarks && python train_quality.py --out ../reports/bench_train_quality_constrained.json \
+        --run-dir ../runs/bench_train_quality_constrained conductor.programs=true \
+        conductor.worker_ids=name conductor.constrain=true conductor.max_subtask_chars=100 \
+        conductor.max_new_tokens=192 eval_at_start=false
 """
 
 from __future__ import annotations

@@ -212,6 +212,32 @@ def test_answer_cache_survives_a_restart_and_a_torn_line(tmp_path):
     assert AnswerCache.key(_row("q1", "B"), "w1", "fp1") != k  # another judgement
 
 
+def test_an_answer_older_than_the_age_limit_is_asked_again_and_the_file_compacts(tmp_path):
+    """`reroll.max_age_hours`: a provider may change the model under a name; an answer past
+    the age limit is a miss (counted), a fresh one replaces it, ages survive a restart, rows
+    from before ages were kept count as old, and a file of mostly replaced rows compacts."""
+    path, now = tmp_path / "answers.jsonl", [100.0]
+    cache = AnswerCache(path, max_age_s=50.0, clock=lambda: now[0])
+    k = AnswerCache.key(_row("q1"), "w1", "fp1")
+    cache.put({k: Answer("A", True, 0.5, True)})
+    now[0] = 140.0
+    assert cache.get(k) == Answer("A", True, 0.5, True) and cache.expired == 0
+    now[0] = 151.0
+    assert cache.get(k) is None and cache.expired == 1
+    assert AnswerCache(path).get(k) is not None  # no age limit: kept for ever
+    for t in range(152, 158):
+        now[0] = float(t)
+        cache.put({k: Answer("B", False, 0.5, True)})
+    assert len(path.read_text().splitlines()) == 7
+    again = AnswerCache(path, max_age_s=50.0, clock=lambda: 200.0)
+    assert again.get(k) == Answer("B", False, 0.5, True)  # the last row, aged from t=157
+    assert len(path.read_text().splitlines()) == 1  # compacted on load
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"k": k, "a": {"answer": "A", "correct": True, "cost": 0.5,
+                                             "responded": True}}) + "\n")
+    assert AnswerCache(old, max_age_s=1e9, clock=lambda: 2e9).get(k) is None
+
+
 def test_counterfactual_table_codes_votes_and_keeps_complete_rows():
     rows = [_row("q1"), _row("q2"), _row("q3")]
     answers = {"q1": {"a": Answer("A", True, 0.1, True), "b": Answer("C", False, 1.0, True)},

@@ -283,6 +283,26 @@ def test_anchor_questions_train_beside_the_traffic_and_are_re_asked_only_after_a
     assert app.pool.calls - (80 + 25) * 2 == third["reroll"]["calls"] >= 25 + 40
 
 
+def test_answers_past_the_age_limit_are_asked_again_in_a_later_round(tmp_path):
+    """With `reroll.max_age_hours`, a round re-asks the workers whatever they answered longer
+    ago than that, though no config changed (a model swapped under its name shows)."""
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.0)
+    loop.cfg.reroll.max_age_hours = 1.0
+    loop = Retrainer(loop.cfg, app, lambda penalty: trainer, read=log, clock=lambda: log.t)
+    log.add(40, "v1", 0.5)
+    loop.round()
+    assert app.pool.calls == 40 * 2
+    log.add(40, "v1", 0.5, start=40)
+    second = loop.round()[0]
+    assert app.pool.calls == 80 * 2 and second["reroll"]["expired"] == 0  # 40 s later
+    log.t += 2 * 3600
+    log.add(40, "v1", 0.5, start=80)
+    third = loop.round()[0]
+    assert third["reroll"]["expired"] > 0
+    assert third["reroll"]["calls"] == 2 * third["reroll"]["rows"]  # every answer asked again
+    assert app.pool.calls == 80 * 2 + third["reroll"]["calls"]
+
+
 def test_an_anchor_pool_that_cannot_be_loaded_is_a_one_line_config_error(tmp_path):
     loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
     loop.cfg.training.anchor.pool = f"parquet:{tmp_path / 'missing.parquet'}"

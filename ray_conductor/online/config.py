@@ -103,6 +103,9 @@ class RerollConfig:
                                       "answers (cache hits are free)", min=1)
     concurrency: int = opt(32, "counterfactual calls in flight", min=1)
     timeout_s: float = opt(120.0, "one counterfactual call's deadline", gt=0)
+    max_age_hours: float | None = opt(None, "ask a worker again when its cached answer is "
+                                            "older than this (null: only when its config "
+                                            "changes)", gt=0)
 
 
 @dataclass

@@ -59,7 +59,9 @@ class Retrainer:
         self.state = LoopState.load(self.root)
         self.decisions = DecisionLog(self.root / "decisions.jsonl", OnlineMetrics())
         self.metrics = self.decisions.metrics
-        self.cache = AnswerCache(self.root / "answers.jsonl")
+        age = cfg.reroll.max_age_hours
+        self.cache = AnswerCache(self.root / "answers.jsonl", clock=clock,
+                                 max_age_s=None if age is None else age * 3600.0)
         self.trigger = Trigger(cfg.trigger.every_rows, cfg.trigger.every_minutes,
                                cfg.trigger.min_rows)
         self._trainer: Trainer | None = None

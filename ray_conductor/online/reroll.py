@@ -9,7 +9,9 @@ multi-step decisions of a near-deterministic served policy have unbounded varian
 worker answers from its recording through its proxy; a live worker makes a real call, so
 each round has a call budget. Answers are cached by (question, worker, the worker's config
 fingerprint, judgement): a worker whose config changes (a price, a model, a pool) is asked
-again, and nothing else is.
+again. A provider can also change a model under an unchanged name; with an age limit
+(`reroll.max_age_hours`) an answer older than that is asked again too, so a worker that
+degrades silently shows in the next rounds' tables.
 
 A recorded hole (or another failure a second call would repeat: a 400/404/413/422 from the
 worker) is state for the episode, as in serving (`responded` False), and cached; a
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -62,18 +65,28 @@ class Answer:
 
 
 class AnswerCache:
-    """In memory, and appended to a JSONL file (`path`) so later processes reuse it."""
+    """In memory, and appended to a JSONL file (`path`) so later processes reuse it. With
+    `max_age_s`, an answer older than that (by `clock`) is a miss and is asked again; rows
+    written before ages were kept count as old. A file that grew past twice its live rows
+    (answers asked again) is compacted on load, atomically."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, *, max_age_s: float | None = None,
+                 clock=time.time):
         self.path = Path(path) if path else None
-        self._d: dict[str, Answer] = {}
+        self.max_age_s, self.clock = max_age_s, clock
+        self._d: dict[str, tuple[Answer, float]] = {}
+        self.expired = 0  # lookups that found an answer too old to use
+        lines = 0
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
+                lines += 1
                 try:
                     row = json.loads(line)
-                    self._d[row["k"]] = Answer(**row["a"])
+                    self._d[row["k"]] = (Answer(**row["a"]), float(row.get("t", 0.0)))
                 except (ValueError, KeyError, TypeError):  # a torn last line after a crash
                     continue
+        if lines > 2 * max(len(self._d), 1):
+            self._rewrite()
 
     @staticmethod
     def key(row: LoggedRow, worker: str, fingerprint: str) -> str:
@@ -81,15 +94,31 @@ class AnswerCache:
         return f"{row.key}|{worker}|{fingerprint}|{row.judge.key}"
 
     def get(self, key: str) -> Answer | None:
-        return self._d.get(key)
+        got = self._d.get(key)
+        if got is None:
+            return None
+        if self.max_age_s is not None and self.clock() - got[1] > self.max_age_s:
+            self.expired += 1
+            return None
+        return got[0]
 
     def put(self, items: Mapping[str, Answer]) -> None:
-        self._d.update(items)
+        now = self.clock()
+        self._d.update((k, (a, now)) for k, a in items.items())
         if self.path is not None and items:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as f:
-                f.write("".join(json.dumps({"k": k, "a": asdict(a)}) + "\n"
-                                for k, a in items.items()))
+                f.write("".join(self._line(k, a, now) for k, a in items.items()))
+
+    @staticmethod
+    def _line(k: str, a: Answer, t: float) -> str:
+        return json.dumps({"k": k, "a": asdict(a), "t": t}) + "\n"
+
+    def _rewrite(self) -> None:
+        assert self.path is not None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(self._line(k, a, t) for k, (a, t) in self._d.items()))
+        os.replace(tmp, self.path)
 
     def __len__(self) -> int:
         return len(self._d)
@@ -104,6 +133,7 @@ class RerollStats:
     failed: int = 0  # calls that failed (transient ones are asked again next round)
     out_of_budget: int = 0  # questions left incomplete by the call budget
     retry: int = 0  # questions left out for a transient failure (asked again next round)
+    expired: int = 0  # cached answers too old to use (asked again)
 
 
 class Reroller:
@@ -121,6 +151,7 @@ class Reroller:
         """Per question key, every worker's answer, for the questions (first first) that
         could be completed within `budget` calls."""
         stats = RerollStats(rows=len(rows))
+        expired0 = self.cache.expired
         have: dict[str, dict[str, Answer]] = {}
         todo: list[tuple[LoggedRow, str]] = []
         for row in rows:
@@ -150,6 +181,7 @@ class Reroller:
             stats.retry = len(retry)
         stats.calls = len(todo)
         stats.complete = len(have)
+        stats.expired = self.cache.expired - expired0
         return have, stats
 
     async def _ask(self, todo: list[tuple[LoggedRow, str]]) -> list[tuple[Answer, bool]]:

@@ -67,6 +67,13 @@ class ConductorConfig:
         "help": "how plans name workers", "choices": ("index", "name")})
     self_name: str = field(default="conductor", metadata={
         "help": "the conductor's worker name", "nonempty": True})
+    # Structure-constrained decoding: the engine writes only text in the plan language
+    # (`policy.plan_grammar`), so every plan parses, with as many subtasks and access
+    # entries as steps. The transformers engine only; no reasoning before the lists.
+    constrain: bool = field(default=False, metadata={
+        "help": "decode only well-formed plans (engine=hf)"})
+    max_subtask_chars: Optional[int] = field(default=None, metadata={  # null: the parser's
+        "help": "longest subtask a constrained plan may write", "min": 1})
     gpu_memory_utilization: float = field(default=0.5, metadata={  # vLLM only
         "help": "vLLM's share of GPU memory", "gt": 0, "max": 1})
 
@@ -99,6 +106,9 @@ def build_engine(cfg: ConductorConfig) -> GenerationEngine:
         return TransformersEngine(cfg.model, device=cfg.device, dtype=cfg.dtype,
                                   batch_size=cfg.batch_size, autocast=cfg.autocast)
     if cfg.engine == "vllm":
+        if cfg.constrain:
+            raise ConfigError("conductor.constrain=true needs conductor.engine=hf; the vLLM "
+                              "engine does not constrain its plans yet: set it to false")
         from ray_conductor.policy.vllm_engine import VLLMEngine
 
         return VLLMEngine(cfg.model, dtype=cfg.dtype,
@@ -214,12 +224,15 @@ class Conductor:
             for r in results:
                 r.errors.append("no_workers")
         best_of = max(cfg.greedy_samples, 1) if temp == 0 else 1
+        grammars = self._grammars(names, prevs) if cfg.constrain and names else None
         for rnd in range(rounds):
             if not pending:
                 break
+            checks = None if grammars is None else [grammars[i] for i in pending]
             if rnd == 0 and best_of > 1:  # most likely of n: deterministic unless seeded
                 drawn = self._sample([results[i].prompt for i in pending], 1.0,
-                                     0 if seed is None else seed, n=best_of, strict=strict)
+                                     0 if seed is None else seed, n=best_of, strict=strict,
+                                     checks=checks)
                 if drawn is None:
                     for i in pending:
                         results[i].errors.append("engine_error")
@@ -230,7 +243,8 @@ class Conductor:
                 continue
             round_temp = temp if rnd == 0 or temp > 0 else cfg.resample_temperature
             samples = self._sample([results[i].prompt for i in pending], round_temp,
-                                   None if seed is None else seed + rnd, strict=strict)
+                                   None if seed is None else seed + rnd, strict=strict,
+                                   checks=checks)
             if samples is None:  # the engine failed: no point in asking it again
                 for i in pending:
                     results[i].errors.append("engine_error")
@@ -243,13 +257,25 @@ class Conductor:
             results[i].workflow = self.fallback(workers, prevs[i])
         return results
 
+    def _grammars(self, names: list[str], prevs: list[str | None]) -> list:
+        """One plan checker per question (a recursive call may also write the empty plan)."""
+        from ray_conductor.policy.plan_grammar import PlanGrammar
+
+        cfg = self.cfg
+        cap = {"max_subtask_chars": cfg.max_subtask_chars} if cfg.max_subtask_chars else {}
+        free, empty = (PlanGrammar(names, ids=cfg.worker_ids, max_steps=cfg.max_steps,
+                                   allow_empty=a, **cap) for a in (False, True))
+        return [free if p is None else empty for p in prevs]
+
     def _sample(self, prompts: list[list[Message]], temperature: float,
-                seed: int | None, n: int = 1, strict: bool = False) -> list[list[Sample]] | None:
+                seed: int | None, n: int = 1, strict: bool = False,
+                checks: list | None = None) -> list[list[Sample]] | None:
         try:
+            extra = {} if checks is None else {"constraints": checks}
             with self._lock:
                 out = self.engine.generate(prompts, n=n, temperature=temperature,
                                            max_tokens=self.cfg.max_new_tokens,
-                                           top_p=self.cfg.top_p, seed=seed)
+                                           top_p=self.cfg.top_p, seed=seed, **extra)
             if len(out) != len(prompts) or any(len(o) != n for o in out):
                 raise ConductorError(f"engine returned {len(out)} results for {len(prompts)} "
                                      f"prompts (expected {n} sample(s) each)")

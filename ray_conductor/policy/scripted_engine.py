@@ -49,7 +49,9 @@ class ScriptedEngine:
         return next((plan for match, plan in self.rules if match in last), self.default)
 
     def generate(self, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int,
-                 top_p: float = 1.0, seed: int | None = None) -> list[list[Sample]]:
+                 top_p: float = 1.0, seed: int | None = None,
+                 constraints: Sequence[Any] | None = None) -> list[list[Sample]]:
+        """The scripted plans; `constraints` are ignored (a script is written, not decoded)."""
         self.calls += 1
         out = []
         for p in prompts:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from ray_conductor.errors import ConfigError
 from ray_conductor.policy.engine import Prompt, Sample, check_sampling, prompt_ids
 from ray_conductor.policy.loading import resolve_model_path
 
@@ -58,10 +59,14 @@ class VLLMEngine:
         max_tokens: int,
         top_p: float = 1.0,
         seed: int | None = None,
+        constraints: Sequence[Any] | None = None,
     ) -> list[list[Sample]]:
         """One request per (prompt, sample), each with its own seed (`seed + row`), so a
         seeded call is reproducible whatever vLLM does with `n > 1`."""
         check_sampling(n, temperature, max_tokens, top_p)
+        if constraints is not None and any(c is not None for c in constraints):
+            raise ConfigError("the vLLM engine does not constrain plans yet; set "
+                              "conductor.constrain=false or use conductor.engine=hf")
         encoded = [prompt_ids(self.tokenizer, p) for p in prompts]
         rows = [i for i in range(len(encoded)) for _ in range(n)]
         params = [
