@@ -45,6 +45,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=0, help="first N questions; 0: all")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--round-bf16", action="store_true",
+                    help="round the weights to bf16 first: what a run with learner.bf16 syncs "
+                         "to its rollout actors, so what its in-training evaluation judged")
     ap.add_argument("--out", default="reports/plan_payoff.json")
     args = ap.parse_args(argv)
 
@@ -58,6 +61,10 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(args.threads)
     conductor, tag = load_conductor(args.run_dir)
+    if args.round_bf16:
+        with torch.no_grad():
+            for p in conductor.engine.model.parameters():
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
     pool_spec = args.pool or "demo"
     data = load_pool(pool_spec, data_dir=default_data_dir())
     queries = select_queries(data, args.split, args.limit or None)
@@ -75,7 +82,8 @@ def main(argv: list[str]) -> int:
         summary[kind] = stats([r for r in rows if r["shape"] == kind])
     summary["pays"] = round(summary["all"]["accuracy"] - summary["all"]["first_step_alone"], 4)
     report = {"summary": summary, "conductor": tag, "run_dir": args.run_dir, "pool": pool_spec,
-              "split": args.split, "settings": {k: getattr(conductor.cfg, k) for k in (
+              "split": args.split, "round_bf16": args.round_bf16,
+              "settings": {k: getattr(conductor.cfg, k) for k in (
                   "constrain", "programs", "worker_ids", "greedy_samples", "temperature")},
               "rows": rows}
     from _bench import write_report
