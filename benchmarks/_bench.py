@@ -34,6 +34,17 @@ def local_ray(num_cpus: int = 2, object_store_mb: int = 300) -> Iterator[None]:
         ray.shutdown()
 
 
+def plan_shape(workflow: Any) -> str:
+    """A plan's shape for the plan-shape tables: vote, conditional, multi_step, one_step."""
+    from ray_conductor.workflow.programs import VOTE
+
+    if VOTE in workflow.workers:
+        return "vote"
+    if any(s.when for s in workflow):
+        return "conditional"
+    return "multi_step" if len(workflow) > 1 else "one_step"
+
+
 def write_report(report: dict[str, Any], out: str | Path) -> Path:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,14 +21,6 @@ from statistics import mean
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-def shape(wf) -> str:
-    if "vote" in wf.workers:
-        return "vote"
-    if any(s.when for s in wf):
-        return "conditional"
-    return "multi_step" if len(wf) > 1 else "one_step"
-
-
 def stats(rows: list[dict]) -> dict:
     return {"n": len(rows),
             "accuracy": round(mean(r["correct"] for r in rows), 4),
@@ -41,7 +33,8 @@ def stats(rows: list[dict]) -> dict:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", required=True, help="a training run_dir or checkpoint")
-    ap.add_argument("--pool", default=None, help="default: the run's pool")
+    ap.add_argument("--pool", default="demo",
+                    help="replay pool spec (default: demo, the pool train_quality.py trains on)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=0, help="first N questions; 0: all")
     ap.add_argument("--threads", type=int, default=2)
@@ -52,6 +45,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     import torch
+
+    from _bench import plan_shape, write_report
 
     from ray_conductor.config import default_data_dir
     from ray_conductor.data.pools import load_pool
@@ -65,14 +60,14 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             for p in conductor.engine.model.parameters():
                 p.copy_(p.to(torch.bfloat16).to(p.dtype))
-    pool_spec = args.pool or "demo"
+    pool_spec = args.pool
     data = load_pool(pool_spec, data_dir=default_data_dir())
     queries = select_queries(data, args.split, args.limit or None)
     out = asyncio.run(run_conductor(conductor, queries, ReplayPool(data)))
     rows = []
     for q, (plan, trace) in zip(queries, out):
         steps = trace.steps if trace else []
-        rows.append({"query_id": q.query_id, "shape": shape(plan.workflow),
+        rows.append({"query_id": q.query_id, "shape": plan_shape(plan.workflow),
                      "correct": bool(trace) and data.judge(q.query_id, trace.answer),
                      "first_alone": bool(steps) and data.judge(q.query_id, steps[0].text),
                      "cost": trace.cost if trace else 0.0, "calls": trace.calls if trace else 0,
@@ -86,8 +81,6 @@ def main(argv: list[str]) -> int:
               "settings": {k: getattr(conductor.cfg, k) for k in (
                   "constrain", "programs", "worker_ids", "greedy_samples", "temperature")},
               "rows": rows}
-    from _bench import write_report
-
     write_report(report, args.out)
     return 0
 

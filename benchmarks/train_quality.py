@@ -83,6 +83,8 @@ def plan_shapes(run_dir: str, names: list[str], last: int = 10) -> dict:
     import json
     from pathlib import Path
 
+    from _bench import plan_shape
+
     from ray_conductor.errors import WorkflowError
     from ray_conductor.workflow import parse
 
@@ -96,8 +98,7 @@ def plan_shapes(run_dir: str, names: list[str], last: int = 10) -> dict:
             wf = parse(r["text"] or "", names)
         except WorkflowError:
             continue
-        kind = ("vote" if "vote" in wf.workers else "conditional" if any(s.when for s in wf)
-                else "multi_step" if len(wf) > 1 else "one_step")
+        kind = plan_shape(wf)
         shapes.setdefault(kind, []).append(r)
     n = max(sum(len(v) for v in shapes.values()), 1)
     return {k: {"share": round(len(v) / n, 3),

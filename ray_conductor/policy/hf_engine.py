@@ -78,6 +78,7 @@ class TransformersEngine:
         # transformers 5.x renamed `past_key_values` to `cache` (argument and output field)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._vocab: tuple[list[str | None], dict[str, list[int]]] | None = None  # `_texts`
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -200,28 +201,29 @@ class TransformersEngine:
 
     # -- constrained decoding ------------------------------------------------------------
 
-    def _token_texts(self) -> list[str | None]:
-        """Each token id's text as decoding appends it; None for special tokens, which the
-        decoded text drops and no constraint may accept. Also groups the ids by their first
-        character, for `_scan`."""
-        if getattr(self, "_texts", None) is None:
+    def _texts(self) -> tuple[list[str | None], dict[str, list[int]]]:
+        """Each token id's text as decoding appends it (None for special tokens, which the
+        decoded text drops and no constraint may accept), and the ids grouped by their
+        first character, for `_scan`. Built once, on the first constrained call."""
+        if self._vocab is None:
             tok = self.tokenizer
             special = set(getattr(tok, "all_special_ids", []) or [])
             n = max(len(tok), int(getattr(self.model.config, "vocab_size", 0) or 0))
-            texts: list[str | None] = tok.batch_decode([[i] for i in range(len(tok))])
-            self._texts = [None if i in special or i >= len(texts) or not texts[i]
-                           else texts[i] for i in range(n)]
-            self._by_first: dict[str, list[int]] = {}
-            for i, t in enumerate(self._texts):
+            decoded = tok.batch_decode([[i] for i in range(len(tok))])
+            texts: list[str | None] = [None if i in special or i >= len(decoded)
+                                       or not decoded[i] else decoded[i] for i in range(n)]
+            by_first: dict[str, list[int]] = {}
+            for i, t in enumerate(texts):
                 if t is not None:
-                    self._by_first.setdefault(t[0], []).append(i)
-        return self._texts
+                    by_first.setdefault(t[0], []).append(i)
+            self._vocab = (texts, by_first)
+        return self._vocab
 
     def _advance(self, check: Any, state: Any, tok: int) -> Any:
         """The checker's state after token `tok`, or None if `tok` is not allowed."""
         if tok in self.eos_ids:
             return state if check.complete(state) else None
-        texts = self._token_texts()
+        texts = self._texts()[0]
         text = texts[tok] if tok < len(texts) else None
         return None if text is None else check.feed(state, text)
 
@@ -254,10 +256,10 @@ class TransformersEngine:
               top_p: float, gen: torch.Generator) -> tuple[int, Any]:
         """Check every token still possible; draw among the allowed ones. None allowed (a
         checker with a dead end) ends the row with EOS and an unparsable text."""
-        self._token_texts()
+        by_first = self._texts()[1]
         finite = torch.isfinite(row[0]).tolist()
-        firsts = [c for c in self._by_first if check.feed(state, c) is not None]
-        candidates = [t for c in firsts for t in self._by_first[c]]
+        firsts = [c for c in by_first if check.feed(state, c) is not None]
+        candidates = [t for c in firsts for t in by_first[c]]
         candidates += sorted(self.eos_ids)
         allowed = {}
         for t in candidates:

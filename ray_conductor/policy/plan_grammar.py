@@ -69,6 +69,12 @@ class PlanGrammar:
         self.max_steps = max_steps
         self.allow_empty = allow_empty
         self.max_subtask_chars = max_subtask_chars
+        # what a step may name: any offered worker, except a program first (it would have
+        # nothing to read); as written in the plan (a name, or an index's digits)
+        names = [w for w in self.workers if not is_program(w)]
+        spell = (lambda ws: ws) if ids == "name" else (
+            lambda ws: [str(i) for i, w in enumerate(self.workers) if w in ws])
+        self._first_ids, self._later_ids = spell(names), spell(self.workers)
 
     def start(self) -> State:
         return State()
@@ -97,8 +103,7 @@ class PlanGrammar:
                 return self._digits(st, st.buf + ch)
             if st.buf not in self._ids(st.count):
                 return None
-            st = self._finish(st, self.workers[int(st.buf)])
-            return None if st is None else self._char(st, ch)
+            return self._char(self._finish(st, self.workers[int(st.buf)]), ch)
         if st.item == "l":
             return self._sublist(st, ch)
         return self._between(st, ch)
@@ -119,12 +124,7 @@ class PlanGrammar:
         return None
 
     def _ids(self, step: int) -> list[str]:
-        """What step `step` may name: any offered worker, except a program first (it would
-        have nothing to read)."""
-        names = [w for w in self.workers if step > 0 or not is_program(w)]
-        if self.ids == "name":
-            return names
-        return [str(i) for i, w in enumerate(self.workers) if w in names]
+        return self._later_ids if step > 0 else self._first_ids
 
     def _between(self, st: State, ch: str) -> State | None:
         """Between items of list `k`: an item, a comma or the closing bracket."""
@@ -162,7 +162,7 @@ class PlanGrammar:
             return st._replace(phase="end", gap=0, item="", after=False)
         return State(phase="head", k=st.k + 1, steps=st.steps)
 
-    def _finish(self, st: State, worker: str | None = None) -> State | None:
+    def _finish(self, st: State, worker: str | None = None) -> State:
         steps = st.steps + (worker,) if worker is not None else st.steps
         return st._replace(item="", after=True, buf="", quote="", esc=False, sub=(),
                            count=st.count + 1, steps=steps, gap=0)
