@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 from statistics import mean
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench, when loaded from elsewhere
 
 
 def stats(rows: list[dict]) -> dict:
