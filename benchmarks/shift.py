@@ -26,14 +26,17 @@ with the new pool (registry and policies survive). The loop's anchor questions
 are after the shift and trained on beside the traffic (the served pools hold part A's
 questions for that; they are never streamed), while half the traffic is held back for the
 paired test, and up to `--held-anchor-rows` held-back part A questions join the evaluation
-(a candidate better on them and not worse on held-back traffic is promoted; `--anchor-rows
-0`: traffic only, 30% held back). Best single worker (chosen in hindsight
-on the phase's questions) and the oracle (per question, the best single-call reward) come
-from the served pool's table for the same questions.
+(a candidate better on them and not worse on held-back traffic is promoted, and one better
+on held-back traffic but significantly worse on them is not; `--anchor-rows 0`: traffic
+only, 30% held back). A promotion is watched for one tick: its live rewards against the
+previous version replayed on the same questions (the paired watch). Best single worker
+(chosen in hindsight on the phase's questions) and the oracle (per question, the best
+single-call reward) come from the served pool's table for the same questions.
 
 Summary per scenario, on the last `--after-window` questions: `frozen_after`,
 `online_after`, `oracle_after`, `best_single_after`, `recovered` = (online - frozen) /
-(oracle - frozen), requests failed during swaps (must be 0), promotions and rollbacks; and
+(oracle - frozen), requests failed during swaps (must be 0), promotions, rollbacks,
+rejections by the anchor guard (`guarded`) and paired watches; and
 the lite tier's own ceiling: `refit_after`, a lite policy trained from scratch on part A as
 the world looks after the shift, judged offline on the same questions beside the frozen
 policy (`frozen_after_offline`), and `recovered_vs_refit` = (online - frozen) / (refit -
@@ -468,7 +471,10 @@ def summarize(name: str, ticks: list[dict[str, Any]], phases: list[Phase], load:
         "failed_during_swaps": load["failed"], "requests_during_swaps": load["sent"],
         "failed_measured": sum(len(t["failed"]) for t in ticks),
         "promotions": kinds.count("promoted"), "rejections": kinds.count("rejected"),
-        "rollbacks": kinds.count("rolled_back"), "extended": kinds.count("extended")},
+        "rollbacks": kinds.count("rolled_back"), "extended": kinds.count("extended"),
+        "guarded": sum(bool(d.get("guarded")) for d in decisions if d["kind"] == "rejected"),
+        "watches_paired": sum(d.get("test_kind") == "paired" for d in decisions
+                              if d["kind"] in ("kept", "rolled_back"))},
         "ticks": ticks, "decisions": decisions, "swap_errors": load["errors"][:10]}
 
 

@@ -211,6 +211,7 @@ def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
     back = made[0]
     assert back["version"] == "v1" and back["previous"] == "v2"
     assert back["test"]["mean_new"] == -1.0 and back["test"]["dropped"]
+    assert "0 judgeable" in back["paired_skipped"]  # posted rewards alone: nothing to replay
     assert models(running)[MODEL]["policy_version"] == "v1"
     assert ask(running, qs[1])[1] == "v1"
     history = PolicyRegistry(reg.root).history()

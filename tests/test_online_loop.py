@@ -13,55 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from online_stubs import App
 
 from ray_conductor.errors import ConfigError
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.loop import Retrainer
 from ray_conductor.online.trainer import Counterfactual
 from ray_conductor.policy.registry import PolicyRegistry
-from ray_conductor.workers.base import Completion, WorkerInfo
-
-WORKERS = ["cheap", "good"]
-
-
-class Pool:
-    """Two workers: `good` answers (A), `cheap` answers (B); every call is counted."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def workers(self):
-        return [WorkerInfo(w, "", 1.0, 1.0) for w in WORKERS]
-
-    async def complete(self, worker, messages, **params):
-        self.calls += 1
-        return Completion(worker=worker, text=f"The answer is ({'A' if worker == 'good' else 'B'})",
-                          cost=0.001, input_tokens=1, output_tokens=1)
-
-
-class App:
-    def __init__(self, ref):
-        self.ref, self.pool, self.swaps, self.fail_swap = ref, Pool(), [], False
-
-    def reference(self, model):
-        return self.ref
-
-    def swap(self, model, ref):
-        if self.fail_swap:
-            raise ConfigError("policy could not be loaded")
-        self.swaps.append(ref)
-        self.ref = ref
-        return "v" + ref.rsplit("@", 1)[1]
-
-    def rollout_pool(self):
-        return self.pool, {w: "fp" for w in WORKERS}
-
-    def verifier(self):
-        return None
-
-    def log_dir(self):
-        return "unused"
-
+from ray_conductor.workers.base import Completion
 
 class Trainer:
     """A policy directory's quality is a number in it; `improve` adds `gain`; `score` gives
@@ -95,13 +54,13 @@ class Log:
         self.rows = []
         self.t = 1000.0
 
-    def add(self, n, version, reward, model="online", start=0):
+    def add(self, n, version, reward, model="online", start=0, answer="A", label="A"):
         for i in range(start, start + n):
             self.t += 1.0
             self.rows.append({"request_id": f"r{len(self.rows)}", "status": 200, "model": model,
                               "policy_version": version, "question": f"question {i}",
-                              "query_id": None, "answer": "The answer is (A)", "cost": 0.0,
-                              "reward": reward, "label": "A",
+                              "query_id": None, "answer": f"The answer is ({answer})",
+                              "cost": 0.0, "reward": reward, "label": label,
                               "time": pd.Timestamp(self.t, unit="s", tz="UTC")})
 
     def __call__(self, _log_dir):
@@ -119,12 +78,13 @@ def setup(tmp_path, gain, **over):
     cfg = RetrainConfig(app="a", model="online", state_dir=str(tmp_path / "state"))
     cfg.trigger.every_rows, cfg.trigger.every_minutes = 40, None
     cfg.evaluation.min_rows, cfg.training.min_rows = 5, 5
-    cfg.rollback.window, cfg.rollback.min_baseline = 10, 10
+    cfg.rollback.window, cfg.rollback.min_baseline, cfg.rollback.min_paired = 10, 10, 5
     cfg.training.cost_penalty = 0.0
     for k, v in over.items():
         setattr(cfg, k, v)
     app, log, trainer = App(f"registry:{reg.root}@1"), Log(), Trainer(gain)
-    loop = Retrainer(cfg, app, lambda penalty: trainer, read=log, clock=lambda: log.t)
+    loop = Retrainer(cfg, app, lambda penalty, kind="lite": trainer, read=log,
+                     clock=lambda: log.t)
     return loop, app, log, trainer, reg
 
 
@@ -176,6 +136,7 @@ def test_too_few_questions_skip_and_new_rows_are_counted_once(tmp_path):
 
 def test_a_promotion_whose_live_reward_drops_is_rolled_back(tmp_path):
     loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    loop.cfg.rollback.test = "welch"  # against v1's own live rewards (the paired test: below)
     log.add(40, "v1", 0.5)
     assert kinds(loop.round())[-1] == "promoted"
     log.add(9, "v2", 0.0, start=100)
@@ -194,9 +155,60 @@ def test_a_promotion_that_holds_is_kept_and_training_waits_for_the_watch(tmp_pat
     loop.round()
     log.add(45, "v2", 0.55, start=100)  # enough rows to trigger, but v2 is on watch ...
     made = loop.round()
-    assert kinds(made)[0] == "kept" and made[0]["test"]["dropped"] is False
+    kept = made[0]
+    assert kinds(made)[0] == "kept" and kept["test_kind"] == "paired"
+    assert not kept["test"]["passed"] and kept["live_mean"] == 1.0  # label A, answer A
+    from ray_conductor.online.command import describe
+
+    assert "replayed on the same 10 questions" in describe(kept)
     assert kinds(made)[1:] == ["trained", "evaluated", "promoted"]  # ... which ends first
     assert trainer.trained_on[1] > trainer.trained_on[0]  # new rows plus replayed ones
+
+
+class GoodTrainer(Trainer):
+    """Every version asks `good`: a question's reward is whether good's re-rolled answer is
+    right (the world, not the version, decides)."""
+
+    def score(self, policy_dir, data: Counterfactual):
+        return np.array([float(data.answers[r.key]["good"].correct) for r in data.rows])
+
+
+@pytest.mark.parametrize("served,label,test,expected", [
+    ("B", "A", "paired", "rolled_back"),  # v2 answers wrong where v1 (good) is right
+    ("A", "C", "paired", "kept"),  # the questions got harder for every version
+    ("A", "C", "welch", "rolled_back"),  # ... which the unpaired test blames on v2
+])
+def test_the_paired_watch_blames_a_version_only_for_what_it_did_worse(
+        tmp_path, served, label, test, expected):
+    loop, app, log, _, reg = setup(tmp_path, gain=0.2)
+    loop.cfg.rollback.test = test
+    log.add(40, "v1", None)  # judged by their label: v1's live reward is 1.0
+    assert kinds(loop.round())[-1] == "promoted"
+    loop._trainer = GoodTrainer(0.2)  # from now on the replay scores by good's answers
+    calls = app.pool.calls
+    log.add(10, "v2", None, start=100, answer=served, label=label)
+    (watch,) = loop.round()
+    assert watch["kind"] == expected
+    if test == "paired":
+        assert watch["test_kind"] == "paired" and watch["n"] == 10
+        assert watch["live_mean"] == (1.0 if served == label else 0.0)
+        assert watch["previous_replayed_mean"] == (1.0 if label == "A" else 0.0)
+        assert app.pool.calls == calls + 10 * 2  # the window's questions re-rolled
+    else:
+        assert watch["test"]["mean_old"] == 1.0 and watch["test"]["mean_new"] == 0.0
+    assert reg.promoted().version == (1 if expected == "rolled_back" else 2)
+    if expected == "rolled_back":
+        assert app.swaps[-1] == f"registry:{reg.root}@1" and "v2" in watch["reason"]
+
+
+def test_the_paired_watch_falls_back_to_welch_without_judgeable_questions(tmp_path):
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.2)
+    log.add(40, "v1", 0.5)
+    loop.round()
+    log.add(10, "v2", 0.0, start=100, label=None)  # a posted reward only: nothing to replay
+    (back,) = loop.round()
+    assert back["kind"] == "rolled_back" and back["test"]["dropped"]
+    assert "0 judgeable questions of 10" in back["paired_skipped"]
 
 
 def test_a_failed_hot_swap_leaves_the_previous_version_promoted(tmp_path):
@@ -220,10 +232,18 @@ def test_a_served_lite_dir_is_adopted_into_a_registry(tmp_path):
     assert app.ref == f"registry:{own.root}@1" and own.promoted().kind == "lite"
 
 
-def test_only_lite_policies_are_retrained(tmp_path):
-    loop, app, *_ = setup(tmp_path, gain=0.2)
+def test_only_registry_policies_of_a_trainable_kind_are_retrained(tmp_path):
+    loop, app, _, _, reg = setup(tmp_path, gain=0.2)
     app.ref = "knn"
-    with pytest.raises(ConfigError, match="continues a lite policy"):
+    with pytest.raises(ConfigError, match="continues a policy in a registry"):
+        loop.round()
+    plans = tmp_path / "scripted"
+    plans.mkdir()
+    (plans / "plans.json").write_text("{}")
+    reg.promote(reg.publish(plans, kind="scripted").version)
+    app.ref = f"registry:{reg.root}@2"
+    with pytest.raises(ConfigError, match="of kind 'scripted'; online retraining trains lite "
+                                          "and lm policies"):
         loop.round()
 
 
@@ -288,7 +308,8 @@ def test_answers_past_the_age_limit_are_asked_again_in_a_later_round(tmp_path):
     ago than that, though no config changed (a model swapped under its name shows)."""
     loop, app, log, trainer, reg = setup(tmp_path, gain=0.0)
     loop.cfg.reroll.max_age_hours = 1.0
-    loop = Retrainer(loop.cfg, app, lambda penalty: trainer, read=log, clock=lambda: log.t)
+    loop = Retrainer(loop.cfg, app, lambda penalty, kind="lite": trainer, read=log,
+                     clock=lambda: log.t)
     log.add(40, "v1", 0.5)
     loop.round()
     assert app.pool.calls == 40 * 2
@@ -344,7 +365,7 @@ def test_held_back_anchors_promote_a_candidate_the_traffic_alone_cannot_tell(
 
     loop, app, log, _, reg = setup(tmp_path, gain=0.1)
     trainer = AnchorTrainer(0.1, traffic_gain)
-    loop.make_trainer = lambda penalty: trainer
+    loop.make_trainer = lambda penalty, kind="lite": trainer
     a = loop.cfg.training.anchor
     a.pool, a.rows, a.data_dir = "demo", 25, default_data_dir()
     loop.cfg.evaluation.anchor_rows = 200
@@ -365,3 +386,29 @@ def test_held_back_anchors_promote_a_candidate_the_traffic_alone_cannot_tell(
     from ray_conductor.online.command import describe
 
     assert "200 held-back anchors" in describe(ev)
+
+
+@pytest.mark.parametrize("guard,expected", [(True, "rejected"), (False, "promoted")])
+def test_a_traffic_pass_is_refused_when_the_anchors_get_significantly_worse(
+        tmp_path, guard, expected):
+    """Better on held-back traffic (by 0.05 on every question), 0.1 worse on 200 held-back
+    anchors: the guard turns the pass down; without it the candidate is promoted."""
+    from ray_conductor.config import default_data_dir
+
+    loop, app, log, _, reg = setup(tmp_path, gain=-0.1)
+    trainer = AnchorTrainer(-0.1, 0.05)
+    loop.make_trainer = lambda penalty, kind="lite": trainer
+    a = loop.cfg.training.anchor
+    a.pool, a.rows, a.data_dir = "demo", 25, default_data_dir()
+    loop.cfg.evaluation.anchor_rows, loop.cfg.evaluation.anchor_guard = 200, guard
+    log.add(40, "v1", 0.5)
+    made = loop.round()
+    assert kinds(made) == ["trained", "evaluated", expected]
+    ev = made[1]
+    assert ev["test"]["passed"] and not ev["anchors"]["test"]["passed"]
+    assert ("worse" in ev["anchors"]) == guard
+    if guard:
+        assert ev["anchors"]["worse"]["passed"] and ev["guarded"] and ev["passed_by"] is None
+        assert "significantly worse" in made[2]["reason"] and reg.promoted().version == 1
+    else:
+        assert ev["passed_by"] == "traffic" and reg.promoted().version == 2

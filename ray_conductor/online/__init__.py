@@ -8,16 +8,21 @@ trigger fires (`triggers`: every N new rewarded rows or T minutes), re-rolls eve
 answer to those questions through the shared worker proxies at `rollout` priority
 (`reroll`: a counterfactual table, so the stale served plans need no importance weights),
 continues training the serving policy from its own weights on new rows plus a replay buffer
-(`trainer.LiteTrainer`; a new worker extends its action space in place: `extend`), rolls out
+(`trainer.LiteTrainer`, or for a served LM conductor `lm_trainer.LMTrainer`: GRPO over the
+same re-rolled answers; a new worker extends a lite policy's action space in place:
+`extend`), rolls out
 candidate and serving policy on a held-back slice of recent questions and promotes by
-hot-swap only when a one-sided paired test says the candidate is better (`stats.paired_test`).
+hot-swap only when a one-sided paired test says the candidate is better (`stats.paired_test`)
+and, with held-back anchors, not significantly worse on them. A promotion's live rewards are
+tested against the previous version replayed on the same questions (paired), or against its
+last live rewards (`stats.drop_test`).
 Every decision goes to a JSONL log and to Prometheus (`decisions`).
 
 Owns: those modules, `RetrainConfig` (`config`), the `retrain` command (`command`) and the
 `OnlineRetrainer` actor that runs the same loop beside a Serve app (`actor`).
-May import: serve (the traffic log, hot-swap), policy.registry, lite, graph, data, workers,
-workflow, features, verify. Must not import: rl. The pure core (rewards, stats, triggers,
-decisions, extend) imports no Ray.
+May import: serve (the traffic log, hot-swap), policy, lite, rl (the LM tier's learner and
+rollout worker, in `lm_trainer` only, on first use), graph, data, workers, workflow,
+features, verify. The pure core (rewards, stats, triggers, decisions, extend) imports no Ray.
 """
 
 from __future__ import annotations

@@ -66,7 +66,11 @@ def start_retrainer(cfg: RetrainConfig, cpus: float = 1.0) -> str:
     from dataclasses import asdict
 
     name = actor_name(cfg.app, cfg.model)
+    # an LM conductor's GRPO on a GPU node (training.lm.device=cuda) asks Ray for one GPU;
+    # the lite tier's PPO, and an LM on the CPU, need none
+    gpus = 1 if str(cfg.training.lm.device).startswith("cuda") else 0
     handle = OnlineRetrainer.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True,
-                                     lifetime="detached", num_cpus=cpus).remote(asdict(cfg))
+                                     lifetime="detached", num_cpus=cpus,
+                                     num_gpus=gpus).remote(asdict(cfg))
     ray.get(handle.start.remote(), timeout=600)
     return name

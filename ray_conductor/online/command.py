@@ -39,6 +39,10 @@ def describe(d: dict[str, Any]) -> str:
         return (f"trained {model} from {d['version']} on {d['train_rows']} questions "
                 f"({d['replayed']} replayed, {d.get('anchor_rows', 0)} anchors): reward "
                 f"{t['start_reward']:.4f} -> {t['best_reward']:.4f} in {t['wall_s']:.0f}s")
+    if kind == "kept" and d.get("test_kind") == "paired":
+        return (f"kept {model} {d['version']}: live reward {d['live_mean']:.4f} vs "
+                f"{d['previous_replayed_mean']:.4f} for {d['previous']} replayed on the same "
+                f"{d['n']} questions (p={d['test']['p_value']:.3g})")
     extra = d.get("reason") or ""
     return f"{kind} {model} {d.get('version', '')}{': ' + extra if extra else ''}"
 

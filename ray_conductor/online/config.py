@@ -35,14 +35,27 @@ class EvaluationConfig:
     anchor_rows: int = opt(0, "held-back anchor questions (training.anchor's pool, in the "
                               "held-back slice, never trained on) also compared: a candidate "
                               "passes on them if it is not worse on held-back traffic", min=0)
+    anchor_guard: bool = opt(True, "with held-back anchors, a candidate that passes on "
+                                   "held-back traffic must not be significantly worse on the "
+                                   "anchors (the same test, the other way round)")
+    max_anchor_loss: float = opt(0.0, "the guard rejects only a mean anchor loss significantly "
+                                      "above this", min=0)
 
 
 @dataclass
 class RollbackConfig:
     window: int = opt(100, "rewarded rows of a promoted version before its live test", min=2)
-    baseline: int = opt(200, "most recent rewarded rows of the previous version it is "
-                             "compared with", min=2)
-    min_baseline: int = opt(20, "fewer previous rows: keep the promotion untested", min=2)
+    test: str = opt("paired", "paired: the promoted version's live rewards against the "
+                              "previous version replayed on the same questions (a shift in "
+                              "the traffic or a worker's answers is not blamed on the "
+                              "policy); welch: against the previous version's own last live "
+                              "rewards (other questions)", choices=("paired", "welch"))
+    min_paired: int = opt(20, "fewer judgeable questions in the window (or a previous "
+                              "version that cannot be replayed): the welch test", min=2)
+    baseline: int = opt(200, "welch: most recent rewarded rows of the previous version it "
+                             "is compared with", min=2)
+    min_baseline: int = opt(20, "welch: fewer previous rows: keep the promotion untested",
+                            min=2)
     alpha: float = opt(0.05, "one-sided level of the live drop test", gt=0, max=0.5)
     margin: float = opt(0.0, "roll back only if worse than the previous mean by more", min=0)
 
@@ -57,6 +70,29 @@ class AnchorConfig:
     split: str = opt("train", "the anchor pool's rows (never test)", choices=("train", "all"))
     rows: int = opt(1000, "anchor questions at most (a stable hashed sample); each costs one "
                           "call per worker whenever that worker's config changes", min=1)
+
+
+@dataclass
+class LMTrainingConfig:
+    """The LM conductor's continued GRPO (`online.lm_trainer`), when the served version is of
+    kind lm."""
+
+    iterations: int = opt(4, "GRPO updates per round", min=1)
+    questions: int = opt(8, "training questions per update", min=1)
+    group_size: int = opt(8, "sampled plans per question (the GRPO group)", min=2)
+    temperature: float = opt(1.0, "sampling temperature of the plans", gt=0)
+    lr: float = opt(1e-5, "learning rate (the paper: 1e-6 on 7B; small models need more)",
+                    gt=0)
+    clip_eps: float = opt(0.2, "PPO clip range", gt=0)
+    parse_fail: float = opt(-0.5, "reward of an unparsable sampled plan (below a wrong "
+                                  "answer's 0)")
+    select_rows: int = opt(64, "training questions whose greedy reward picks the best "
+                               "iteration (the start included)", min=1)
+    micro_batch_size: int = opt(8, "sequences per backward pass", min=1)
+    bf16: bool = opt(False, "bf16 autocast in the updates")
+    autocast: bool = opt(False, "bf16 autocast in generation")
+    batch_size: int = opt(16, "prompts per generation batch", min=1)
+    device: str = opt("cpu", "where the loop's learner and engine run (cuda on a GPU node)")
 
 
 @dataclass
@@ -90,6 +126,8 @@ class TrainingConfig:
     min_rows: int = opt(30, "fewer complete training questions: skip the round", min=1)
     anchor: AnchorConfig = opt(factory=AnchorConfig, help="known questions re-asked of the "
                                                          "current workers and trained on")
+    lm: LMTrainingConfig = opt(factory=LMTrainingConfig, help="the LM conductor's continued "
+                                                              "GRPO (a served lm version)")
     seed: int = opt(0, "random seed")
     torch_threads: int = opt(1, "torch threads of the loop (serving keeps the rest)", min=1)
     ppo: PPOSettings = opt(factory=lambda: PPOSettings(

@@ -1,9 +1,11 @@
 """The online loop, one round at a time (`Retrainer.round`), top to bottom:
 
 1. read the traffic log's rewarded rows (`rewards`);
-2. watch the last promotion: once `rollback.window` of its rows have rewards, compare their
-   mean with the previous version's last live rewards (one-sided Welch test); worse: roll
-   the registry back and hot-swap the previous version in;
+2. watch the last promotion: once `rollback.window` of its rows have rewards, replay the
+   previous version on the same questions (their every-worker answers re-rolled) and test,
+   paired and one-sided, whether the promoted version's live rewards are worse; worse: roll
+   the registry back and hot-swap the previous version in (`rollback.test=welch`: against
+   the previous version's own last live rewards instead);
 3. trigger (`triggers`), then: split the new questions by hashed key into training rows
    and the held-back slice, re-roll every worker's answer to them, to a sample of the
    replay buffer and to the anchor questions (`anchor`) at `rollout` priority (`reroll`),
@@ -41,14 +43,40 @@ from ray_conductor.online.triggers import Trigger
 
 log = logging.getLogger(__name__)
 REGISTRY = "registry:"
+TIERS = ("lite", "lm")
+
+
+def tier_trainer(cfg: RetrainConfig, penalty: float, kind: str) -> Trainer:
+    """The trainer of a served version's tier: the lite conductor's PPO, or the LM
+    conductor's GRPO (`lm_trainer`, which loads torch and the rl package only then)."""
+    if kind == "lm":
+        from ray_conductor.online.lm_trainer import LMTrainer
+
+        return LMTrainer(cfg.training.lm, penalty, seed=cfg.training.seed)
+    from ray_conductor.online.trainer import LiteTrainer
+
+    return LiteTrainer(cfg.training, penalty)
+
+
+def trained_penalty(pv: Any) -> float:
+    """The dollar penalty the served version was trained with (its reward's exchange rate)."""
+    if pv.kind == "lm":
+        from ray_conductor.online.lm_trainer import lm_penalty
+
+        return lm_penalty(pv.meta)
+    from ray_conductor.lite.conductor import LiteConductor
+    from ray_conductor.online.trainer import policy_penalty
+
+    return policy_penalty(LiteConductor.load(pv.path))
 
 
 class Retrainer:
-    def __init__(self, cfg: RetrainConfig, app: Any, trainer: Callable[[float], Trainer],
+    def __init__(self, cfg: RetrainConfig, app: Any, trainer: Callable[..., Trainer],
                  read: Callable[[str], Any] | None = None,
                  clock: Callable[[], float] = time.time):
-        """`app`: a `ServeApp` (or its like); `trainer(cost_penalty)` builds the tier's
-        trainer; `read(log_dir)` returns the traffic log (default `read_traffic`)."""
+        """`app`: a `ServeApp` (or its like); `trainer(cost_penalty, kind)` builds the
+        trainer of the served version's kind (lite | lm); `read(log_dir)` returns the traffic
+        log (default `read_traffic`)."""
         if read is None:
             from ray_conductor.serve.traffic import read_traffic
 
@@ -70,12 +98,12 @@ class Retrainer:
 
     @classmethod
     def over_app(cls, cfg: RetrainConfig) -> "Retrainer":
-        """The loop over the running Serve app `cfg.app`, with the lite tier's trainer."""
+        """The loop over the running Serve app `cfg.app`, with the trainer of the served
+        version's tier."""
         from ray_conductor.online.serving import ServeApp
-        from ray_conductor.online.trainer import LiteTrainer
 
         return cls(cfg, ServeApp(cfg.app, verifier=cfg.verifier),
-                   lambda penalty: LiteTrainer(cfg.training, penalty))
+                   lambda penalty, kind="lite": tier_trainer(cfg, penalty, kind))
 
     # -- one round ---------------------------------------------------------------------------
     def round(self, force: bool = False) -> list[dict[str, Any]]:
@@ -88,9 +116,9 @@ class Retrainer:
         if self.state.started is None:
             self.state.started = self.clock()
         reg, pv = self._serving(out)
-        trainer = self._trainer_for(pv.path)
+        trainer = self._trainer_for(pv)
         rows = self._rows()
-        out += self._watch(rows, reg)
+        out += self._watch(rows, reg, trainer)
         self._live_gauge(rows)
         mine = set(self.learners())
         seen = {r.request_id for r in rows}
@@ -133,12 +161,13 @@ class Retrainer:
             ref = self.app.reference(self.cfg.model)
         if not ref.startswith(REGISTRY):
             raise ConfigError(f"model {self.cfg.model!r} serves {ref!r}: online retraining "
-                              "continues a lite policy (lite:DIR or registry:DIR)")
+                              "continues a policy in a registry (registry:DIR; a served "
+                              "lite:DIR is adopted into one)")
         path, pv = resolve_policy(ref)
-        if pv is None or pv.kind != "lite":
+        if pv is None or pv.kind not in TIERS:
             raise ConfigError(f"model {self.cfg.model!r} serves {ref!r}, a policy of kind "
-                              f"{getattr(pv, 'kind', '?')!r}; online retraining trains lite "
-                              "policies")
+                              f"{getattr(pv, 'kind', '?')!r}; online retraining trains "
+                              f"{' and '.join(TIERS)} policies")
         reg = PolicyRegistry(ref[len(REGISTRY):].rsplit("@", 1)[0])
         return reg, pv
 
@@ -155,20 +184,20 @@ class Retrainer:
         return self.decisions.append("adopted", self.cfg.model, version=tag, source=ref,
                                      registry=str(reg.root))
 
-    def _trainer_for(self, policy_dir: str) -> Trainer:
-        if self._trainer is None:
+    def _trainer_for(self, pv: Any) -> Trainer:
+        """The served version's tier's trainer; the dollar penalty is fixed at the first
+        round (`training.cost_penalty`, else the one the served policy was trained with)."""
+        if self._trainer is None or getattr(self._trainer, "kind", pv.kind) != pv.kind:
             if self.state.cost_penalty is None:
-                from ray_conductor.lite.conductor import LiteConductor
-                from ray_conductor.online.trainer import policy_penalty
-
                 given = self.cfg.training.cost_penalty
-                self.state.cost_penalty = float(
-                    given if given is not None else policy_penalty(LiteConductor.load(policy_dir)))
-            self._trainer = self.make_trainer(self.state.cost_penalty)
+                self.state.cost_penalty = float(given if given is not None
+                                                else trained_penalty(pv))
+            self._trainer = self.make_trainer(self.state.cost_penalty, kind=pv.kind)
         return self._trainer
 
     # -- the watch after a promotion ---------------------------------------------------------
-    def _watch(self, rows: list[LoggedRow], reg: Any) -> list[dict[str, Any]]:
+    def _watch(self, rows: list[LoggedRow], reg: Any, trainer: Trainer
+               ) -> list[dict[str, Any]]:
         w, cfg, model = self.state.watch, self.cfg.rollback, self.cfg.model
         if w is None:
             return []
@@ -177,28 +206,88 @@ class Retrainer:
             self.state.watch = None
             return [self.decisions.append("kept", model, version=w.tag, reason=(
                 "the registry's promoted version changed outside the loop; watch ended"))]
-        mine = [r.reward for r in rows if r.model == model and r.version == w.tag
-                and r.time >= w.since]
-        if len(mine) < cfg.window:
+        live = [r for r in rows if r.model == model and r.version == w.tag and r.time >= w.since]
+        if len(live) < cfg.window:
             return []
+        window = live[:cfg.window]
+        self.state.watch = None
+        fell_back = None
+        if cfg.test == "paired":
+            paired, fell_back = self._paired_watch(window, w, reg, trainer)
+            if paired is not None:
+                res, figures = paired
+                return self._watch_verdict(reg, w, res.passed, figures, (
+                    f"live reward of {w.tag} {figures['live_mean']:.4f} vs "
+                    f"{figures['previous_replayed_mean']:.4f} for {w.previous_tag} replayed "
+                    f"on the same {res.n} questions (p={res.p_value:.3g})"))
+        mine = [r.reward for r in window]
         before = [r.reward for r in rows if r.model == model and r.version == w.previous_tag
                   and r.time < w.since][-cfg.baseline:]
-        self.state.watch = None
+        extra = {"paired_skipped": fell_back} if fell_back else {}
         if len(before) < cfg.min_baseline:
             return [self.decisions.append("kept", model, version=w.tag, reason=(
                 f"only {len(before)} live rewards of {w.previous_tag}: nothing to compare"),
-                mean_live=float(np.mean(mine[:cfg.window])))]
-        res = drop_test(mine[:cfg.window], before, alpha=cfg.alpha, margin=cfg.margin)
-        if not res.dropped:
-            return [self.decisions.append("kept", model, version=w.tag, previous=w.previous_tag,
-                                          test=res.figures())]
+                mean_live=float(np.mean(mine)), **extra)]
+        res = drop_test(mine, before, alpha=cfg.alpha, margin=cfg.margin)
+        return self._watch_verdict(reg, w, res.dropped, {"test": res.figures(), **extra}, (
+            f"live reward of {w.tag} dropped: {res.mean_new:.4f} vs {res.mean_old:.4f} "
+            f"(p={res.p_value:.3g})"))
+
+    def _paired_watch(self, window: list[LoggedRow], w: Watch, reg: Any, trainer: Trainer
+                      ) -> tuple[tuple[Any, dict[str, Any]] | None, str | None]:
+        """The paired live test: on the window's judgeable questions, the promoted version's
+        live reward (its served answer judged as the replay judges one, so feedback on
+        another scale compares alike) against the previous version replayed on every
+        worker's re-rolled answer. ((result, figures), None), or (None, why not)."""
+        cfg = self.cfg.rollback
+        judged = list({r.key: r for r in judgeable(window)}.values())
+        if len(judged) < cfg.min_paired:
+            return None, (f"{len(judged)} judgeable questions of {len(window)}; the paired "
+                          f"test needs rollback.min_paired={cfg.min_paired}")
+        try:
+            previous, promoted = reg.get(w.previous), reg.get(w.version)
+        except (ConfigError, KeyError, OSError) as e:
+            return None, f"version {w.previous_tag} cannot be loaded: {str(e)[:200]}"
+        if previous.kind != promoted.kind:
+            return None, (f"{w.previous_tag} is a {previous.kind} policy and {w.tag} a "
+                          f"{promoted.kind} one: one trainer cannot replay both")
         t0 = time.perf_counter()
-        back = reg.rollback(reason=f"live reward of {w.tag} dropped: {res.mean_new:.4f} vs "
-                                   f"{res.mean_old:.4f} (p={res.p_value:.3g})")
+        answers, stats, workers = self._reroll(judged)
+        data = Counterfactual([r for r in judged if r.key in answers], answers, workers)
+        if len(data) < cfg.min_paired:
+            return None, (f"only {len(data)} of {len(judged)} questions have every worker's "
+                          f"answer; the paired test needs {cfg.min_paired}")
+        try:
+            before = trainer.score(Path(previous.path), data)
+            replayed = trainer.score(Path(promoted.path), data)
+        except ConfigError as e:  # e.g. a worker the previous version plans with has left
+            return None, f"{w.previous_tag} cannot be replayed: {str(e)[:200]}"
+        verifier = self.app.verifier()
+        live = np.array([float(r.judge(r.answer, verifier)) - self._penalty() * r.cost
+                         for r in data.rows])
+        res = paired_test(before - live, alpha=cfg.alpha, min_gain=cfg.margin,
+                          method=self.cfg.evaluation.test,
+                          samples=self.cfg.evaluation.bootstrap_samples,
+                          seed=self.cfg.training.seed)
+        return (res, {"test_kind": "paired", "n": len(data), "window": len(window),
+                      "live_mean": float(live.mean()),
+                      "previous_replayed_mean": float(before.mean()),
+                      "promoted_replayed_mean": float(replayed.mean()),
+                      "test": res.figures(), "reroll": vars(stats),
+                      "reroll_s": time.perf_counter() - t0}), None
+
+    def _watch_verdict(self, reg: Any, w: Watch, dropped: bool, figures: dict[str, Any],
+                       why: str) -> list[dict[str, Any]]:
+        model = self.cfg.model
+        if not dropped:
+            return [self.decisions.append("kept", model, version=w.tag, previous=w.previous_tag,
+                                          **figures)]
+        t0 = time.perf_counter()
+        back = reg.rollback(reason=why)
         tag = self.app.swap(model, f"{REGISTRY}{reg.root}@{back.version}")
         self.metrics.served_version(model, back.version)
         return [self.decisions.append("rolled_back", model, version=tag, previous=w.tag,
-                                      test=res.figures(), wall_s=time.perf_counter() - t0)]
+                                      reason=why, **figures, wall_s=time.perf_counter() - t0)]
 
     def _live_gauge(self, rows: list[LoggedRow]) -> None:
         by: dict[str, list[float]] = {}
@@ -236,13 +325,8 @@ class Retrainer:
         anchors = [r for r in self._anchor_rows() if r.key not in taken]
         train += anchors  # after the traffic: the call budget goes to the traffic first
         held_anchors = [r for r in self._anchor_rows(held=True) if r.key not in taken]
-        pool, prints = self.app.rollout_pool()
-        verifier = combined(self.app.verifier(), self._anchors.data if self._anchors else None)
-        rr = Reroller(pool, prints, self.cache, verifier,
-                      concurrency=cfg.reroll.concurrency, timeout_s=cfg.reroll.timeout_s)
         t0 = time.perf_counter()
-        answers, stats = rr.answers(held + train + held_anchors, cfg.reroll.calls_per_round)
-        workers = list(pool.workers())
+        answers, stats, workers = self._reroll(held + train + held_anchors)
         held_cf = Counterfactual([r for r in held if r.key in answers], answers, workers)
         anchor_cf = Counterfactual([r for r in held_anchors if r.key in answers], answers,
                                    workers)
@@ -264,6 +348,16 @@ class Retrainer:
                                      **counts, training=figures)]
         out += self._decide(reg, pv, trainer, cand_dir, held_cf, anchor_cf)
         return out
+
+    def _reroll(self, rows: list[LoggedRow]) -> tuple[dict[str, Any], Any, list[Any]]:
+        """Every worker's answer to `rows` (first first, within one round's call budget),
+        through the app's proxies at rollout priority: (answers, stats, the pool's workers)."""
+        pool, prints = self.app.rollout_pool()
+        verifier = combined(self.app.verifier(), self._anchors.data if self._anchors else None)
+        rr = Reroller(pool, prints, self.cache, verifier,
+                      concurrency=self.cfg.reroll.concurrency, timeout_s=self.cfg.reroll.timeout_s)
+        answers, stats = rr.answers(rows, self.cfg.reroll.calls_per_round)
+        return answers, stats, list(pool.workers())
 
     def _anchor_rows(self, held: bool = False) -> list[LoggedRow]:
         """The anchor questions (`training.anchor`) to train on, or (`held`) the held-back
@@ -292,15 +386,19 @@ class Retrainer:
                 held: Counterfactual, anchors: Counterfactual | None = None
                 ) -> list[dict[str, Any]]:
         """The paired test on held-back traffic; with held-back anchors (at least
-        `evaluation.min_rows`), a candidate also passes if it is better on them and its mean
-        gain on held-back traffic is not negative."""
+        `evaluation.min_rows`), the test is two-sided in effect: a candidate passes on
+        traffic only if it is not significantly worse on the anchors (`anchor_guard`), and
+        on the anchors only if it is better there and its mean gain on held-back traffic is
+        not negative."""
         cfg, model = self.cfg.evaluation, self.cfg.model
+
+        def paired(diffs: np.ndarray, min_gain: float) -> Any:
+            return paired_test(diffs, alpha=cfg.alpha, min_gain=min_gain, method=cfg.test,
+                               samples=cfg.bootstrap_samples, seed=self.cfg.training.seed)
 
         def test(data: Counterfactual) -> tuple[Any, np.ndarray, np.ndarray]:
             serving, candidate = trainer.score(Path(pv.path), data), trainer.score(cand_dir, data)
-            return paired_test(candidate - serving, alpha=cfg.alpha, min_gain=cfg.min_gain,
-                               method=cfg.test, samples=cfg.bootstrap_samples,
-                               seed=self.cfg.training.seed), serving, candidate
+            return paired(candidate - serving, cfg.min_gain), serving, candidate
 
         res, serving, candidate = test(held)
         self.metrics.eval_reward(model, "serving", float(serving.mean()))
@@ -314,6 +412,11 @@ class Retrainer:
             figures["anchors"] = {"n": len(anchors), "serving_mean": float(aserving.mean()),
                                   "candidate_mean": float(acandidate.mean()),
                                   "test": ares.figures()}
+            if cfg.anchor_guard:  # significantly worse on the anchors by more than allowed?
+                worse = paired(aserving - acandidate, cfg.max_anchor_loss)
+                figures["anchors"]["worse"] = worse.figures()
+                if worse.passed and passed_by == "traffic":
+                    passed_by, figures["guarded"] = None, True
             if passed_by is None and ares.passed and res.mean >= 0:
                 passed_by = "anchors"
         figures["passed_by"] = passed_by
@@ -322,19 +425,28 @@ class Retrainer:
             shutil.rmtree(cand_dir, ignore_errors=True)
             why = (f"lower bound {res.lcb:.4f} of the mean gain {res.mean:.4f} is not above "
                    f"min_gain {cfg.min_gain:g} (p={res.p_value:.3g}, n={res.n})")
+            if figures.get("guarded"):
+                why = (f"the held-back traffic gain {res.mean:.4f} passed (lower bound "
+                       f"{res.lcb:.4f}, n={res.n})")
             if "anchors" in figures:
                 a = figures["anchors"]["test"]
                 why += (f"; on {figures['anchors']['n']} held-back anchors the gain is "
                         f"{a['mean']:.4f} (lower bound {a['lcb']:.4f})"
                         + (", but the traffic gain is negative" if a["passed"] else ""))
+                if figures.get("guarded"):
+                    bound = -figures["anchors"]["worse"]["lcb"]
+                    why += (f", significantly worse than the serving policy (upper bound "
+                            f"{bound:.4f} below -max_anchor_loss {cfg.max_anchor_loss:g})")
             return out + [self.decisions.append("rejected", model, version=pv.tag,
                                                 reason=why, **figures)]
-        return out + [self._promote(reg, pv, cand_dir, figures)]
+        return out + [self._promote(reg, pv, cand_dir, figures, trainer)]
 
-    def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any]
-                 ) -> dict[str, Any]:
+    def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any],
+                 trainer: Trainer) -> dict[str, Any]:
         model, t0 = self.cfg.model, time.perf_counter()
-        new = reg.publish(cand_dir, kind="lite", meta={"parent": pv.version, **figures})
+        keep = trainer.meta(cand_dir) if hasattr(trainer, "meta") else {}
+        new = reg.publish(cand_dir, kind=getattr(trainer, "kind", pv.kind),
+                          meta={"parent": pv.version, **keep, **figures})
         reason = (f"held-back reward {figures['candidate_mean']:.4f} vs "
                   f"{figures['serving_mean']:.4f}, lower bound of the gain "
                   f"{figures['test']['lcb']:.4f} (n={figures['n']})")
@@ -370,6 +482,10 @@ class Retrainer:
 
         with self._lock:
             reg, pv = self._serving([])
+            if pv.kind != "lite":
+                raise ConfigError(f"the served {pv.tag} is an LM conductor: it reads the pool "
+                                  "from its prompt, so a new worker needs no growing; "
+                                  "redeploy the app with the bigger pool")
             conductor = LiteConductor.load(pv.path)
             new = [w for w in workers if w.name not in conductor.workers]
             if not new:

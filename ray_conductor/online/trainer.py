@@ -52,7 +52,11 @@ class Counterfactual:
 
 
 class Trainer(Protocol):
-    kind: str  # the registry kind of the policies it writes
+    """`kind`: the registry kind of the policies it writes. A trainer may also offer
+    `meta(policy_dir) -> dict`: what a published version of its candidate keeps in the
+    registry (the LM tier: the conductor settings it runs with)."""
+
+    kind: str
 
     def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
                 ) -> tuple[Path, dict[str, Any]]: ...
