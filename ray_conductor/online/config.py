@@ -88,7 +88,10 @@ class LMTrainingConfig:
                                   "answer's 0)")
     select_rows: int = opt(64, "training questions whose greedy reward picks the best "
                                "iteration (the start included)", min=1)
-    micro_batch_size: int = opt(8, "sequences per backward pass", min=1)
+    micro_batch_size: int | None = opt(None, "sequences per backward pass (null: the group "
+                                             "size, so a group's shared prompt runs once; a "
+                                             "micro-batch across questions runs each prompt "
+                                             "in full, in far more memory)", min=1)
     bf16: bool = opt(False, "bf16 autocast in the updates")
     autocast: bool = opt(False, "bf16 autocast in generation")
     batch_size: int = opt(16, "prompts per generation batch", min=1)

@@ -194,7 +194,8 @@ class LMTrainer:
                                   correct=1.0, cost_penalty_per_dollar=self.cost_penalty)
         worker = RolloutWorker(cfg, reward_cfg, pool, pool.judge)
         learner = Learner(str(policy_dir), LearnerConfig(
-            model=str(policy_dir), lr=s.lr, bf16=s.bf16, micro_batch_size=s.micro_batch_size,
+            model=str(policy_dir), lr=s.lr, bf16=s.bf16,
+            micro_batch_size=s.micro_batch_size or s.group_size,
             clip_eps=s.clip_eps, seed=self.seed), device=s.device)
         rng = random.Random(self.seed)
         select = rng.sample(data.rows, min(len(data.rows), s.select_rows))
