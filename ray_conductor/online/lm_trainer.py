@@ -216,7 +216,7 @@ class LMTrainer:
                           "loss": stats["loss"], "grad_norm": stats["grad_norm"]})
             if reward > best["reward"]:
                 best = {"reward": reward, "iteration": it, "state": learner.state_dict()}
-        with torch.no_grad():  # the best greedy reward, the start included: a worse update is dropped
+        with torch.no_grad():  # the best greedy reward, the start included: worse updates dropped
             learner.policy.lm.load_state_dict(best["state"])
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
