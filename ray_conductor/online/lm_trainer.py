@@ -29,12 +29,12 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ray_conductor.data.replay import Query
 from ray_conductor.errors import ConfigError
 from ray_conductor.online.config import LMTrainingConfig
 from ray_conductor.online.trainer import Counterfactual
@@ -44,24 +44,21 @@ SETTINGS_FILE = "conductor.json"
 
 
 def conductor_settings(policy_dir: Path | str) -> dict[str, Any]:
-    """The conductor settings a published LM version (or a candidate) runs with."""
-    from ray_conductor.policy.conductor import ConductorConfig
+    """The conductor settings a published LM version (its registry meta) or a candidate (its
+    `conductor.json`) runs with; the weights' own path is not one of them."""
+    from ray_conductor.policy.registry import version_at
+    from ray_conductor.policy.runner import conductor_settings as from_meta
 
     d = Path(policy_dir)
-    meta: dict[str, Any] = {}
-    for name in ("VERSION.json", SETTINGS_FILE):
-        if (d / name).is_file():
-            try:
-                got = json.loads((d / name).read_text())
-            except ValueError as e:
-                raise ConfigError(f"{d / name}: not JSON ({e}); republish the policy") from None
-            meta = got if name == SETTINGS_FILE else ((got.get("meta") or {}).get("conductor")
-                                                      or ((got.get("meta") or {}).get("config")
-                                                          or {}).get("conductor") or {})
-            if meta:
-                break
-    known = {f.name for f in fields(ConductorConfig)}
-    return {k: v for k, v in meta.items() if k in known and k != "model"}
+    try:
+        pv = version_at(d)
+        meta = pv.meta if pv is not None else {}
+        if not from_meta(meta) and (d / SETTINGS_FILE).is_file():
+            meta = {"conductor": json.loads((d / SETTINGS_FILE).read_text())}
+    except ValueError as e:
+        raise ConfigError(f"{d}: unreadable policy settings ({e}); republish the policy") \
+            from None
+    return {k: v for k, v in from_meta(meta).items() if k != "model"}
 
 
 def lm_penalty(meta: dict[str, Any]) -> float:
@@ -114,12 +111,10 @@ class CounterfactualPool:
         return self.judgements(key).get(text or "", False)
 
 
-class _Question:
-    """What the runner and the rollout worker read of a question."""
-
-    def __init__(self, row: Any):
-        self.query_id, self.query = row.key, row.question
-        self.answer_format = row.judge.answer_format if row.judge is not None else "mc"
+def as_query(row: Any) -> Query:
+    """A logged row as the runner and the rollout worker read a question (its key as id)."""
+    return Query(row.key, row.question,
+                 answer_format=row.judge.answer_format if row.judge is not None else "mc")
 
 
 class LMTrainer:
@@ -133,10 +128,14 @@ class LMTrainer:
         from ray_conductor.policy.conductor import ConductorConfig
 
         s = self.settings
-        return ConductorConfig(**{**conductor_settings(policy_dir), "model": str(policy_dir),
-                                  "device": s.device,
-                                  "autocast": "bfloat16" if s.autocast else None,
-                                  "batch_size": s.batch_size, **over})
+        cfg = ConductorConfig(**{**conductor_settings(policy_dir), "model": str(policy_dir),
+                                 "device": s.device,
+                                 "autocast": "bfloat16" if s.autocast else None,
+                                 "batch_size": s.batch_size, **over})
+        if cfg.engine != "hf":
+            raise ConfigError(f"online retraining of an LM conductor runs its engine in the "
+                              f"loop's process (engine=hf); this version says {cfg.engine!r}")
+        return cfg
 
     def meta(self, policy_dir: Path | str) -> dict[str, Any]:
         """What a published version of this candidate keeps: the settings it runs with."""
@@ -146,9 +145,6 @@ class LMTrainer:
         from ray_conductor.policy.conductor import Conductor, build_engine
 
         cfg = self.conductor_config(policy_dir)
-        if cfg.engine != "hf":
-            raise ConfigError(f"online retraining of an LM conductor runs its engine in the "
-                              f"loop's process (engine=hf); this version says {cfg.engine!r}")
         return Conductor(build_engine(cfg), cfg)
 
     # -- scoring -----------------------------------------------------------------------------
@@ -161,7 +157,7 @@ class LMTrainer:
         if not rows:
             return np.zeros(0)
         pool = pool or CounterfactualPool(data)
-        qs = [_Question(r) for r in rows]
+        qs = [as_query(r) for r in rows]
         got = asyncio.run(run_conductor(conductor, qs, pool, temperature=0.0))
         out = []
         for q, (_, trace) in zip(qs, got):
@@ -186,9 +182,6 @@ class LMTrainer:
 
         t0, s = time.perf_counter(), self.settings
         cfg = self.conductor_config(policy_dir)
-        if cfg.engine != "hf":
-            raise ConfigError(f"online retraining of an LM conductor samples in the loop's "
-                              f"process (engine=hf); this version says {cfg.engine!r}")
         pool = CounterfactualPool(data)
         reward_cfg = RewardConfig(name="paper", parse_fail=s.parse_fail, wrong=0.0,
                                   correct=1.0, cost_penalty_per_dollar=self.cost_penalty)
@@ -202,7 +195,7 @@ class LMTrainer:
         first = float(self.rewards(worker.conductor, data, select, pool).mean())
         best = {"reward": first, "iteration": 0, "state": learner.state_dict()}
         curve, steps = [first], []
-        qs = [_Question(r) for r in data.rows]
+        qs = [as_query(r) for r in data.rows]
         for it in range(1, s.iterations + 1):
             batch = rng.sample(qs, min(len(qs), s.questions))
             trajs = asyncio.run(worker.rollout(batch, s.group_size, iteration=it,

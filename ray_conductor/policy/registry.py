@@ -135,12 +135,8 @@ class PolicyRegistry:
     def versions(self) -> list[PolicyVersion]:
         if not self.versions_dir.is_dir():
             return []
-        out = []
-        for d in sorted(self.versions_dir.glob("v[0-9]*")):
-            meta = d / _META
-            if meta.is_file():
-                out.append(PolicyVersion(**{**json.loads(meta.read_text()), "path": str(d)}))
-        return out
+        versions = (version_at(d) for d in sorted(self.versions_dir.glob("v[0-9]*")))
+        return [v for v in versions if v is not None]
 
     def get(self, version: int) -> PolicyVersion:
         for v in self.versions():
@@ -164,6 +160,14 @@ class PolicyRegistry:
         if not p.is_file():
             return []
         return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def version_at(path: str | os.PathLike) -> PolicyVersion | None:
+    """The published version whose directory is `path` (None: not a published version)."""
+    meta = Path(path) / _META
+    if not meta.is_file():
+        return None
+    return PolicyVersion(**{**json.loads(meta.read_text()), "path": str(path)})
 
 
 def resolve_policy(spec: str) -> tuple[str, PolicyVersion | None]:
