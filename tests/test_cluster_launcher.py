@@ -68,3 +68,14 @@ def test_the_head_starts_with_the_autoscaler_and_the_nodes_get_the_checkout():
     assert local == "." and any(remote in c and "pip install" in c
                                 for c in cfg["setup_commands"])
     assert {".git", ".venv", "runs"} <= set(cfg["rsync_exclude"])
+
+
+def test_ray_is_stopped_by_its_own_pid_never_by_ray_stop():
+    """`ray stop` ends every Ray on the machine; the launcher stops the one it started."""
+    cfg = launcher()
+    for key, pid in (("head_start_ray_commands", "~/ray_head.pid"),
+                     ("worker_start_ray_commands", "~/ray_worker.pid")):
+        commands = " ".join(cfg[key])
+        assert "ray stop" not in commands and "pkill" not in commands
+        assert "ray start" in commands and "--block" in commands
+        assert f"echo $! > {pid}" in commands and f'kill "$(cat {pid})"' in commands
