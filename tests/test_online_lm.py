@@ -120,6 +120,7 @@ def test_a_served_lm_conductor_is_retrained_promoted_and_watched(tmp_path):
     assert len(t["curve"]) == 2 and 0.0 <= t["steps"][0]["parsed"] <= 1.0
     # a fallback plan asks `good`, which is right: 1.0 on every question, unless a plan parsed
     assert t["calls_replayed"] > 0 and app.pool.calls == 40 * 2
+    assert t["micro_batch_size"] == 2  # one GRPO group per micro-batch: its prompt runs once
     assert 5 <= evaluated["n"] < 40 and np.isfinite(evaluated["candidate_mean"])
     v2 = reg.get(2)
     assert v2.kind == "lm" and v2.meta["conductor"]["fallback_worker"] == "good"
@@ -139,3 +140,12 @@ def test_a_served_lm_conductor_is_retrained_promoted_and_watched(tmp_path):
     assert watch["n"] == 8 and watch["live_mean"] == 1.0  # answered (A), labelled A
     with pytest.raises(ConfigError, match="needs no growing"):
         loop.grow([WorkerInfo("new", "", 1.0, 1.0)])
+
+
+def test_the_loop_actor_asks_for_a_gpu_only_for_an_lm_on_cuda():
+    from ray_conductor.online.actor import gpus_for
+
+    cfg = RetrainConfig()
+    assert gpus_for(cfg) == 0
+    cfg.training.lm.device = "cuda:0"
+    assert gpus_for(cfg) == 1

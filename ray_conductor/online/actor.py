@@ -61,16 +61,19 @@ def actor_name(app: str, model: str) -> str:
     return f"online/{app}/{model}"
 
 
+def gpus_for(cfg: RetrainConfig) -> int:
+    """An LM conductor's GRPO on a GPU node (`training.lm.device=cuda`) asks Ray for one GPU;
+    the lite tier's PPO, and an LM on the CPU, need none."""
+    return 1 if str(cfg.training.lm.device).startswith("cuda") else 0
+
+
 def start_retrainer(cfg: RetrainConfig, cpus: float = 1.0) -> str:
     """Create (or find) the named actor beside the app and start its loop; its name."""
     from dataclasses import asdict
 
     name = actor_name(cfg.app, cfg.model)
-    # an LM conductor's GRPO on a GPU node (training.lm.device=cuda) asks Ray for one GPU;
-    # the lite tier's PPO, and an LM on the CPU, need none
-    gpus = 1 if str(cfg.training.lm.device).startswith("cuda") else 0
     handle = OnlineRetrainer.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True,
                                      lifetime="detached", num_cpus=cpus,
-                                     num_gpus=gpus).remote(asdict(cfg))
+                                     num_gpus=gpus_for(cfg)).remote(asdict(cfg))
     ray.get(handle.start.remote(), timeout=600)
     return name

@@ -186,9 +186,9 @@ class LMTrainer:
         reward_cfg = RewardConfig(name="paper", parse_fail=s.parse_fail, wrong=0.0,
                                   correct=1.0, cost_penalty_per_dollar=self.cost_penalty)
         worker = RolloutWorker(cfg, reward_cfg, pool, pool.judge)
+        micro = s.micro_batch_size or s.group_size
         learner = Learner(str(policy_dir), LearnerConfig(
-            model=str(policy_dir), lr=s.lr, bf16=s.bf16,
-            micro_batch_size=s.micro_batch_size or s.group_size,
+            model=str(policy_dir), lr=s.lr, bf16=s.bf16, micro_batch_size=micro,
             clip_eps=s.clip_eps, seed=self.seed), device=s.device)
         rng = random.Random(self.seed)
         select = rng.sample(data.rows, min(len(data.rows), s.select_rows))
@@ -217,7 +217,8 @@ class LMTrainer:
         (out_dir / SETTINGS_FILE).write_text(json.dumps(conductor_settings(policy_dir)))
         figures = {"rows": len(data), "select_rows": len(select), "start_reward": first,
                    "best_reward": best["reward"], "best_iteration": best["iteration"],
-                   "iterations": s.iterations, "curve": curve, "steps": steps,
+                   "iterations": s.iterations, "micro_batch_size": micro,
+                   "curve": curve, "steps": steps,
                    "cost_penalty": self.cost_penalty, "calls_replayed": pool.calls,
                    "wall_s": time.perf_counter() - t0}
         return out_dir, figures
