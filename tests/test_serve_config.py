@@ -1,6 +1,7 @@
 """The serve configs: the Serve config YAML under cluster/ is one `serve deploy` accepts and its
 `import_path` builds the app; configs/serve.yaml is a valid `ServeConfig`; what a deploy
-carries holds key digests only; the planner's resources come from the graph declaration."""
+carries holds key digests only; the policies live in the ingress, and the planner deployment
+(only for an LM conductor) takes its resources from the graph declaration."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def test_the_cluster_serve_config_validates_and_builds():
     schema = ServeDeploySchema.model_validate(yaml.safe_load(CLUSTER_YAML.read_text()))
     (app,) = schema.applications
     assert app.import_path == "ray_conductor.serve.app:app_builder"
-    planner = next(d for d in app.deployments if d.name == "Planner")
-    assert planner.user_config == {"policies": {"conductor": "knn"}}
+    ingress = next(d for d in app.deployments if d.name == "Ingress")
+    assert ingress.user_config == {"policies": {"conductor": "knn"}}
+    assert [d.name for d in app.deployments] == ["Ingress"]  # kNN plans in the ingress
     built = app_builder(app.args)
     assert isinstance(built, Application)
 
@@ -68,23 +70,30 @@ def test_a_deploy_carries_key_digests_and_pinned_versions_only(tmp_path):
     ServeDeploySchema.model_validate(deploy)
 
 
-def test_the_planner_takes_its_resources_from_the_graph():
-    from ray_conductor.serve.app import build_app, prepare
-
-    cfg = as_serve_config({"graph": {"planner": {"num_cpus": 2, "num_gpus": 1, "count": 2,
-                                                 "max_concurrency": 8}},
-                           "ingress": {"max_ongoing_requests": 300}})
-    app = build_app(cfg, prepare(cfg))
+def test_an_lm_conductor_plans_in_a_planner_with_the_graphs_resources(tmp_path):
     from ray.serve._private.build_app import build_app as serve_build
 
-    built = serve_build(app, name="x")
-    planner = _deployment(built, "Planner")
-    ingress = _deployment(built, "Ingress")
+    from ray_conductor.serve.app import app_schema, build_app, prepare
+
+    graph = {"planner": {"num_cpus": 2, "num_gpus": 1, "count": 2, "max_concurrency": 8}}
+    lm = str(tmp_path / "my_conductor_run")  # a run directory: an LM conductor
+    cfg = as_serve_config({"graph": graph, "ingress": {"max_ongoing_requests": 300},
+                           "policies": {"conductor": lm, "router": "cheapest"}})
+    built = serve_build(build_app(cfg, prepare(cfg)), name="x")
+    planner, ingress = _deployment(built, "Planner"), _deployment(built, "Ingress")
     assert planner.num_replicas == 2 and planner.max_ongoing_requests == 8
     assert planner.ray_actor_options["num_gpus"] == 1
     assert planner.ray_actor_options["num_cpus"] == 2
+    assert planner._deployment_config.user_config == {"policies": {"conductor": lm}}
+    served = ingress._deployment_config.user_config["policies"]
+    assert served["conductor"] == lm and served["router"] == "cheapest"  # (and the defaults)
     assert ingress.max_ongoing_requests == 300
     assert ingress._deployment_config.autoscaling_config.max_replicas == 4
+    names = [d["name"] for d in app_schema(cfg, prepare(cfg))["deployments"]]
+    assert names == ["Ingress", "Planner"]
+    local = as_serve_config({"graph": graph, "policies": {"conductor": "cheapest"}})
+    built = serve_build(build_app(local, prepare(local)), name="y")
+    assert [d.name for d in built.deployments] == ["Ingress"]  # no LM: no planner, no GPU
 
 
 def test_serving_imports_no_training_code_and_the_core_no_ray():
@@ -94,7 +103,7 @@ def test_serving_imports_no_training_code_and_the_core_no_ray():
     code = (
         "import sys\n"
         "import ray_conductor.serve.gateway, ray_conductor.serve.traffic, "
-        "ray_conductor.serve.policies\n"
+        "ray_conductor.serve.policies, ray_conductor.serve.host, ray_conductor.serve.limits\n"
         "assert 'ray' not in sys.modules, 'the pure core imported ray'\n"
         "import ray_conductor.serve.app, ray_conductor.serve.command, "
         "ray_conductor.serve.ingress, ray_conductor.serve.planner\n"
@@ -137,3 +146,21 @@ def test_the_load_benchmark_pairs_rounds_and_finds_the_slowest_chain():
     assert summary["throughput_ratio_vs_bare_serve"] == pytest.approx(0.45)  # (0.4+0.5)/2
     assert summary["overhead_ratio_vs_critical_path"] == pytest.approx(1.2)
     assert summary["errors"] == 0
+
+
+def test_a_swap_names_the_deployments_that_plan():
+    from ray_conductor.errors import ConfigError as Err
+    from ray_conductor.serve.app import _with_policy
+
+    schema = {"name": "a", "deployments": [
+        {"name": "Ingress", "user_config": {"policies": {"c": "knn", "m": "/lm"}}},
+        {"name": "Planner", "user_config": {"policies": {"m": "/lm"}}}]}
+    to_local = _with_policy(schema, "m", "cheapest")
+    assert to_local["deployments"][0]["user_config"]["policies"] == {"c": "knn",
+                                                                     "m": "cheapest"}
+    assert to_local["deployments"][1]["user_config"]["policies"] == {}
+    to_lm = _with_policy(schema, "c", "/other_lm")
+    assert to_lm["deployments"][1]["user_config"]["policies"] == {"m": "/lm",
+                                                                  "c": "/other_lm"}
+    with pytest.raises(Err, match="has none"):
+        _with_policy({"name": "a", "deployments": [{"name": "Ingress"}]}, "c", "/lm")

@@ -14,6 +14,7 @@ import pytest
 from ray_conductor.errors import ConfigError, ServeError
 from ray_conductor.serve import protocol as api
 from ray_conductor.serve.gateway import Gateway, GatewaySettings
+from ray_conductor.serve.host import PolicyHost
 from ray_conductor.serve.keys import KeyRecord, KeyRing, key_id, load_keys
 from ray_conductor.serve.limits import KeyLimiter, Limits
 from ray_conductor.serve.policies import (
@@ -280,32 +281,35 @@ def test_policy_set_swaps_atomically_and_keeps_recent_versions(tmp_path, demo):
     assert ps.plan([PlanRequest("gone", "Q", workers)])[0].errors == ["unknown_model"]
 
 
-class _Planner:
-    """The planner port over a local `PolicySet` (what the deployment does, minus Ray)."""
+class _Host(PolicyHost):
+    """The policy host the ingress runs, counting the plans asked of it."""
 
-    def __init__(self, policies: PolicySet):
-        self.policies, self.calls = policies, 0
+    def __init__(self, loader):
+        super().__init__(loader)
+        self.calls = 0
 
     async def plan(self, req):
         self.calls += 1
-        return self.policies.plan([req])[0]
-
-    async def run(self, req, query_id, answer_format, params):
-        raise AssertionError("no interactive policy here")
-
-    async def describe(self):
-        return self.policies.describe()
+        return await super().plan(req)
 
 
 class _Limits:
+    """The limits port over a local `KeyLimiter` (what the actor does, minus Ray)."""
+
     def __init__(self, core):
         self.core = core
 
-    async def admit(self, key_id):
-        return self.core.admit(key_id)
+    async def reserve(self, key_id, dollars):
+        ticket, refused = self.core.reserve(key_id, dollars)
+        return (ticket, None, 0.0) if refused is None else (None, refused.message,
+                                                             refused.retry_after_s)
 
-    def charge(self, key_id, dollars):
-        self.core.charge(key_id, dollars)
+    async def check(self, key_id):
+        refused = self.core.check(key_id)
+        return (None, 0.0) if refused is None else (refused.message, refused.retry_after_s)
+
+    def settle(self, key_id, ticket, dollars):
+        self.core.settle(key_id, ticket, dollars)
 
 
 class _Traffic:
@@ -331,8 +335,8 @@ def gateway(tmp_path, demo):
     workers = list(pool.workers())
     ctx = LoadContext(workers, pool="demo")
     plan = "model_id = [4, 12]\nsubtasks = ['Answer.', 'Check.']\naccess_list = [[], 'all']"
-    ps = PolicySet(lambda ref: load_policy(ref, ctx))
-    ps.update({"conductor": f"scripted:{script(tmp_path, plan)}", "cheap": "cheapest"})
+    host = _Host(lambda ref: load_policy(ref, ctx))
+    host.update({"conductor": f"scripted:{script(tmp_path, plan)}", "cheap": "cheapest"})
     keys = KeyRing([KeyRecord.of("sk-test-key-1"),
                     KeyRecord.of("sk-tight-key-1", requests_per_minute=1)])
     limits = KeyLimiter({r.key_id: Limits(r.requests_per_minute, r.dollars_per_day)
@@ -340,7 +344,7 @@ def gateway(tmp_path, demo):
     log = TrafficLog(tmp_path / "traffic")
     replay = frozenset(w.name for w in workers)
     gw = Gateway(GatewaySettings("demo", replay, max_body_bytes=50_000, max_prompt_chars=20_000),
-                 planner=_Planner(ps), pool=pool, keys=keys, limits=_Limits(limits),
+                 planner=host, pool=pool, keys=keys, limits=_Limits(limits),
                  traffic=_Traffic(log), questions=QuestionIndex.from_data("demo", demo))
     return gw, log, demo.queries("test")[0]
 
@@ -416,7 +420,7 @@ async def test_streams_end_with_done_and_feedback_needs_the_same_key(gateway):
     gw, _, q = gateway
     reply = await gw.answer("chat", chat(content=q.query, stream=True,
                                          stream_options={"include_usage": True}), AUTH)
-    events = [e.decode() for e in reply.stream]
+    events = [e.decode() async for e in reply.stream]
     assert events[-1] == "data: [DONE]\n\n"
     last = json.loads(events[-2][len("data: "):])
     assert last["choices"] == [] and last["usage"]["total_tokens"] > 0
@@ -444,9 +448,14 @@ def test_question_index_reads_the_stored_table(demo):
     q = demo.queries("test")[3]
     assert len(idx) == len(demo.queries("all"))
     assert idx.find(None, q.query) == (q.query_id, q.answer_format)
-    assert idx.find(q.query_id, "anything") == (q.query_id, q.answer_format)
+    assert idx.find(q.query_id, q.query + " ") == (q.query_id, q.answer_format)
     assert idx.find(None, q.query + "\n") == (q.query_id, q.answer_format)
     assert idx.find(None, "unknown") is None
+    for qid, text, code in [(q.query_id, "anything", "query_id_mismatch"),
+                            ("no-such-id", q.query, "unknown_query_id")]:
+        with pytest.raises(ServeError) as e:  # an id lends its answers to its own text only
+            idx.find(qid, text)
+        assert e.value.status == 400 and e.value.code == code
 
 
 def test_gateway_loop_is_safe_with_a_cancelled_request(gateway):
@@ -486,17 +495,15 @@ def test_an_interactive_policy_runs_through_the_planner_port(tmp_path, demo):
             return wf, await execute(wf, question, pool, query_id=query_id, params=params)
 
     pool = ReplayPool(demo)
-    ps = PolicySet(lambda ref: InteractivePolicy(OneCall(), ref))
-    ps.update({"lite": "lite-v7"})
 
-    class Planner(_Planner):
-        async def run(self, req, query_id, answer_format, params):
+    class Host(_Host):
+        async def run(self, req, pool, *, query_id, answer_format, params):
             self.ran = (req.version, query_id, params.get("timeout_s"))
-            return await self.policies.get(req.model, req.version).run(
-                req.question, pool, query_id=query_id, answer_format=answer_format,
-                params=params)
+            return await super().run(req, pool, query_id=query_id,
+                                     answer_format=answer_format, params=params)
 
-    planner = Planner(ps)
+    planner = Host(lambda ref: InteractivePolicy(OneCall(), ref.replace(":", "-")))
+    planner.update({"lite": "lite:v7"})
     gw = Gateway(GatewaySettings("demo", frozenset(demo.models)), planner=planner, pool=pool,
                  keys=KeyRing([]), limits=None, traffic=_Traffic(TrafficLog(tmp_path)),
                  questions=QuestionIndex.from_data("demo", demo))

@@ -1,15 +1,18 @@
 """The app's two named actors, thin shells over the pure cores: `KeyLimitsActor` (one
-`KeyLimiter`, so per-key limits hold across every ingress replica) and `TrafficWriter` (one
-`TrafficLog` per app: a bounded buffer flushed every few seconds, when full, and on close).
-Both are detached and named after the app (`serve/<app>/key_limits`, `serve/<app>/traffic`)
-in the graph's namespace, so every replica, and a replica that restarts, finds the same ones;
-`close_app_actors` flushes and stops them when the app goes.
+`KeyLimiter`, so per-key limits and budget reservations hold across every ingress replica;
+its budget state is saved to a file, so a restarted actor carries on) and `TrafficWriter`
+(one `TrafficLog` per app: a buffer flushed every few seconds, when full, and on close; rows
+it cannot write go to the dead-letter file, counted in its metrics). Both are detached and
+named after the app (`serve/<app>/key_limits`, `serve/<app>/traffic`) in the graph's
+namespace, so every replica, and a replica that restarts, finds the same ones; calls made
+while one restarts are retried. `close_app_actors` flushes and stops them when the app goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +22,8 @@ from ray_conductor.serve.limits import KeyLimiter, Limits
 from ray_conductor.serve.traffic import TrafficLog
 
 log = logging.getLogger(__name__)
+FEEDBACK_REFUSAL_S = 1.0  # every refused feedback answers after this: unknown ids and other
+# keys' ids are told apart by nothing, their timing included
 
 
 def actor_names(app: str) -> dict[str, str]:
@@ -27,14 +32,26 @@ def actor_names(app: str) -> dict[str, str]:
 
 @ray.remote(num_cpus=0)
 class KeyLimitsActor:
-    def __init__(self, per_key: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any]):
-        self.core = KeyLimiter({k: Limits(**v) for k, v in per_key.items()}, Limits(**default))
+    def __init__(self, per_key: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any],
+                 state_path: str | None = None):
+        self.core = KeyLimiter({k: Limits(**v) for k, v in per_key.items()}, Limits(**default),
+                               state_path=state_path)
 
-    def admit(self, key_id: str) -> str | None:
-        return self.core.admit(key_id)
+    def reserve(self, key_id: str, dollars: float) -> tuple[str | None, str | None, float]:
+        """(ticket, None, 0) when admitted; (None, why not, retry after s) when refused."""
+        ticket, refused = self.core.reserve(key_id, dollars)
+        return (ticket, None, 0.0) if refused is None else (None, refused.message,
+                                                             refused.retry_after_s)
 
-    def charge(self, key_id: str, dollars: float) -> None:
-        self.core.charge(key_id, dollars)
+    def check(self, key_id: str) -> tuple[str | None, float]:
+        refused = self.core.check(key_id)
+        return (None, 0.0) if refused is None else (refused.message, refused.retry_after_s)
+
+    def settle(self, key_id: str, ticket: str | None, dollars: float) -> None:
+        self.core.settle(key_id, ticket, dollars)
+
+    def usage(self, key_id: str) -> dict[str, float]:
+        return self.core.usage(key_id)
 
     def usage(self, key_id: str) -> dict[str, float]:
         return self.core.usage(key_id)
@@ -50,6 +67,7 @@ class TrafficWriter:
         self._task: asyncio.Task | None = None
         self._lock: asyncio.Lock | None = None
         self.errors = 0
+        self._metrics: dict[str, Any] | None = None
 
     def _start(self) -> None:
         if self._task is None:
@@ -71,20 +89,29 @@ class TrafficWriter:
 
     async def feedback(self, request_id: str, key_id: str | None, reward: float | None,
                        label: str | None) -> str | None:
-        """None when attached; else why not (unknown id, or another key's request)."""
+        """None when attached; else why not. A refusal (an unknown id, or another key's)
+        takes the same time and the same path whichever it is."""
         self._start()
-        known, owner = await asyncio.to_thread(self.core.owner, request_id)
+        t0 = time.monotonic()
+        if await self._owned(request_id, key_id):
+            if self.core.add_feedback(request_id, key_id, reward, label):
+                await self.flush()
+            return None
+        await asyncio.sleep(max(0.0, t0 + FEEDBACK_REFUSAL_S - time.monotonic()))
+        return (f"no logged request {request_id!r} of this API key: send the `id` of a "
+                "response this key received")
+
+    async def _owned(self, request_id: str, key_id: str | None) -> bool:
+        def mine(known: bool, owner: str | None) -> bool:
+            return known and (key_id is None or owner == key_id)
+
+        if mine(*self.core.owner_recent(request_id)):
+            return True
         for _ in range(5):  # another ingress replica may still hold the row (0.1 s batches)
-            if known:
-                break
             await asyncio.sleep(0.1)
-            known, owner = self.core.owner_recent(request_id)
-        if not known or (key_id is not None and owner != key_id):
-            return (f"no logged request {request_id!r} of this API key: send the `id` of a "
-                    "response this key received")
-        if self.core.add_feedback(request_id, key_id, reward, label):
-            await self.flush()
-        return None
+            if mine(*self.core.owner_recent(request_id)):
+                return True
+        return mine(*await asyncio.to_thread(self.core.owner_on_disk, request_id))
 
     async def flush(self) -> int:
         """Write what is buffered now (one flush at a time); rows whose write failed stay
@@ -92,28 +119,57 @@ class TrafficWriter:
         self._start()
         assert self._lock is not None
         async with self._lock:
+            before = dict(self.core.dead_letter)
             try:
-                return await asyncio.to_thread(self.core.flush)
+                n = await asyncio.to_thread(self.core.flush)
             except Exception:
                 self.errors += 1
+                self._count("flush_errors", 1)
                 log.exception("traffic log flush failed; %d rows stay buffered",
                               self.core.pending())
-                return 0
+                n = 0
+            self._count("rows_written", n)
+            self._count("dead_letter_rows",
+                        sum(self.core.dead_letter.values()) - sum(before.values()))
+            return n
+
+    async def close(self) -> dict[str, Any]:
+        """Write everything pending (the app is going); what could not be written even to
+        the dead-letter file is counted as lost. Returns `stats`."""
+        await self.flush()
+        if self.core.pending():
+            await asyncio.sleep(0.5)  # one more try, then give up loudly
+            await self.flush()
+        lost = self.core.pending()
+        if lost:
+            log.error("traffic log: %d rows could not be written at shutdown", lost)
+        return {**self.stats(), "lost": lost}
+
+    def _count(self, name: str, n: int) -> None:
+        if n <= 0:
+            return
+        if self._metrics is None:
+            from ray.util import metrics
+
+            self._metrics = {k: metrics.Counter(f"conductor_traffic_{k}", f"traffic log {k}")
+                             for k in ("rows_written", "dead_letter_rows", "flush_errors")}
+        self._metrics[name].inc(float(n))
 
     def stats(self) -> dict[str, Any]:
         return {"pending": self.core.pending(), "written": dict(self.core.written),
-                "errors": self.errors, "root": str(self.core.root)}
+                "dead_letter": dict(self.core.dead_letter), "errors": self.errors,
+                "root": str(self.core.root)}
 
 
 def _get_or_create(cls: Any, name: str, namespace: str, *args: Any) -> Any:
     return cls.options(name=name, namespace=namespace, get_if_exists=True,
-                       lifetime="detached", max_restarts=-1).remote(*args)
+                       lifetime="detached", max_restarts=-1, max_task_retries=-1).remote(*args)
 
 
 def limits_actor(app: str, namespace: str, per_key: Mapping[str, Mapping[str, Any]],
-                 default: Mapping[str, Any]) -> Any:
+                 default: Mapping[str, Any], state_path: str | None = None) -> Any:
     return _get_or_create(KeyLimitsActor, actor_names(app)["limits"], namespace, dict(per_key),
-                          dict(default))
+                          dict(default), state_path)
 
 
 def traffic_actor(app: str, namespace: str, root: str, max_rows: int, flush_s: float) -> Any:
@@ -130,7 +186,6 @@ def close_app_actors(app: str, namespace: str, timeout_s: float = 60.0) -> dict[
         except ValueError:  # never created, or already gone
             continue
         if role == "traffic":
-            ray.get(handle.flush.remote(), timeout=timeout_s)
-            out = ray.get(handle.stats.remote(), timeout=timeout_s)
+            out = ray.get(handle.close.remote(), timeout=timeout_s)
         ray.kill(handle, no_restart=True)
     return out

@@ -1,10 +1,12 @@
-"""The serving graph in one function, `build_app(cfg)`: the planner deployment bound into the
-FastAPI ingress, as Ray Serve LLM's builder composes its app. `app_builder` is the same for a
-Serve config's `import_path` (`serve deploy cluster/serve/conductor.yaml`).
+"""The serving graph in one function, `build_app(cfg)`: the FastAPI ingress, which hosts the
+served policies, with the planner deployment bound into it when an LM conductor is served,
+as Ray Serve LLM's builder composes its app. `app_builder` is the same for a Serve config's
+`import_path` (`serve deploy cluster/serve/conductor.yaml`).
 
 The app is deployed declaratively (`deploy`: what `serve deploy` sends to the controller), so
-that a new `user_config` is a lightweight update: `swap_policy` points the planner at another
-policy version and `rollback_policy` steps a registry back, both without restarting a replica.
+that a new `user_config` is a lightweight update: `swap_policy` points the ingress (and, for
+an LM conductor, the planner) at another policy version and `rollback_policy` steps a
+registry back, both without restarting a replica.
 """
 
 from __future__ import annotations
@@ -55,15 +57,37 @@ def prepare(cfg: Any, keys: list[dict[str, Any]] | None = None) -> dict[str, Any
             "user_config": {"policies": {n: pin(r) for n, r in policies.items()}}}
 
 
+def lm_policies(user_config: dict[str, Any]) -> dict[str, str]:
+    """The policies the planner deployment serves: the LM conductors."""
+    from ray_conductor.serve.policies import policy_kind
+
+    return {n: r for n, r in (user_config.get("policies") or {}).items()
+            if policy_kind(r) == "lm"}
+
+
 def build_app(cfg: Any, settings: dict[str, Any] | None = None) -> Any:
-    """The app: `Ingress.bind(Planner.bind(...))`, resources from the graph's `planner` role
-    and the ingress config."""
-    from ray_conductor.graph import GraphSpec
+    """The app: `Ingress.bind(planner, ...)`, the planner `Planner.bind(...)` when an LM
+    conductor is served (else None); resources from the graph's `planner` role and the
+    ingress config."""
     from ray_conductor.serve.ingress import Ingress
-    from ray_conductor.serve.planner import Planner
 
     cfg = as_serve_config(cfg)
     settings = settings if settings is not None else prepare(cfg)
+    lm = lm_policies(settings["user_config"])
+    planner = _planner_deployment(cfg, settings, lm) if lm else None
+    ing = cfg.ingress
+    return Ingress.options(
+        max_ongoing_requests=ing.max_ongoing_requests,
+        autoscaling_config={"min_replicas": ing.min_replicas, "max_replicas": ing.max_replicas,
+                            "target_ongoing_requests": ing.target_ongoing_requests},
+        ray_actor_options={"num_cpus": ing.num_cpus},
+        user_config=settings["user_config"]).bind(planner, settings)
+
+
+def _planner_deployment(cfg: ServeConfig, settings: dict[str, Any], lm: dict[str, str]) -> Any:
+    from ray_conductor.graph import GraphSpec
+    from ray_conductor.serve.planner import Planner
+
     role = GraphSpec.from_config(cfg.graph, cfg.ray.namespace).role("planner")
     resources = {"num_cpus": role.num_cpus, "num_gpus": role.num_gpus}
     if role.resources:
@@ -72,15 +96,9 @@ def build_app(cfg: Any, settings: dict[str, Any] | None = None) -> Any:
         from ray_conductor.runtime import TORCH_THREADS_ENV
 
         resources["runtime_env"] = {"env_vars": {TORCH_THREADS_ENV: str(role.torch_threads)}}
-    planner = Planner.options(
+    return Planner.options(
         num_replicas=role.count, max_ongoing_requests=role.max_concurrency,
-        ray_actor_options=resources, user_config=settings["user_config"]).bind(settings)
-    ing = cfg.ingress
-    return Ingress.options(
-        max_ongoing_requests=ing.max_ongoing_requests,
-        autoscaling_config={"min_replicas": ing.min_replicas, "max_replicas": ing.max_replicas,
-                            "target_ongoing_requests": ing.target_ongoing_requests},
-        ray_actor_options={"num_cpus": ing.num_cpus}).bind(planner, settings)
+        ray_actor_options=resources, user_config={"policies": lm}).bind(settings)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -94,9 +112,12 @@ def app_builder(args: dict[str, Any]) -> Any:
 
 def app_schema(cfg: ServeConfig, settings: dict[str, Any]) -> dict[str, Any]:
     """The app as one entry of a Serve config (`applications:`)."""
+    deployments = [{"name": INGRESS, "user_config": settings["user_config"]}]
+    lm = lm_policies(settings["user_config"])
+    if lm:
+        deployments.append({"name": PLANNER, "user_config": {"policies": lm}})
     return {"name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": IMPORT_PATH,
-            "args": settings,
-            "deployments": [{"name": PLANNER, "user_config": settings["user_config"]}]}
+            "args": settings, "deployments": deployments}
 
 
 # -- the running app (through the Serve controller) --------------------------------------------
@@ -126,7 +147,8 @@ def apply(apps: dict[str, dict[str, Any]]) -> None:
 
 
 def wait_running(app: str, timeout_s: float = 600.0) -> None:
-    """Until `app` is RUNNING; `ConfigError` with Serve's message if its deploy failed."""
+    """Until `app` is RUNNING; `ConfigError` with the real cause if its deploy failed (a
+    replica's error, dug out of Serve's messages, not "failed to update the deployments")."""
     from ray import serve
 
     end = time.monotonic() + timeout_s
@@ -135,23 +157,36 @@ def wait_running(app: str, timeout_s: float = 600.0) -> None:
         if status is not None and status.status == "RUNNING":
             return
         if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            lines = [ln for ln in (status.message or "").strip().splitlines() if ln.strip()]
+            messages = [status.message or ""] + [d.message or "" for d in
+                                                 (status.deployments or {}).values()]
             raise ConfigError(f"serve app {app!r} failed to deploy: "
-                              f"{lines[-1] if lines else status.status}")
+                              f"{deploy_cause(messages) or status.status}")
         time.sleep(0.5)
     raise ConfigError(f"serve app {app!r} is not running after {timeout_s:g}s; `serve status` "
                       "says why")
 
 
-def _planner(app: str) -> Any:
+def deploy_cause(messages: list[str]) -> str:
+    """The line that says why: our own errors (`ConfigError: ...`) first, else the last
+    `...Error: ...` line of a replica's traceback, else the last line."""
+    lines = [ln.strip() for m in messages for ln in m.splitlines() if ln.strip()]
+    for marks in (("ConfigError: ",), ("Error: ", "Exception: ")):
+        hits = [ln for ln in lines if any(k in ln for k in marks)]
+        if hits:
+            last = hits[-1]
+            return last[last.index(next(k for k in marks if k in last)):][:600]
+    return lines[-1][:600] if lines else ""
+
+
+def _ingress(app: str) -> Any:
     from ray import serve
 
-    return serve.get_deployment_handle(PLANNER, app_name=app)
+    return serve.get_deployment_handle(INGRESS, app_name=app)
 
 
 def served(app: str) -> dict[str, dict[str, Any]]:
     """The live policies of a running app: name -> {policy, policy_version, kind, ...}."""
-    return _planner(app).describe.remote().result()
+    return _ingress(app).describe.remote().result()
 
 
 def swap_policy(app: str, model: str, ref: str, timeout_s: float = 600.0) -> str:
@@ -161,38 +196,64 @@ def swap_policy(app: str, model: str, ref: str, timeout_s: float = 600.0) -> str
     puts the config back, and raises `ConfigError` with the reason."""
     from ray_conductor.serve.policies import pin
 
+    from ray import serve
+
     apps = _declarative_apps()
     if app not in apps:
         raise ConfigError(f"no declaratively deployed serve app {app!r} is running "
                           f"(running: {sorted(apps)})")
     before = apps[app]
     pinned = pin(ref)
-    after = _with_policy(before, model, pinned)
+    try:
+        after = _with_policy(before, model, pinned)
+    except ConfigError as e:
+        raise ConfigError(f"policy {pinned!r} could not be loaded, still serving the previous "
+                          f"version: {e.message}") from None
     apply({app: after})
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         live = served(app).get(model) or {}
-        if live.get("policy") == pinned:
+        status = serve.status().applications.get(app)
+        if live.get("policy") == pinned and status is not None and status.status == "RUNNING":
             return str(live["policy_version"])
-        error = _planner(app).whoami.remote().result().get("swap_error")
+        who = _ingress(app).whoami.remote().result()
+        error = who.get("swap_error") or (who.get("planner") or {}).get("swap_error")
         if error and pinned in error:
             apply({app: before})
             raise ConfigError(f"policy {pinned!r} could not be loaded, still serving the "
                               f"previous version: {error}")
         time.sleep(0.25)
-    raise ConfigError(f"the planner of {app!r} did not load {pinned!r} within {timeout_s:g}s")
+    raise ConfigError(f"app {app!r} did not load {pinned!r} within {timeout_s:g}s")
 
 
 def _with_policy(schema: dict[str, Any], model: str, ref: str) -> dict[str, Any]:
+    """`schema` serving `ref` as `model`: in the ingress's policies, and in the planner's
+    when it is an LM conductor (an app without a planner cannot take one)."""
+    from ray_conductor.serve.policies import policy_kind
+
     out = dict(schema)
     deps = [dict(d) for d in out.get("deployments") or []]
-    planner = next((d for d in deps if d.get("name") == PLANNER), None)
-    if planner is None:
-        planner = {"name": PLANNER}
-        deps.append(planner)
-    uc = dict(planner.get("user_config") or {})
-    uc["policies"] = {**dict(uc.get("policies") or {}), model: ref}
-    planner["user_config"] = uc
+
+    def entry(name: str) -> dict[str, Any] | None:
+        return next((d for d in deps if d.get("name") == name), None)
+
+    lm = policy_kind(ref) == "lm"
+    planner = entry(PLANNER)
+    if lm and planner is None:
+        raise ConfigError(f"policy {ref!r} is an LM conductor, which plans in the planner "
+                          "deployment, and this app has none (it serves no LM conductor): "
+                          "restart serve with an LM conductor among its policies")
+    ingress = entry(INGRESS)
+    if ingress is None:
+        ingress = {"name": INGRESS}
+        deps.append(ingress)
+    for d, keep in ((ingress, True), (planner, lm)):
+        if d is None:
+            continue
+        uc = dict(d.get("user_config") or {})
+        policies = {k: v for k, v in dict(uc.get("policies") or {}).items() if k != model}
+        uc["policies"] = {**policies, model: ref} if keep else policies
+        d["user_config"] = uc
     out["deployments"] = deps
     return out
 

@@ -1,7 +1,12 @@
 """`ray-conductor serve` (`run_serve`) and `make demo` (`demo`): start local Ray and the app on
 the embedded default (replay workers over the demo pool, the kNN router as model
 `conductor`), print where it listens with a ready-to-paste `curl` and Python snippet, serve
-until Ctrl-C, and shut down cleanly (the traffic log flushed).
+until Ctrl-C, and shut down cleanly (the traffic log flushed, its row count said).
+
+With live workers (`workers=FILE`) and the default policies, which were trained on the demo
+pool's workers, the app serves a pinned default workflow instead: the strongest worker (by
+price), named in the banner. A policy that cannot be served on the workers is a one-line
+error before Ray starts (`check_policies`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray_conductor.errors import ConfigError
-from ray_conductor.serve.config import ServeConfig, as_serve_config, served_policies
+from ray_conductor.serve.config import (
+    DEFAULT_POLICIES,
+    ServeConfig,
+    as_serve_config,
+    served_policies,
+)
 
 __all__ = ["Running", "ServeConfig", "demo", "run_serve", "start", "stop"]
 LOOPBACK = "127.0.0.1"
@@ -41,20 +51,77 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_policies(cfg: ServeConfig) -> list[str]:
+    """Settle what is served before anything starts: with live workers, a policy left at its
+    default (trained on the demo pool's workers) that does not fit them is dropped, and
+    `conductor` then serves a pinned default workflow (the notice says which); then every
+    policy is checked against the workers, a `ConfigError` naming the one that cannot be
+    served, why, and what to do."""
+    from ray_conductor.serve.app import pool_config
+    from ray_conductor.serve.policies import check_policy
+    from ray_conductor.workers.config import as_pool_config
+
+    workers = as_pool_config(pool_config(cfg)).workers
+    names = [w.name for w in workers]
+    notices = []
+    if cfg.workers:
+        served = served_policies(cfg)
+        misfit = [n for n, r in served.items() if DEFAULT_POLICIES.get(n) == r
+                  and not _fits(n, r, names, cfg.pool)]
+        if misfit:
+            cfg.policies = {n: r for n, r in served.items() if n not in misfit}
+            cfg.policy = None
+        if "conductor" in misfit:
+            best = strongest(workers)
+            cfg.policies["conductor"] = f"pinned:{best}"
+            notices.append(
+                f"model 'conductor' serves a pinned default workflow: model_id = [{best!r}], "
+                "the strongest worker by price (live answers are free text, so a cascade "
+                "could not compare them); no trained policy fits these workers: train one "
+                "(ray-conductor train-lite ...) and serve it with policy=lite:DIR")
+        if [n for n in misfit if n != "conductor"]:
+            notices.append(f"not served: {', '.join(n for n in misfit if n != 'conductor')} "
+                           "(the shipped demo policy, trained on other workers)")
+    for name, ref in served_policies(cfg).items():
+        check_policy(name, ref, names, cfg.pool)
+    return notices
+
+
+def _fits(name: str, ref: str, workers: list[str], pool: str | None) -> bool:
+    from ray_conductor.serve.policies import check_policy
+
+    try:
+        check_policy(name, ref, workers, pool)
+        return True
+    except ConfigError:
+        return False
+
+
+def strongest(workers: list[Any]) -> str:
+    """The worker with the highest price (output, then input), the first one on a tie."""
+    from ray_conductor.workers.proxy import worker_info
+
+    infos = [worker_info(w) for w in workers]
+    return max(infos, key=lambda i: (i.output_price_per_mtok, i.input_price_per_mtok,
+                                     -infos.index(i))).name
+
+
 def start(cfg: Any) -> Running:
     """Start (or join) Ray, create the shared worker proxies, start Serve's HTTP proxy and
-    deploy the app; returns once it answers. Without API keys it binds to 127.0.0.1."""
+    deploy the app; returns once it answers. Without API keys it binds to 127.0.0.1. What is
+    served is settled and checked first (`check_policies`): a policy that cannot be served
+    is a `ConfigError` before Ray starts."""
     import ray
     from ray import serve
 
     from ray_conductor.graph import GraphSpec, build_worker_proxies
     from ray_conductor.runtime import init_ray
-    from ray_conductor.serve.app import app_schema, apply, prepare, wait_running
+    from ray_conductor.serve.app import app_schema, apply, lm_policies, prepare, wait_running
     from ray_conductor.serve.keys import load_keys
 
     cfg = as_serve_config(cfg)
     records = load_keys(cfg.api_keys, cfg.api_keys_file, cfg.api_keys_env)
-    notices = []
+    notices = check_policies(cfg)
     host = cfg.host
     if not records:
         if host not in (LOOPBACK, "localhost"):
@@ -66,7 +133,8 @@ def start(cfg: Any) -> Running:
     init_ray(cfg.ray)
     settings = prepare(cfg, keys=[r.to_dict() for r in records])
     spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
-    spec.check_resources(["planner"])
+    if lm_policies(settings["user_config"]):
+        spec.check_resources(["planner"])
     build_worker_proxies(spec, settings["pool_config"])  # a bad worker config fails here
     port = cfg.port or free_port()
     serve.start(http_options={"host": host, "port": port})
@@ -79,8 +147,9 @@ def start(cfg: Any) -> Running:
 
 
 def stop(running: Running, shutdown_ray: bool | None = None) -> dict[str, Any]:
-    """Delete the app, flush and stop its traffic writer and key limits; with
-    `shutdown_ray` (default: when `start` started Ray) stop Serve and Ray too."""
+    """Delete the app (its replicas hand their last rows to the writer), flush and stop its
+    traffic writer and key limits; with `shutdown_ray` (default: when `start` started Ray)
+    stop Serve and Ray too. Returns the writer's last counts."""
     import ray
     from ray import serve
 
@@ -106,14 +175,16 @@ def example_question(cfg: ServeConfig) -> str:
 
 
 def banner(running: Running, question: str) -> str:
-    """Where the app listens, and a curl and a Python snippet to paste."""
+    """Where the app listens, what each model serves, and a curl and a Python snippet."""
     model = next(iter(running.cfg.policies or {"conductor": ""}), "conductor")
     if running.cfg.policy:
         model = "conductor"
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}]})
     auth = ' -H "Authorization: Bearer $RAY_CONDUCTOR_API_KEY"' if running.keys_enabled else ""
     key = 'os.environ["RAY_CONDUCTOR_API_KEY"]' if running.keys_enabled else '"none"'
+    served = ", ".join(f"{n} = {r}" for n, r in served_policies(running.cfg).items())
     lines = [f"ray-conductor serve: {running.cfg.app_name!r} is listening on {running.url}",
+             f"  models: {served} (and each worker by name)",
              *[f"  note: {n}" for n in running.notices],
              "", "Try it with curl:", "",
              (f"  curl {running.base_url}/chat/completions -H 'Content-Type: application/json'"
@@ -157,11 +228,22 @@ def run_serve(cfg: Any) -> Running:
     except KeyboardInterrupt:
         print("\nstopping: flushing the traffic log ...", flush=True)
     finally:
-        stats = stop(running)
-        if stats:
-            print(f"traffic log: {stats['written']['requests']} requests written under "
-                  f"{stats['root']}", flush=True)
+        print(shutdown_line(stop(running), cfg.log_dir), flush=True)
     return running
+
+
+def shutdown_line(stats: dict[str, Any], log_dir: str) -> str:
+    """What the traffic log got, said at shutdown: rows written, dead-lettered, lost."""
+    if not stats:
+        return f"traffic log: no writer was running (nothing logged under {log_dir})"
+    written, dead = stats.get("written", {}), stats.get("dead_letter", {})
+    line = (f"traffic log: {written.get('requests', 0)} requests and "
+            f"{written.get('feedback', 0)} feedback rows written under {stats.get('root')}")
+    if sum(dead.values()):
+        line += f"; {sum(dead.values())} rows in its dead_letter folder (unwritable)"
+    if stats.get("lost"):
+        line += f"; {stats['lost']} rows LOST (the disk refused them)"
+    return line
 
 
 # -- make demo ---------------------------------------------------------------------------------
@@ -260,6 +342,4 @@ def demo(cfg: Any) -> dict[str, Any]:
                                      f"out={cfg.demo.eval_out}"])
         return run_eval(eval_cfg)
     finally:
-        stats = stop(running)
-        print(f"\nserver stopped; traffic log: {stats.get('written', {}).get('requests', 0)} "
-              f"requests under {stats.get('root', cfg.log_dir)}", flush=True)
+        print("\nserver stopped; " + shutdown_line(stop(running), cfg.log_dir), flush=True)

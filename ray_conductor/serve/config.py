@@ -5,11 +5,15 @@ replay pool through the kNN router as model `conductor`, on 127.0.0.1:8000.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ray_conductor.config import RayConfig, default_data_dir, opt
 from ray_conductor.graph import GraphConfig
+
+
+DEFAULT_POLICIES = {"conductor": "lite:default", "conductor-lite": "lite:default"}
 
 
 @dataclass
@@ -28,10 +32,17 @@ class IngressConfig:
 
 @dataclass
 class KeyLimitsConfig:
-    """Each API key's default limits (a keys file may set its own); null: none."""
+    """Each API key's default limits (a keys file may set its own); null: none. A budget is
+    held by reserving each request's worst case before it runs (its calls at their prompt
+    and `output_tokens_cap` output tokens, when the request sets no max) and settling the
+    real cost after; the state survives the limits actor's restart (`state_file`)."""
 
     requests_per_minute: float | None = opt(600.0, "requests per minute per key", gt=0)
     dollars_per_day: float | None = opt(25.0, "dollars per day per key", gt=0)
+    output_tokens_cap: int = opt(4096, "a call's output tokens when a budgeted request "
+                                       "sets no max_tokens (its worst case)", min=1)
+    state_file: str | None = opt(None, "where the budgets are saved (null: "
+                                       "<log_dir>/key_limits.json)")
 
 
 @dataclass
@@ -53,7 +64,7 @@ class ServeConfig:
     policy: str | None = opt(None, "shortcut for policies.conductor (knn, lite:DIR, registry:DIR,"
                                    " a conductor model or run dir)")
     policies: dict[str, str] = opt(
-        factory=lambda: {"conductor": "lite:default", "conductor-lite": "lite:default"},
+        factory=lambda: dict(DEFAULT_POLICIES),
         help="served model name -> policy reference (lite:default: the shipped demo policy)")
     conductor: dict[str, Any] = opt(factory=dict, help="LM ConductorConfig overrides")
     plan_temperature: float = opt(0.0, "sampling temperature of planning (0: greedy)", min=0)
@@ -66,6 +77,10 @@ class ServeConfig:
                                    "environment variable holding API keys (comma-separated)")
     limits: KeyLimitsConfig = opt(factory=KeyLimitsConfig, help="per-key limits, all replicas")
     max_body_bytes: int = opt(2_000_000, "largest request body (413 above)", min=1)
+    body_timeout_s: float = opt(15.0, "time a request body may take to arrive (408 after)",
+                                gt=0)
+    feedback_reward_range: list[float] = opt(
+        factory=lambda: [-1.0, 1.0], help="[min, max] of a /v1/feedback reward (400 outside)")
     max_prompt_chars: int = opt(200_000, "longest prompt (413 above)", min=1)
     call_timeout_s: float | None = opt(None, "one worker call's deadline; null: the pool's",
                                        gt=0)
@@ -96,11 +111,23 @@ def as_serve_config(cfg: Any = None) -> ServeConfig:
     try:
         given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg or {})
         merged = OmegaConf.merge(OmegaConf.structured(ServeConfig), given)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        out: ServeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"bad serve config at {key!r}: {str(e).strip().splitlines()[0]}") \
             from None
+    rr = out.feedback_reward_range
+    if len(rr) != 2 or not all(math.isfinite(x) for x in rr) or rr[0] >= rr[1]:
+        raise ConfigError(f"feedback_reward_range={list(rr)}: give [min, max] with min < max, "
+                          "e.g. [-1, 1]")
+    return out
+
+
+def limits_state_path(cfg: ServeConfig) -> str:
+    """Where the key limits actor saves its budgets."""
+    import os
+
+    return cfg.limits.state_file or os.path.join(cfg.log_dir, "key_limits.json")
 
 
 def served_policies(cfg: ServeConfig) -> dict[str, str]:

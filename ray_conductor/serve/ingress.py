@@ -1,13 +1,18 @@
 """The HTTP ingress: a FastAPI app behind `@serve.ingress`, shaped like Ray Serve LLM's
 `OpenAiIngress` (which cannot be imported without vLLM or SGLang, ray-project/ray#64661).
-A thin shell: it reads the body (bounded), hands it to the `Gateway` with Ray-backed ports
-(the planner deployment, the shared worker proxies, the key-limits actor, the traffic
-writer), and turns the `Reply` into an HTTP response. Unknown paths and methods answer in
-OpenAI's error shape too.
+A thin shell: it hands the gateway the body's reader (bounded in size and time) and the
+Ray-backed ports, and turns the `Reply` into an HTTP response (JSON, or server-sent events
+as they are produced). Unknown paths and methods answer in OpenAI's error shape too.
+
+The served policies live here (`PolicyHost`): kNN, lite, pinned and scripted workflows plan
+in this replica, with no hop to another deployment; an LM conductor plans in the planner
+deployment. Hot-swap is this deployment's `user_config` (`{"policies": {name: ref}}`):
+`reconfigure` loads what changed off the event loop and swaps it in, no replica restarts.
 """
 
 import asyncio
 import logging  # no `from __future__ import annotations`: FastAPI reads the annotations
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,8 +21,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_conductor.errors import ServeError
-from ray_conductor.serve.gateway import Gateway, GatewaySettings, Reply, error_reply
-from ray_conductor.serve.protocol import error_body
+from ray_conductor.serve.gateway import Gateway, GatewaySettings, Reply
+from ray_conductor.serve.planner import limit_threads
+from ray_conductor.serve.protocol import dumps, error_body
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="ray_conductor", docs_url=None, redoc_url=None, openapi_url=None)
@@ -27,7 +33,7 @@ api = FastAPI(title="ray_conductor", docs_url=None, redoc_url=None, openapi_url=
 async def _no_such_endpoint(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     what = {404: "no such endpoint", 405: "method not allowed here"}.get(exc.status_code,
                                                                          str(exc.detail))
-    e = ServeError(f"{request.method} {request.url.path}: {what}; the endpoints are POST "
+    e = ServeError(f"{request.method} {request.url.path[:200]}: {what}; the endpoints are POST "
                    "/v1/chat/completions, POST /v1/responses, GET /v1/models, POST "
                    "/v1/feedback, GET /healthz", exc.status_code,
                    code="not_found" if exc.status_code == 404 else "method_not_allowed")
@@ -36,29 +42,36 @@ async def _no_such_endpoint(request: Request, exc: StarletteHTTPException) -> JS
 
 def to_response(reply: Reply) -> Response:
     if reply.stream is not None:
-        return StreamingResponse(iter(reply.stream), status_code=reply.status,
+        return StreamingResponse(reply.stream, status_code=reply.status,
                                  media_type="text/event-stream", headers=reply.headers)
-    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+    return Response(dumps(reply.body), status_code=reply.status, headers=reply.headers,
+                    media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes (never read whole)."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (never read whole), and
+    with 408 when it has not all arrived within `timeout_s`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ServeError(f"the request body has {declared} bytes; the limit is {limit}", 413,
                          code="request_too_large")
     parts, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise ServeError(f"the request body is over the limit of {limit} bytes", 413,
-                             code="request_too_large")
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limit:
+                    raise ServeError(f"the request body is over the limit of {limit} bytes",
+                                     413, code="request_too_large")
+                parts.append(chunk)
+    except TimeoutError:
+        raise ServeError(f"the request body did not arrive within {timeout_s:g}s ({n} bytes "
+                         "came); send it whole", 408, code="request_timeout") from None
     return b"".join(parts)
 
 
-class _Planner:
-    """The planner deployment; its being unreachable or overloaded is a 503, not a bug."""
+class _RemotePlanner:
+    """The planner deployment (LM conductors); its being unreachable is a 503, not a bug."""
 
     def __init__(self, handle: Any):
         self.h = handle
@@ -76,22 +89,25 @@ class _Planner:
     async def plan(self, req: Any) -> Any:
         return await self._call("plan", req)
 
-    async def run(self, req: Any, query_id: Any, answer_format: Any, params: Any) -> Any:
-        return await self._call("run", req, query_id, answer_format, params)
-
     async def describe(self) -> dict[str, Any]:
         return await self._call("describe")
+
+    async def whoami(self) -> dict[str, Any]:
+        return await self._call("whoami")
 
 
 class _Limits:
     def __init__(self, actor: Any):
         self.a = actor
 
-    async def admit(self, key_id: str) -> str | None:
-        return await self.a.admit.remote(key_id)
+    async def reserve(self, key_id: str, dollars: float) -> tuple[str | None, str | None, float]:
+        return await self.a.reserve.remote(key_id, dollars)
 
-    def charge(self, key_id: str, dollars: float) -> None:
-        self.a.charge.remote(key_id, dollars)
+    async def check(self, key_id: str) -> tuple[str | None, float]:
+        return await self.a.check.remote(key_id)
+
+    def settle(self, key_id: str, ticket: str | None, dollars: float) -> None:
+        self.a.settle.remote(key_id, ticket, dollars)
 
 
 class _Traffic:
@@ -131,9 +147,25 @@ class _Traffic:
         return await self.a.feedback.remote(request_id, key_id, reward, label)
 
 
-
 def _client(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+def _local_loader(cfg: Any, workers: list[Any]) -> Any:
+    """How this replica loads a policy that plans here (`policies.load_policy`)."""
+    from functools import lru_cache
+
+    from ray_conductor.serve.policies import LoadContext, load_policy
+
+    @lru_cache(maxsize=1)
+    def data() -> Any:
+        from ray_conductor.data.pools import load_pool
+
+        return load_pool(cfg.pool, cfg.data_dir)
+
+    ctx = LoadContext(workers, data if cfg.pool else None, cfg.pool, cfg.knn_k,
+                      dict(cfg.conductor), cfg.plan_temperature)
+    return lambda ref: load_policy(ref, ctx)
 
 
 @serve.deployment(name="Ingress")
@@ -141,7 +173,8 @@ def _client(request: Request) -> str | None:
 class Ingress:
     def __init__(self, planner: Any, settings: dict[str, Any]):
         from ray_conductor.serve.actors import limits_actor, traffic_actor
-        from ray_conductor.serve.config import as_serve_config
+        from ray_conductor.serve.config import as_serve_config, limits_state_path
+        from ray_conductor.serve.host import PolicyHost
         from ray_conductor.serve.keys import KeyRing, load_keys
         from ray_conductor.serve.pool import serving_pool
         from ray_conductor.serve.questions import QuestionIndex
@@ -161,24 +194,46 @@ class Ingress:
                        for r in keys.records()}
             default = {"requests_per_minute": cfg.limits.requests_per_minute,
                        "dollars_per_day": cfg.limits.dollars_per_day}
-            limits = _Limits(limits_actor(app, ns, per_key, default))
-        replay = frozenset(w.name for w in as_pool_config(settings["pool_config"]).workers
-                           if w.model.startswith("replay/"))
+            limits = _Limits(limits_actor(app, ns, per_key, default, limits_state_path(cfg)))
+        pool_cfg = as_pool_config(settings["pool_config"])
+        replay = frozenset(w.name for w in pool_cfg.workers if w.model.startswith("replay/"))
         questions = QuestionIndex.from_pool(cfg.pool, cfg.data_dir) if replay and cfg.pool \
             else None
-        self.max_body = cfg.max_body_bytes
+        self.max_body, self.body_timeout_s = cfg.max_body_bytes, cfg.body_timeout_s
         self.traffic = _Traffic(traffic_actor(app, ns, cfg.log_dir, cfg.log_buffer_rows,
                                               cfg.log_flush_s))
+        self.planner = _RemotePlanner(planner) if planner is not None else None
+        self.host = PolicyHost(_local_loader(cfg, list(pool.workers())), self.planner,
+                               cfg.plan_batch_size, cfg.plan_batch_wait_s)
+        self.versions: dict[str, str] = {}
+        self.swap_error: str | None = None
         self.gateway = Gateway(
             GatewaySettings(cfg.pool, replay, cfg.max_body_bytes, cfg.max_prompt_chars,
                             cfg.call_timeout_s, (cfg.orchestration_input_price_per_mtok,
-                                                 cfg.orchestration_output_price_per_mtok)),
-            planner=_Planner(planner), pool=pool, keys=keys, limits=limits,
-            traffic=self.traffic,
+                                                 cfg.orchestration_output_price_per_mtok),
+                            default_budget=cfg.limits.dollars_per_day,
+                            output_cap=cfg.limits.output_tokens_cap,
+                            reward_range=tuple(cfg.feedback_reward_range),  # type: ignore[arg-type]
+                            fallbacks={w.name: tuple(w.fallbacks) for w in pool_cfg.workers}),
+            planner=self.host, pool=pool, keys=keys, limits=limits, traffic=self.traffic,
             questions=questions)
-        self.planner = planner
         if not keys.enabled:
             log.warning("no API keys configured: answering clients on this machine only")
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the policies `user_config` names and swap them in. A swap that fails to load
+        keeps the live policies (and reports why in `whoami`); only a replica with no policy
+        yet fails, so a bad first config is a failed deploy with the reason."""
+        refs = dict(user_config.get("policies") or {})
+        try:
+            self.versions = await asyncio.to_thread(self.host.update, refs)
+            self.swap_error = None
+            limit_threads()
+        except Exception as e:  # a bad new version must not take the live ones down
+            if not self.host.policies.names():
+                raise
+            self.swap_error = f"{refs}: {type(e).__name__}: {e}"
+            log.error("policy swap refused, still serving %s: %s", self.versions, e)
 
     async def __del__(self) -> None:
         """Serve's graceful shutdown (Serve awaits it, after the last request): hand the
@@ -188,14 +243,10 @@ class Ingress:
             await traffic.close()
 
     async def _answer(self, endpoint: str, request: Request) -> Response:
-        try:
-            raw = await read_body(request, self.max_body)
-        except ServeError as e:
-            return to_response(error_reply(e))
         h = request.headers
-        return to_response(await self.gateway.answer(endpoint, raw, h.get("authorization"),
-                                                     _client(request),
-                                                     h.get("x-conductor-timeout-s")))
+        return to_response(await self.gateway.answer(
+            endpoint, lambda: read_body(request, self.max_body, self.body_timeout_s),
+            h.get("authorization"), _client(request), h.get("x-conductor-timeout-s")))
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -212,20 +263,34 @@ class Ingress:
 
     @api.post("/v1/feedback")
     async def feedback(self, request: Request) -> Response:
-        try:
-            raw = await read_body(request, 100_000)
-        except ServeError as e:
-            return to_response(error_reply(e))
         return to_response(await self.gateway.feedback(
-            raw, request.headers.get("authorization"), _client(request)))
+            lambda: read_body(request, 100_000, self.body_timeout_s),
+            request.headers.get("authorization"), _client(request)))
 
     @api.get("/healthz")
     async def healthz(self, request: Request) -> Response:
-        """Alive, which planner replica answered, the live policy versions, and the client
-        address as this replica sees it."""
-        try:
-            planner = await self.planner.whoami.remote()
-        except Exception as e:  # the ingress is up; say what is not
-            return JSONResponse({"status": "degraded", "planner": None,
-                                 "error": f"planner unreachable: {type(e).__name__}"}, 503)
-        return JSONResponse({"status": "ok", "planner": planner, "client": _client(request)})
+        """Alive, which replica answered, the live policy versions (the planner's too), and
+        the client address as this replica sees it."""
+        me = await self.whoami()
+        if me.get("planner_error"):
+            return JSONResponse({"status": "degraded", "ingress": me,
+                                 "error": me["planner_error"]}, 503)
+        return JSONResponse({"status": "ok", "ingress": me, "client": _client(request)})
+
+    # -- called through a deployment handle (`app.served`, `app.swap_policy`) ----------------
+    async def describe(self) -> dict[str, dict[str, Any]]:
+        return await self.host.describe()
+
+    async def whoami(self) -> dict[str, Any]:
+        ctx = serve.get_replica_context()
+        out: dict[str, Any] = {
+            "pid": os.getpid(), "replica": ctx.replica_id.unique_id,
+            "versions": dict(self.versions), "swap_error": self.swap_error,
+            "batches": len(self.host.batches), "max_batch": max(self.host.batches, default=0)}
+        if self.planner is not None:
+            try:
+                out["planner"] = await self.planner.whoami()
+            except ServeError as e:
+                out["planner_error"] = e.message
+        return out
+

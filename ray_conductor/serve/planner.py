@@ -1,11 +1,13 @@
-"""The planner deployment: hosts the served policies and plans, with planning requests batched
-by `@serve.batch` (one engine call plans a batch for an LM conductor). Its resources are the
-graph's `planner` role (CPU by default; `graph.planner.num_gpus` puts an LM on a GPU).
+"""The planner deployment: hosts the served LM conductors and plans for them, with planning
+requests batched by `@serve.batch` (one engine call plans a batch). Its resources are the
+graph's `planner` role (CPU by default; `graph.planner.num_gpus` puts the LM on a GPU). Other
+policies plan in the ingress (`serve.host`); an app that serves no LM conductor has no
+planner deployment.
 
-Hot-swap: Serve's `user_config` (`{"policies": {name: reference}}`) reaches `reconfigure`,
-which loads what changed off the event loop and swaps the live set in one assignment; the
-replica keeps running, and a request that already picked its policy object finishes on it.
-Interactive policies (lite) run here over the same shared worker proxies.
+Hot-swap: Serve's `user_config` (`{"policies": {name: reference}}`, the LM ones among the
+ingress's) reaches `reconfigure`, which loads what changed off the event loop and swaps the
+live set in one assignment; the replica keeps running, and a request that already picked its
+policy object finishes on it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import logging
 import os
 from collections import deque
-from functools import lru_cache
 from typing import Any
 
 from ray import serve
@@ -34,22 +35,11 @@ log = logging.getLogger(__name__)
 @serve.deployment(name="Planner")
 class Planner:
     def __init__(self, settings: dict[str, Any]):
-        from ray_conductor.serve.pool import serving_pool
-
         cfg = as_serve_config(settings["config"])
-        self.pool = serving_pool(cfg.ray.namespace, cfg.graph, settings["pool_config"])
         conductor = dict(cfg.conductor)
         if cfg.graph.planner.num_gpus > 0:
             conductor.setdefault("device", "cuda")
-
-        @lru_cache(maxsize=1)
-        def data() -> Any:
-            from ray_conductor.data.pools import load_pool
-
-            return load_pool(cfg.pool, cfg.data_dir)
-
-        ctx = LoadContext(list(self.pool.workers()), data if cfg.pool else None, cfg.pool,
-                          cfg.knn_k, conductor, cfg.plan_temperature)
+        ctx = LoadContext([], None, cfg.pool, cfg.knn_k, conductor, cfg.plan_temperature)
         self.policies = PolicySet(lambda ref: load_policy(ref, ctx))
         self.versions: dict[str, str] = {}
         self.swap_error: str | None = None
@@ -58,14 +48,14 @@ class Planner:
         self._plan.set_batch_wait_timeout_s(cfg.plan_batch_wait_s)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load the policies `user_config` names and swap them in. A swap that fails to load
-        keeps the live policies (and reports why in `whoami`); only a replica with no policy
-        yet fails, so a bad first config is a failed deploy with the reason."""
+        """Load the LM policies `user_config` names and swap them in. A swap that fails to
+        load keeps the live policies (and reports why in `whoami`); only a replica with no
+        policy yet fails, so a bad first config is a failed deploy with the reason."""
         refs = dict(user_config.get("policies") or {})
         try:
-            self.versions = await asyncio.to_thread(self.policies.update, refs)
+            self.versions = await asyncio.to_thread(self.policies.update, refs, True)
             self.swap_error = None
-            _limit_threads()
+            limit_threads()
         except Exception as e:  # a bad new version must not take the live ones down
             if not self.policies.names():
                 raise
@@ -80,13 +70,6 @@ class Planner:
         self.batches.append(len(reqs))
         return await asyncio.to_thread(self.policies.plan, reqs)
 
-    async def run(self, req: PlanRequest, query_id: str | None, answer_format: str | None,
-                  params: dict[str, Any]) -> tuple[Any, Any]:
-        """An interactive policy's run, on the version the request started on."""
-        policy = self.policies.get(req.model, req.version)
-        return await policy.run(req.question, self.pool, query_id=query_id,
-                                answer_format=answer_format, params=params)
-
     def describe(self) -> dict[str, dict[str, Any]]:
         return self.policies.describe()
 
@@ -97,7 +80,7 @@ class Planner:
                 "batches": len(self.batches), "max_batch": max(self.batches, default=0)}
 
 
-def _limit_threads() -> None:
+def limit_threads() -> None:
     """torch on the CPUs this replica was given (`graph.planner.num_cpus`, or its
     `torch_threads`), set after loading: an encoder that loads sets every core, and on a busy
     machine two spinning threads made one question's embedding 20x slower than one thread."""

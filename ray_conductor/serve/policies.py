@@ -6,6 +6,8 @@ References (the values of `policies: {served name: reference}`):
 - `knn`, `cheapest`, `random`, `single:WORKER`: the baselines of `eval.policies`, fit on the
   replay pool's train split where they learn (kNN);
 - `scripted:FILE`: a fixed plan script (`policy.scripted_engine`), e.g. a pinned workflow;
+- `pinned:WORKER`: one worker answers every request (the default with live workers and no
+  policy trained on them);
 - `lite:DIR`: a lite conductor policy directory (`ray_conductor.lite`), which decides call by
   call, so it runs interactively rather than planning up front;
 - `registry:DIR[@N]`: the promoted (or Nth) version of a policy registry, of any kind above
@@ -15,6 +17,10 @@ References (the values of `policies: {served name: reference}`):
 
 A plan-then-execute policy answers `PlanRequest`s with `PlanReply`s; the version a request
 started on is in its reply, and nested (recursive) plans ask for that same version.
+
+`policy_kind` says where a reference plans without loading it: an LM conductor needs the
+planner deployment (`lm`); everything else plans in the ingress (`local`). `check_policy`
+says, before anything starts, why a reference cannot be served on these workers.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ray_conductor.workflow import Workflow
 
 BASELINES = ("knn", "cheapest", "random")
 SCRIPT_FILE = "plans.json"  # inside a registry version of kind "scripted"
+PINNED_SUBTASK = "Answer the last user message."
 
 
 @dataclass
@@ -64,6 +71,7 @@ class PlanReply:
     recursion_depth: int = 0
     self_name: str = "conductor"
     interactive: bool = False
+    max_steps: int = 0  # the most steps a nested (recursive) plan may have
 
 
 def _sha8(text: str | bytes) -> str:
@@ -72,20 +80,45 @@ def _sha8(text: str | bytes) -> str:
 
 
 class RouterPolicy:
-    """A baseline that names one worker per question (kNN, cheapest, ...)."""
+    """A baseline that names one worker per question (kNN, cheapest, ...). `embedder`: the
+    kNN router's question embeddings (planning blocks only to encode a new question)."""
 
     interactive = False
     recursion_depth = 0
     self_name = "conductor"
+    max_calls = 1
 
-    def __init__(self, policy: Any, version: str):
-        self.policy, self.version = policy, version
+    def __init__(self, policy: Any, version: str, embedder: Any = None):
+        self.policy, self.version, self.embedder = policy, version, embedder
+
+    def blocking(self, question: str) -> bool:
+        """Would planning `question` take more than microseconds (an encoder call)?"""
+        return self.embedder is not None and question not in self.embedder.memo
 
     def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
         queries = [SimpleNamespace(query=r.question, query_id=None) for r in reqs]
         plans = self.policy.plan_batch(queries, reqs[0].workers)
         return [PlanReply(r.model, self.version, p.workflow, fell_back=p.fell_back)
                 for r, p in zip(reqs, plans)]
+
+
+class PinnedPolicy:
+    """One worker answers every request: a one-step workflow, planned in no time."""
+
+    interactive = False
+    recursion_depth = 0
+    self_name = "conductor"
+    max_calls = 1
+
+    def __init__(self, worker: str):
+        self.workflow = Workflow.single(worker, PINNED_SUBTASK)
+        self.version = f"pinned-{worker}"
+
+    def blocking(self, question: str) -> bool:
+        return False
+
+    def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
+        return [PlanReply(r.model, self.version, self.workflow) for r in reqs]
 
 
 class ConductorPolicy:
@@ -98,6 +131,10 @@ class ConductorPolicy:
         self.conductor, self.version, self.temperature = conductor, version, temperature
         self.recursion_depth = int(conductor.cfg.recursion_depth)
         self.self_name = conductor.cfg.self_name
+        self.max_calls = int(conductor.cfg.max_steps) * (1 + self.recursion_depth)
+
+    def blocking(self, question: str) -> bool:
+        return not isinstance(self.conductor.engine, _scripted_engine())
 
     def offered(self, req: PlanRequest) -> list[WorkerInfo]:
         if req.previous is not None or self.recursion_depth <= 0:
@@ -114,7 +151,14 @@ class ConductorPolicy:
             r.model, self.version, p.workflow, p.texts[-1] if p.texts else "", p.n_attempts,
             p.fell_back, list(p.errors), sum(len(s.prompt_ids) for s in p.samples),
             sum(len(s.completion_ids) for s in p.samples), self.recursion_depth,
-            self.self_name) for r, p in zip(reqs, results)]
+            self.self_name, max_steps=int(self.conductor.cfg.max_steps))
+            for r, p in zip(reqs, results)]
+
+
+def _scripted_engine() -> type:
+    from ray_conductor.policy.scripted_engine import ScriptedEngine
+
+    return ScriptedEngine
 
 
 class InteractivePolicy:
@@ -126,6 +170,10 @@ class InteractivePolicy:
 
     def __init__(self, conductor: Any, version: str):
         self.conductor, self.version = conductor, version
+        self.max_calls = int(getattr(conductor, "max_calls", 4))
+
+    def blocking(self, question: str) -> bool:
+        return False
 
     def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
         return [PlanReply(r.model, self.version, None, interactive=True) for r in reqs]
@@ -207,7 +255,7 @@ def _baseline(ref: str, ctx: LoadContext) -> RouterPolicy:
                           f"workers lack {missing}: name the workers after them, or serve "
                           "another policy")
     version = f"knn-k{ctx.knn_k}-{_sha8(ctx.pool or '')}" if needs_data else ref
-    return RouterPolicy(policy, version)
+    return RouterPolicy(policy, version, embed if needs_data else None)
 
 
 def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> ConductorPolicy:
@@ -267,6 +315,11 @@ def load_policy(ref: str, ctx: LoadContext) -> Any:
                           "registry:DIR[@N] or a conductor model or run directory")
     if ref in BASELINES or ref.startswith("single:"):
         return _baseline(ref, ctx)
+    if ref.startswith("pinned:"):
+        worker = ref.split(":", 1)[1]
+        if worker not in {w.name for w in ctx.workers}:
+            raise ConfigError(f"policy {ref!r}: no worker {worker!r} in the pool")
+        return PinnedPolicy(worker)
     if ref.startswith("scripted:"):
         return _scripted(ref.split(":", 1)[1], ctx)
     if ref.startswith("lite:"):
@@ -274,6 +327,71 @@ def load_policy(ref: str, ctx: LoadContext) -> Any:
     if ref.startswith("registry:"):
         return _registry(ref, ctx)
     return _lm(ref.removeprefix("conductor:"), ctx)
+
+
+def policy_kind(ref: str) -> str:
+    """Where a reference plans: "lm" (an LM conductor: the planner deployment) or "local"
+    (everything else: in the ingress). A registry is resolved to its version's kind."""
+    ref = str(ref).strip()
+    if ref in BASELINES or ref.startswith(("single:", "pinned:", "scripted:", "lite:")):
+        return "local"
+    if ref.startswith("registry:"):
+        from ray_conductor.policy.registry import resolve_policy
+
+        _, pv = resolve_policy(ref)
+        return "lm" if pv is not None and pv.kind == "lm" else "local"
+    return "lm"
+
+
+def check_policy(name: str, ref: str, workers: Sequence[str], pool: str | None) -> None:
+    """Why `ref` cannot be served as `name` on `workers`, as one `ConfigError` naming the
+    policy, the reason and the fix; quiet when it can (as far as can be told without loading
+    it: an LM conductor is checked when it loads)."""
+    ref = str(ref).strip()
+    what = f"policy {name}={ref}"
+    try:
+        if ref == "knn" and not pool:
+            raise ConfigError("it is fit on a replay pool's train split and no pool is set; "
+                              "set pool=... or serve another policy (pinned:WORKER)")
+        if ref.startswith(("single:", "pinned:")) and ref.split(":", 1)[1] not in workers:
+            raise ConfigError(f"worker {ref.split(':', 1)[1]!r} is not in the pool "
+                              f"{list(workers)}; name one of them")
+        if ref.startswith("lite:"):
+            _check_lite(ref.split(":", 1)[1], workers)
+        if ref.startswith("scripted:") and not Path(ref.split(":", 1)[1]).is_file():
+            raise ConfigError("no such plan script; give a JSON file (see "
+                              "policy/scripted_engine.py)")
+        if ref.startswith("registry:"):
+            from ray_conductor.policy.registry import resolve_policy
+
+            path, pv = resolve_policy(ref)
+            if pv is not None and pv.kind == "lite":
+                _check_lite(path, workers)
+    except ConfigError as e:
+        raise ConfigError(f"{what} cannot be served: {e.message}") from None
+
+
+def _check_lite(path: str, workers: Sequence[str]) -> None:
+    """A lite policy runs only on the workers it was trained on (read from its lite.json,
+    without loading the network)."""
+    import json
+
+    if path == "default":
+        from ray_conductor.lite import default_policy_dir
+
+        path = str(default_policy_dir())
+    meta = Path(path) / "lite.json"
+    try:
+        trained = json.loads(meta.read_text())["workers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a lite policy (no readable lite.json); train one "
+                          "with `ray-conductor train-lite`") from None
+    missing, extra = sorted(set(trained) - set(workers)), sorted(set(workers) - set(trained))
+    if missing or extra:
+        raise ConfigError(f"it was trained on other workers (the pool lacks {missing[:6]} and "
+                          f"adds {extra[:6]}); train a lite policy on these workers "
+                          "(ray-conductor train-lite ...) or serve another policy, e.g. "
+                          f"policy=pinned:{workers[0] if workers else 'WORKER'}")
 
 
 def pin(ref: str) -> str:
@@ -300,10 +418,10 @@ class PolicySet:
         self._recent: dict[tuple[str, str], Any] = {}  # (name, version) -> policy
         self._lock = threading.Lock()  # one update at a time
 
-    def update(self, refs: Mapping[str, str]) -> dict[str, str]:
+    def update(self, refs: Mapping[str, str], allow_empty: bool = False) -> dict[str, str]:
         """Serve `refs` ({name: reference}); returns {name: version}. Nothing changes when any
         reference fails to load (the error says which)."""
-        if not isinstance(refs, Mapping) or not refs:
+        if not isinstance(refs, Mapping) or (not refs and not allow_empty):
             raise ConfigError("the planner needs `policies`: a mapping of served model names "
                               "to policy references")
         with self._lock:
@@ -336,7 +454,8 @@ class PolicySet:
     def describe(self) -> dict[str, dict[str, Any]]:
         return {n: {"policy": ref, "policy_version": p.version,
                     "kind": "interactive" if p.interactive else "plan",
-                    "recursion_depth": p.recursion_depth}
+                    "recursion_depth": p.recursion_depth,
+                    "max_calls": getattr(p, "max_calls", 1)}
                 for n, (ref, p) in self._live.items()}
 
     def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:

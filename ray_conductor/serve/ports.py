@@ -1,6 +1,6 @@
 """The ports the gateway talks through, as protocols (the Ray shell and the tests each supply
 their own), and `PlannerClient`: the conductor as `RecursivePool` sees it, so that nested
-(recursive) plans go through the planner too. Pure: no Ray.
+(recursive) plans go through the policy host too. Pure: no Ray.
 """
 
 from __future__ import annotations
@@ -12,18 +12,25 @@ from ray_conductor.serve.policies import PlanReply, PlanRequest
 
 
 class Planner(Protocol):
+    """Where the gateway plans (`serve.host.PolicyHost`)."""
+
     async def plan(self, req: PlanRequest) -> PlanReply: ...
 
-    async def run(self, req: PlanRequest, query_id: str | None, answer_format: str | None,
-                  params: dict[str, Any]) -> tuple[Any, Any]: ...
+    async def run(self, req: PlanRequest, pool: Any, *, query_id: str | None,
+                  answer_format: str | None, params: dict[str, Any]) -> tuple[Any, Any]: ...
 
     async def describe(self) -> dict[str, dict[str, Any]]: ...
 
 
 class Limits(Protocol):
-    async def admit(self, key_id: str) -> str | None: ...
+    """The per-key limits (`serve.limits.KeyLimiter` in its actor)."""
 
-    def charge(self, key_id: str, dollars: float) -> None: ...
+    async def reserve(self, key_id: str, dollars: float
+                      ) -> tuple[str | None, str | None, float]: ...
+
+    async def check(self, key_id: str) -> tuple[str | None, float]: ...
+
+    def settle(self, key_id: str, ticket: str | None, dollars: float) -> None: ...
 
 
 class TrafficSink(Protocol):

@@ -4,9 +4,18 @@ OpenAI's error shape, never a silent default), and the bodies, stream chunks, ty
 events and error bodies that the official `openai` client parses unchanged. Pure: no Ray, no
 HTTP server.
 
+Every parameter is either honoured or refused with a 400 naming it (`tools`, `tool_choice`,
+`logprobs`, `n>1`, ...; `response_format` only where one worker answers); unknown ones are
+refused as OpenAI refuses them. No error message echoes more than `ECHO_CHARS` characters of
+what the caller sent, and text is made valid Unicode at the door (a lone surrogate becomes
+U+FFFD), so nothing downstream (the workers, the JSON answer, the traffic log) chokes on it.
+
 Extensions ride where the client keeps them (`model_dump()` shows unknown fields): the usage
 block carries Fugu's orchestration token counts and the dollar cost, and every body a
-`conductor` block with the workflow and its trace.
+`conductor` block with the workflow and its trace. A stream carries the run's progress: for
+chat completions on chunks with an empty delta and a `conductor` event, for the Responses API
+as typed `response.conductor.*` events; a failure mid-stream ends it with an error in
+OpenAI's shape (`ChatStream`, `ResponsesStream`).
 """
 
 from __future__ import annotations
@@ -22,8 +31,34 @@ from typing import Any
 from ray_conductor.errors import ServeError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
-SAMPLING = ("temperature", "top_p", "max_tokens", "seed", "stop")
-UNSUPPORTED = ("tools", "functions", "audio", "previous_response_id")
+ECHO_CHARS = 200  # the most of a caller's input any error message repeats
+TEXT_ONLY = "a conductor answers text only"
+# parameters no conductor can honour: refused when present (with what to do instead)
+CHAT_REFUSED = {
+    "tools": TEXT_ONLY, "tool_choice": TEXT_ONLY, "functions": TEXT_ONLY,
+    "function_call": TEXT_ONLY, "parallel_tool_calls": TEXT_ONLY, "audio": TEXT_ONLY,
+    "prediction": "predicted outputs are not supported",
+    "top_logprobs": "log-probabilities are not returned",
+    "logit_bias": "a workflow's workers have different vocabularies",
+    "reasoning_effort": "set it in the worker config instead",
+    "web_search_options": "web search is not supported", "verbosity": "not supported"}
+CHAT_ACCEPTED = {"model", "messages", "stream", "stream_options", "temperature", "top_p",
+                 "max_tokens", "max_completion_tokens", "seed", "stop", "n", "metadata",
+                 "user", "store", "presence_penalty", "frequency_penalty", "response_format",
+                 "logprobs", "modalities", "service_tier", "safety_identifier",
+                 "prompt_cache_key"}
+RESPONSES_REFUSED = {
+    "tools": TEXT_ONLY, "tool_choice": TEXT_ONLY, "parallel_tool_calls": TEXT_ONLY,
+    "max_tool_calls": TEXT_ONLY,
+    "previous_response_id": "send the whole conversation in `input`",
+    "conversation": "send the whole conversation in `input`",
+    "prompt": "prompt templates are not supported", "reasoning": "set it in the worker config",
+    "top_logprobs": "log-probabilities are not returned",
+    "background": "background responses are not supported"}
+RESPONSES_ACCEPTED = {"model", "input", "instructions", "stream", "stream_options",
+                      "max_output_tokens", "temperature", "top_p", "metadata", "user", "store",
+                      "text", "truncation", "include", "service_tier", "safety_identifier",
+                      "prompt_cache_key"}
 
 
 @dataclass(frozen=True)
@@ -39,11 +74,23 @@ class ApiRequest:
     include_usage: bool = False
     params: dict[str, Any] = field(default_factory=dict)
     query_id: str | None = None
+    response_format: dict[str, Any] | None = None  # a structured-output request (not text)
+
+    @property
+    def _last_user(self) -> int:
+        return max(i for i, m in enumerate(self.messages) if m["role"] == "user")
 
     @property
     def question(self) -> str:
         """The last user message: what a conductor plans for and replay workers look up."""
-        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+        return self.messages[self._last_user]["content"]
+
+    @property
+    def context(self) -> list[dict[str, str]]:
+        """The rest of the conversation, in the order sent: what every step of a workflow sees
+        before its own message (the system prompt and the earlier turns)."""
+        i = self._last_user
+        return self.messages[:i] + self.messages[i + 1:]
 
     @property
     def prompt_chars(self) -> int:
@@ -51,6 +98,22 @@ class ApiRequest:
 
 
 # -- reading requests --------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode: surrogate pairs joined, lone surrogates (valid JSON escapes,
+    but not encodable as UTF-8) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def clip(text: Any, n: int = ECHO_CHARS) -> str:
+    """At most `n` characters of `text` (for messages that quote a caller), marked if cut."""
+    text = clean_text(text if isinstance(text, str) else repr(text))
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
 
 
 def _body(raw: bytes) -> dict[str, Any]:
@@ -68,7 +131,7 @@ def _model(body: dict[str, Any]) -> str:
     if not isinstance(model, str) or not model.strip():
         raise ServeError("`model` is required: a conductor policy or a worker name "
                          "(GET /v1/models lists them)", param="model")
-    return model.strip()
+    return clean_text(model.strip())
 
 
 def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
@@ -92,15 +155,16 @@ def _positive_int(body: dict[str, Any], key: str) -> int | None:
 
 
 def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return clip(repr(v), 40)
 
 
 def _params(body: dict[str, Any], max_tokens_key: str) -> dict[str, Any]:
     """Sampling parameters for the workers, validated; absent ones are left to the worker."""
     out: dict[str, Any] = {"temperature": _number(body, "temperature", 0.0, 2.0),
                            "top_p": _number(body, "top_p", 0.0, 1.0),
-                           "max_tokens": _positive_int(body, max_tokens_key)}
+                           "max_tokens": _positive_int(body, max_tokens_key),
+                           "presence_penalty": _number(body, "presence_penalty", -2.0, 2.0),
+                           "frequency_penalty": _number(body, "frequency_penalty", -2.0, 2.0)}
     if max_tokens_key == "max_tokens" and body.get("max_completion_tokens") is not None:
         out["max_tokens"] = _positive_int(body, "max_completion_tokens")
     seed = body.get("seed")
@@ -119,26 +183,58 @@ def _params(body: dict[str, Any], max_tokens_key: str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    for key in UNSUPPORTED:
-        if body.get(key):
-            what = ("send the whole conversation in `input`" if key == "previous_response_id"
-                    else "a conductor answers text only")
-            raise ServeError(f"`{key}` is not supported here: {what}", param=key,
-                             code="unsupported_parameter")
+def _unsupported(key: str, why: str) -> ServeError:
+    return ServeError(f"`{key}` is not supported here: {why}", param=key,
+                      code="unsupported_parameter")
+
+
+def _check_keys(body: dict[str, Any], accepted: set[str], refused: dict[str, str]) -> None:
+    """Every parameter is one the app honours: a refused one present (even empty, as
+    `tools: []`) or an unknown one is a 400 naming it."""
+    for key, value in body.items():
+        if key in refused and value is not None:
+            raise _unsupported(key, refused[key])
+        if key not in accepted and key not in refused:
+            raise ServeError(f"unrecognized request argument supplied: {clip(key, 60)}",
+                             param=clip(key, 60), code="unknown_parameter")
     n = body.get("n")
     if n is not None and n != 1:
-        raise ServeError("only n=1 is supported", param="n", code="unsupported_parameter")
+        raise _unsupported("n", "a workflow gives one answer: send n=1, or several requests")
+    if body.get("logprobs") not in (None, False):
+        raise _unsupported("logprobs", "log-probabilities are not returned")
+    if body.get("modalities") not in (None, ["text"]):
+        raise _unsupported("modalities", TEXT_ONLY)
+    if body.get("service_tier") not in (None, "auto", "default"):
+        raise _unsupported("service_tier", "only the default tier is served")
+    for key in ("user", "safety_identifier", "prompt_cache_key"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise ServeError(f"`{key}` must be a string", param=key)
+    if body.get("store") is not None and not isinstance(body["store"], bool):
+        raise ServeError("`store` must be true or false", param="store")
+
+
+def _response_format(fmt: Any, param: str) -> dict[str, Any] | None:
+    """A structured-output request, or None for plain text."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise ServeError(f"`{param}` must be an object with a `type`", param=param)
+    if fmt["type"] == "text":
+        return None
+    if fmt["type"] not in ("json_object", "json_schema"):
+        raise ServeError(f"`{param}.type` must be text, json_object or json_schema, got "
+                         f"{_show(fmt['type'])}", param=f"{param}.type")
+    return fmt
 
 
 def _text_parts(content: Any, where: str) -> str:
     """A message's text: a string, or a list of text parts (no images or audio)."""
     if isinstance(content, str):
-        return content
+        return clean_text(content)
     kinds = ("text", "input_text", "output_text")
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") in kinds
                                          and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
+        return clean_text("".join(p["text"] for p in content))
     raise ServeError(f"{where}.content must be a string or a list of text parts",
                      param=f"{where}.content")
 
@@ -167,7 +263,10 @@ def _query_id(body: dict[str, Any]) -> str | None:
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                              for k, v in meta.items()):
         raise ServeError("`metadata` must be an object of string values", param="metadata")
-    return meta.get("query_id") or None
+    qid = meta.get("query_id")
+    if qid is not None and len(qid) > 200:
+        raise ServeError("`metadata.query_id` is over 200 characters", param="metadata.query_id")
+    return clean_text(qid) if qid else None
 
 
 def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -188,7 +287,7 @@ def parse_chat(raw: bytes) -> ApiRequest:
     """A `/v1/chat/completions` body, or `ServeError` naming the field that is wrong."""
     body = _body(raw)
     model = _model(body)
-    _refuse_unsupported(body)
+    _check_keys(body, CHAT_ACCEPTED, CHAT_REFUSED)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ServeError("`messages` must be a non-empty list of {role, content}",
@@ -196,7 +295,8 @@ def parse_chat(raw: bytes) -> ApiRequest:
     msgs = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
     stream, include_usage = _stream(body)
     return ApiRequest("chat", model, _with_a_user_turn(msgs, "messages"), stream,
-                      include_usage, _params(body, "max_tokens"), _query_id(body))
+                      include_usage, _params(body, "max_tokens"), _query_id(body),
+                      _response_format(body.get("response_format"), "response_format"))
 
 
 def _input_messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -225,13 +325,36 @@ def parse_responses(raw: bytes) -> ApiRequest:
     """A `/v1/responses` body, or `ServeError` naming the field that is wrong."""
     body = _body(raw)
     model = _model(body)
-    _refuse_unsupported(body)
+    _check_keys(body, RESPONSES_ACCEPTED, RESPONSES_REFUSED)
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise ServeError(f"`stream` must be true or false, got {_show(stream)}", param="stream")
+    if body.get("stream_options") is not None and not stream:
+        raise ServeError("`stream_options` is only allowed with `stream: true`",
+                         param="stream_options")
+    if body.get("include"):
+        raise _unsupported("include", "no extra output is produced")
+    if body.get("truncation") not in (None, "auto", "disabled"):
+        raise ServeError("`truncation` must be auto or disabled", param="truncation")
     msgs = _with_a_user_turn(_input_messages(body), "input")
     return ApiRequest("responses", model, msgs, stream, True,
-                      _params(body, "max_output_tokens"), _query_id(body))
+                      _params(body, "max_output_tokens"), _query_id(body), _text_format(body))
+
+
+def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The Responses API's `text.format` as a chat `response_format` (None: plain text)."""
+    text = body.get("text")
+    if text is None:
+        return None
+    if not isinstance(text, dict) or set(text) - {"format", "verbosity"}:
+        raise ServeError("`text` must be an object with `format`", param="text")
+    if text.get("verbosity") is not None:
+        raise _unsupported("text.verbosity", "not supported")
+    fmt = _response_format(text.get("format"), "text.format")
+    if fmt is None or fmt["type"] == "json_object":
+        return fmt
+    spec = {k: v for k, v in fmt.items() if k in ("name", "schema", "strict", "description")}
+    return {"type": "json_schema", "json_schema": spec}
 
 
 # -- writing answers ---------------------------------------------------------------------------
@@ -315,25 +438,59 @@ def chat_body(rid: str, model: str, created: int, answer: str, usage: Usage,
             "usage": usage.chat(), "conductor": ext}
 
 
-def chat_chunks(rid: str, model: str, created: int, answer: str, usage: Usage,
-                fingerprint: str, ext: dict[str, Any], include_usage: bool) -> list[dict]:
-    """The chunks of a streamed answer: the role, the text in pieces, the finish (with the
-    `conductor` block), and with `include_usage` a last chunk with `choices: []` and usage."""
-    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> dict:
+class ChatStream:
+    """The chunks of a streamed chat completion, as they become known: the role, the run's
+    progress (an empty delta with a `conductor` event), the answer's text, then the finish
+    (with the `conductor` block), with `include_usage` a last chunk with `choices: []` and
+    usage, and `[DONE]`; or, if the run fails midway, an error in OpenAI's shape."""
+
+    def __init__(self, rid: str, model: str, created: int, fingerprint: str,
+                 include_usage: bool):
+        self.rid, self.model, self.created = rid, model, created
+        self.fingerprint, self.include_usage = fingerprint, include_usage
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None = None,
+              **extra: Any) -> dict[str, Any]:
         choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
                                              "finish_reason": finish}]
-        out = {"id": rid, "object": "chat.completion.chunk", "created": created,
-               "model": model, "system_fingerprint": fingerprint, "choices": choices}
-        if include_usage:
+        out = {"id": self.rid, "object": "chat.completion.chunk", "created": self.created,
+               "model": self.model, "system_fingerprint": self.fingerprint, "choices": choices}
+        if self.include_usage:
             out["usage"] = None
         return {**out, **extra}
 
-    out = [chunk({"role": "assistant", "content": ""})]
-    out += [chunk({"content": p}) for p in pieces(answer) if p]
-    out.append(chunk({}, "stop", conductor=ext))
-    if include_usage:
-        out.append({**chunk(None), "usage": usage.chat()})
-    return out
+    def start(self) -> list[dict[str, Any]]:
+        return [self.chunk({"role": "assistant", "content": ""})]
+
+    def progress(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.chunk({}, conductor=event)]
+
+    def text(self, piece: str) -> list[dict[str, Any]]:
+        return [self.chunk({"content": piece})] if piece else []
+
+    def finish(self, usage: Usage, ext: dict[str, Any]) -> list[dict[str, Any] | str]:
+        out: list[dict[str, Any] | str] = [self.chunk({}, "stop", conductor=ext)]
+        if self.include_usage:
+            out.append({**self.chunk(None), "usage": usage.chat()})
+        return out + ["[DONE]"]
+
+    def fail(self, e: ServeError) -> list[dict[str, Any] | str]:
+        """What the official client raises as `APIError` (no `[DONE]`: the answer is cut)."""
+        return [error_body(e)]
+
+    @staticmethod
+    def sse(item: dict[str, Any] | str) -> bytes:
+        return sse(item)
+
+
+def chat_chunks(rid: str, model: str, created: int, answer: str, usage: Usage,
+                fingerprint: str, ext: dict[str, Any], include_usage: bool) -> list[Any]:
+    """The whole stream of an answer known at once (the text in pieces)."""
+    w = ChatStream(rid, model, created, fingerprint, include_usage)
+    out: list[Any] = w.start()
+    for p in pieces(answer):
+        out += w.text(p)
+    return out + [c for c in w.finish(usage, ext) if c != "[DONE]"]
 
 
 def _message_item(rid: str, answer: str, status: str = "completed") -> dict[str, Any]:
@@ -354,28 +511,80 @@ def responses_body(rid: str, model: str, created: int, answer: str | None, usage
             "usage": usage.responses() if usage else None, "conductor": ext}
 
 
+class ResponsesStream:
+    """The typed events of a streamed Response, in the order OpenAI sends them, numbered:
+    created and in progress; the run's progress as `response.conductor.<event>`; the message
+    item and its text as it arrives; done and completed. A failure midway is an `error`
+    event and `response.failed`."""
+
+    def __init__(self, rid: str, model: str, created: int):
+        self.rid, self.model, self.created = rid, model, created
+        self.seq, self.opened, self.text_so_far = 0, False, ""
+        item_id = "msg_" + rid.removeprefix("resp_")
+        self.where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+
+    def _ev(self, **e: Any) -> dict[str, Any]:
+        e["sequence_number"] = self.seq
+        self.seq += 1
+        return e
+
+    def start(self) -> list[dict[str, Any]]:
+        started = responses_body(self.rid, self.model, self.created, None, None, None,
+                                 "in_progress")
+        return [self._ev(type="response.created", response=started),
+                self._ev(type="response.in_progress", response=started)]
+
+    def progress(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self._ev(type=f"response.conductor.{event.get('event', 'progress')}",
+                         conductor=event)]
+
+    def _open(self) -> list[dict[str, Any]]:
+        if self.opened:
+            return []
+        self.opened = True
+        return [self._ev(type="response.output_item.added", output_index=0,
+                         item=_message_item(self.rid, "", "in_progress")),
+                self._ev(type="response.content_part.added", **self.where,
+                         part={"type": "output_text", "text": "", "annotations": [],
+                               "logprobs": []})]
+
+    def text(self, piece: str) -> list[dict[str, Any]]:
+        if not piece:
+            return []
+        self.text_so_far += piece
+        return self._open() + [self._ev(type="response.output_text.delta", **self.where,
+                                        delta=piece, logprobs=[])]
+
+    def finish(self, usage: Usage, ext: dict[str, Any]) -> list[dict[str, Any]]:
+        item = _message_item(self.rid, self.text_so_far)
+        return self._open() + [
+            self._ev(type="response.output_text.done", **self.where, text=self.text_so_far,
+                     logprobs=[]),
+            self._ev(type="response.content_part.done", **self.where, part=item["content"][0]),
+            self._ev(type="response.output_item.done", output_index=0, item=item),
+            self._ev(type="response.completed", response=responses_body(
+                self.rid, self.model, self.created, self.text_so_far, usage, ext))]
+
+    def fail(self, e: ServeError) -> list[dict[str, Any]]:
+        failed = responses_body(self.rid, self.model, self.created, None, None, None, "failed")
+        failed["error"] = {"code": "rate_limit_exceeded" if e.status == 429 else "server_error",
+                           "message": e.message}
+        return [self._ev(type="error", code=e.code, message=e.message, param=e.param),
+                self._ev(type="response.failed", response=failed)]
+
+    @staticmethod
+    def sse(item: dict[str, Any]) -> bytes:
+        return sse(item, item["type"])
+
+
 def responses_events(rid: str, model: str, created: int, answer: str, usage: Usage,
                      ext: dict[str, Any]) -> list[dict[str, Any]]:
-    """The typed events of a streamed Response, in the order OpenAI sends them."""
-    item = _message_item(rid, answer)
-    part = item["content"][0]
-    where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
-    started = responses_body(rid, model, created, None, None, None, "in_progress")
-    events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": started},
-        {"type": "response.in_progress", "response": started},
-        {"type": "response.output_item.added", "output_index": 0,
-         "item": _message_item(rid, answer, "in_progress")},
-        {"type": "response.content_part.added", **where,
-         "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}]
-    events += [{"type": "response.output_text.delta", **where, "delta": p, "logprobs": []}
-               for p in pieces(answer) if p]
-    events += [{"type": "response.output_text.done", **where, "text": answer, "logprobs": []},
-               {"type": "response.content_part.done", **where, "part": part},
-               {"type": "response.output_item.done", "output_index": 0, "item": item},
-               {"type": "response.completed",
-                "response": responses_body(rid, model, created, answer, usage, ext)}]
-    return [{**e, "sequence_number": i} for i, e in enumerate(events)]
+    """The whole stream of an answer known at once (the text in pieces)."""
+    w = ResponsesStream(rid, model, created)
+    out = w.start()
+    for p in pieces(answer):
+        out += w.text(p)
+    return out + w.finish(usage, ext)
 
 
 def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
@@ -384,6 +593,16 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
                                                          default=str)
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {text}\n\n".encode()
+
+
+def dumps(body: Any) -> bytes:
+    """A JSON body as UTF-8 (non-ASCII kept), never failing on text a worker returned that
+    is not valid Unicode (escaped then)."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"),
+                          default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":"), default=str).encode("utf-8")
 
 
 def now() -> int:

@@ -20,15 +20,16 @@ UNRECORDED = (
 
 
 class QuestionIndex:
-    """Recorded questions: exact text -> (query id, answer format), and query id -> format."""
+    """Recorded questions: exact text -> (query id, answer format), and query id -> (text,
+    format)."""
 
     def __init__(self, pool: str, rows: Iterable[tuple[str, str, str]]):
         self.pool = pool
         self._by_text: dict[str, tuple[str, str]] = {}
-        self._by_id: dict[str, str] = {}
+        self._by_id: dict[str, tuple[str, str]] = {}
         for qid, text, fmt in rows:
             if qid not in self._by_id:
-                self._by_id[qid] = fmt
+                self._by_id[qid] = (text, fmt)
                 self._by_text.setdefault(text, (qid, fmt))
                 self._by_text.setdefault(text.strip(), (qid, fmt))
 
@@ -56,10 +57,24 @@ class QuestionIndex:
         return cls(pool, zip(*(t.column(c).to_pylist() for c in cols)))
 
     def find(self, query_id: str | None, question: str) -> tuple[str, str] | None:
-        """(query id, answer format) of a recorded question, by id first, else by text."""
-        if query_id is not None and query_id in self._by_id:
-            return query_id, self._by_id[query_id]
-        return self._by_text.get(question) or self._by_text.get(question.strip())
+        """(query id, answer format) of a recorded question, by id (whose recorded text must
+        be the text sent: an id lends its recorded answers, and the log its question, to
+        that text only), else by text."""
+        if query_id is None:
+            return self._by_text.get(question) or self._by_text.get(question.strip())
+        from ray_conductor.serve.protocol import clip
+
+        if query_id not in self._by_id:
+            raise ServeError(f"metadata.query_id {clip(query_id, 100)!r} is not a recorded "
+                             f"question of pool {self.pool!r}; leave it out, or name one",
+                             code="unknown_query_id", param="metadata.query_id")
+        text, fmt = self._by_id[query_id]
+        if question != text and question.strip() != text.strip():
+            raise ServeError(f"metadata.query_id {clip(query_id, 100)!r} names a recorded "
+                             "question whose text is not the last user message; send that "
+                             "question's text, or leave query_id out",
+                             code="query_id_mismatch", param="metadata.query_id")
+        return query_id, fmt
 
     def unrecorded(self) -> ServeError:
         return ServeError(UNRECORDED.format(pool=self.pool, n=len(self)), 400,

@@ -45,7 +45,7 @@ def pass_through(worker: str, messages: list[Message], c: Completion) -> Run:
                    output_tokens=c.output_tokens, cost=c.cost, error=c.error,
                    error_code=c.error_code, served_by=c.served_by,
                    queue_wait_s=c.queue_wait_s, attempts=len(c.attempts) or 1,
-                   cached=c.cached)
+                   cached=c.cached, first_token_s=c.meta.get("first_token_s"))
     trace = Trace(question=last, steps=[st], answer="" if c.error else (c.text or ""),
                   wall_s=c.latency_s)
     return Run(Workflow((Step(worker, PASS_THROUGH, ()),)), trace)
@@ -67,11 +67,14 @@ def failure(run: Run) -> ServeError | None:
     if final.error_code in UNAVAILABLE:
         return ServeError(f"no worker available: {what}", 503, code="no_worker_available",
                           type="server_error")
+    if final.error_code == "stream_interrupted":
+        return ServeError(f"the answer broke off: {what}", 502, code="stream_interrupted",
+                          type="server_error")
     return ServeError(f"the workflow's last step failed: {what}", 502, code="worker_failed",
                       type="server_error")
 
 
-def _short(text: str, n: int = 300) -> str:
+def _short(text: str, n: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
 
@@ -95,7 +98,7 @@ def steps_view(run: Run, with_text: bool = False) -> list[dict[str, Any]]:
              "latency_s": round(st.latency_s, 4), "queue_wait_s": round(st.queue_wait_s, 4),
              "input_tokens": st.input_tokens, "output_tokens": st.output_tokens,
              "cost": st.cost, "retries": max(0, st.attempts - 1),
-             "cached": st.cached, "answer": st.answer,
+             "cached": st.cached, "answer": st.answer, "first_token_s": st.first_token_s,
              "error": st.error, "error_code": st.error_code}
         if with_text:
             d["text"] = st.text

@@ -11,6 +11,11 @@ Layout under the log directory, both partitioned by UTC date (hive style, so pan
 Files are only ever added, never rewritten: feedback is joined on read (the latest reward and
 the latest label per request). Each part is written under a hidden name and renamed, so a
 reader never sees half a file. Pure pyarrow (the writer actor is in `actors.py`).
+
+No row can stop the log: every string is made valid Unicode and capped (`MAX_CHARS`) when it
+is appended, and a row that still cannot be written goes, with the reason, to
+`dead_letter/date=.../part-*.jsonl` (counted in `dead_letter`), while the rows around it are
+written. A flush that fails as a whole (the disk) keeps its rows buffered for the next one.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ FEEDBACK_SCHEMA = pa.schema([
     ("key_id", pa.string()), ("reward", pa.float64()), ("label", pa.string()),
 ])
 MAX_LABEL_CHARS = 1000
+DEAD_LETTER = "dead_letter"
+MAX_CHARS = {"question": 1_000_000, "answer": 1_000_000, "trace": 8_000_000,
+             "workflow": 100_000, "error": 10_000, "label": MAX_LABEL_CHARS}
+MAX_OTHER_CHARS = 1000  # ids, names, codes
+# what a row's conversion to Arrow raises for a value of the wrong type or range
+ROW_ERRORS = (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError,
+              KeyError, OSError)
 
 
 def _utc(t: float) -> datetime:
@@ -67,9 +79,27 @@ def request_row(**fields: Any) -> dict[str, Any]:
     return row
 
 
-def check_feedback(body: Any) -> tuple[str, float | None, str | None]:
+def sanitize(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with every string valid Unicode and within its column's cap (a cut string says
+    how long it was)."""
+    from ray_conductor.serve.protocol import clean_text
+
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, str):
+            v = clean_text(v)
+            cap = MAX_CHARS.get(k, MAX_OTHER_CHARS)
+            if len(v) > cap:
+                v = f"{v[:cap]}...[cut: {len(v)} characters]"
+        out[k] = v
+    return out
+
+
+def check_feedback(body: Any, reward_range: tuple[float, float] = (-1.0, 1.0)
+                   ) -> tuple[str, float | None, str | None]:
     """(request_id, reward, label) from a `/v1/feedback` body; `ValueError` says what is
-    wrong (the HTTP layer turns it into a 400)."""
+    wrong (the HTTP layer turns it into a 400). A reward outside `reward_range` is refused:
+    rewards steer retraining, so one huge value must not outweigh everyone else's."""
     if not isinstance(body, dict):
         raise ValueError("the feedback body must be a JSON object")
     rid, reward, label = body.get("request_id"), body.get("reward"), body.get("label")
@@ -78,6 +108,9 @@ def check_feedback(body: Any) -> tuple[str, float | None, str | None]:
     if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))
                                or not math.isfinite(reward)):
         raise ValueError("`reward` must be a finite number")
+    lo, hi = reward_range
+    if reward is not None and not lo <= reward <= hi:
+        raise ValueError(f"`reward` must be between {lo:g} and {hi:g}, got {reward!r}")
     if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL_CHARS):
         raise ValueError(f"`label` must be a string of at most {MAX_LABEL_CHARS} characters")
     if reward is None and label is None:
@@ -93,9 +126,10 @@ class _Buffer:
 
 class TrafficLog:
     """Buffers rows and writes them as Parquet parts. `append` returns True once the buffer
-    holds `max_rows` (the caller flushes then: memory stays bounded); `flush` writes one part
-    per date and dataset. Remembers the last `recent` request ids and their key ids, so
-    feedback for a fresh request is checked without reading files."""
+    holds `max_rows` (the caller flushes then); `flush` writes one part per date and dataset,
+    and a row that cannot be written to the dead-letter file. Remembers the last `recent`
+    request ids and their key ids, so feedback for a fresh request is checked without reading
+    files."""
 
     def __init__(self, root: str | os.PathLike, max_rows: int = 2000, recent: int = 100_000,
                  clock: Callable[[], float] | None = None):
@@ -108,18 +142,21 @@ class TrafficLog:
         self._recent: OrderedDict[str, str | None] = OrderedDict()
         self._recent_cap = recent
         self.written = {REQUESTS: 0, FEEDBACK: 0}
+        self.dead_letter = {REQUESTS: 0, FEEDBACK: 0}
 
     def append(self, row: dict[str, Any]) -> bool:
+        row = sanitize(row)
         self._buf[REQUESTS].rows.append(row)
-        self._recent[row["request_id"]] = row.get("key_id")
+        self._recent[row.get("request_id")] = row.get("key_id")
         while len(self._recent) > self._recent_cap:
             self._recent.popitem(last=False)
         return self.pending() >= self.max_rows
 
     def add_feedback(self, request_id: str, key_id: str | None, reward: float | None,
                      label: str | None) -> bool:
-        self._buf[FEEDBACK].rows.append({"request_id": request_id, "time": self._clock(),
-                                         "key_id": key_id, "reward": reward, "label": label})
+        self._buf[FEEDBACK].rows.append(sanitize({
+            "request_id": request_id, "time": self._clock(), "key_id": key_id,
+            "reward": reward, "label": label}))
         return self.pending() >= self.max_rows
 
     def pending(self) -> int:
@@ -135,6 +172,10 @@ class TrafficLog:
         """(known, key id) of a logged request: recent ones from memory, others from disk."""
         if request_id in self._recent:
             return self.owner_recent(request_id)
+        return self.owner_on_disk(request_id)
+
+    def owner_on_disk(self, request_id: str) -> tuple[bool, str | None]:
+        """(known, key id) of a logged request from the written parts only."""
         path = self.root / REQUESTS
         if not path.is_dir():
             return False, None
@@ -147,34 +188,87 @@ class TrafficLog:
         return True, table.column("key_id")[0].as_py()
 
     def flush(self) -> int:
-        """Write what is buffered; returns the rows written. Rows whose write failed stay
-        buffered for the next flush (and the error is raised)."""
+        """Write what is buffered; returns the rows written. A row that cannot be converted
+        goes to the dead-letter file; the others are written. A write that fails (the disk)
+        keeps its rows buffered for the next flush, and the error is raised."""
         n = 0
         for name, buf in self._buf.items():
             rows, buf.rows = buf.rows, []
-            try:
-                n += self._write(name, buf.schema, rows)
-            except BaseException:
-                buf.rows = rows + buf.rows
-                raise
-            self.written[name] += len(rows)
+            parts, dead = self._tables(buf.schema, rows)
+            if dead:
+                self._dead_letter(name, dead)
+            for i, (day, table, part_rows) in enumerate(parts):
+                try:
+                    self._write(name, day, table)
+                except BaseException:
+                    buf.rows = [r for _, _, rs in parts[i:] for r in rs] + buf.rows
+                    raise
+                self.written[name] += len(part_rows)
+                n += len(part_rows)
         return n
 
-    def _write(self, name: str, schema: pa.Schema, rows: list[dict[str, Any]]) -> int:
+    def _tables(self, schema: pa.Schema, rows: list[dict[str, Any]]
+                ) -> tuple[list[tuple[str, pa.Table, list[dict[str, Any]]]],
+                           list[tuple[dict[str, Any], str]]]:
+        """Rows as one table per day, and the rows that cannot be converted, each with why
+        (found by halving: one bad row never holds up the others)."""
         by_day: dict[str, list[dict[str, Any]]] = {}
+        dead: list[tuple[dict[str, Any], str]] = []
         for r in rows:
-            by_day.setdefault(_utc(r["time"]).strftime("%Y-%m-%d"), []).append(r)
+            try:
+                by_day.setdefault(_utc(r["time"]).strftime("%Y-%m-%d"), []).append(r)
+            except ROW_ERRORS as e:
+                dead.append((r, f"time: {type(e).__name__}: {e}"))
+        parts = []
         for day, part in sorted(by_day.items()):
-            cols = {f: [r.get(f) for r in part] for f in schema.names}
-            cols["time"] = [_utc(t) for t in cols["time"]]
-            table = pa.table(cols, schema=schema)
-            folder = self.root / name / f"date={day}"
-            folder.mkdir(parents=True, exist_ok=True)
-            stem = f"part-{int(self._clock() * 1000):013d}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = folder / f".{stem}.tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, folder / stem)
-        return len(rows)
+            good: list[dict[str, Any]] = []
+            tables: list[pa.Table] = []
+            todo = [part]
+            while todo:
+                chunk = todo.pop()
+                try:
+                    tables.append(_table(schema, chunk))
+                    good += chunk
+                except ROW_ERRORS as e:
+                    if len(chunk) == 1:
+                        dead.append((chunk[0], f"{type(e).__name__}: {str(e)[:500]}"))
+                    else:
+                        todo += [chunk[len(chunk) // 2:], chunk[:len(chunk) // 2]]
+            if tables:
+                parts.append((day, pa.concat_tables(tables), good))
+        return parts, dead
+
+    def _write(self, name: str, day: str, table: pa.Table) -> None:
+        folder = self.root / name / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"part-{int(self._clock() * 1000):013d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{stem}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, folder / stem)
+
+    def _dead_letter(self, name: str, dead: list[tuple[dict[str, Any], str]]) -> None:
+        """Rows that cannot be written, as JSON lines with the reason (ASCII: any text
+        fits); logged loudly, and counted."""
+        folder = self.root / DEAD_LETTER / f"date={_utc(self._clock()).strftime('%Y-%m-%d')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"part-{int(self._clock() * 1000):013d}-{uuid.uuid4().hex[:8]}.jsonl"
+        with open(path, "w", encoding="ascii") as f:
+            for row, why in dead:
+                try:
+                    line = json.dumps({"dataset": name, "reason": why, "row": row},
+                                      default=repr)
+                except ValueError:  # a value json cannot hold at all
+                    line = json.dumps({"dataset": name, "reason": why, "row": repr(row)})
+                f.write(line + "\n")
+        self.dead_letter[name] += len(dead)
+        log.error("traffic log: %d %s rows could not be written; they are in %s (first "
+                  "reason: %s)", len(dead), name, path, dead[0][1])
+
+
+def _table(schema: pa.Schema, rows: list[dict[str, Any]]) -> pa.Table:
+    cols = {f: [r.get(f) for r in rows] for f in schema.names}
+    cols["time"] = [_utc(t) for t in cols["time"]]
+    return pa.table(cols, schema=schema)
 
 
 def _dataset(root: Path, name: str, schema: pa.Schema) -> pa.Table:

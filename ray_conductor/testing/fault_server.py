@@ -2,8 +2,12 @@
 
 It answers `/v1/chat/completions` and `/v1/models` like a provider would, and misbehaves on
 purpose: latency, 429s with `Retry-After`, 5xx, hangs, and scripted sequences of outcomes, per
-model, from a seeded generator so a test sees the same faults every run. Every request lands
-in `log` (Authorization redacted) so a test can count what the provider actually received.
+model, from a seeded generator so a test sees the same faults every run. With `stream: true`
+it streams the answer word by word as server-sent events (`token_delay_s` between words, a
+usage chunk with `stream_options.include_usage`), and can break off after
+`fail_after_tokens` words (the connection cut, or an error event). Every request lands in
+`log` (Authorization redacted, the messages it carried) so a test can count and read what the
+provider actually received.
 
 Runs in a background thread (`FaultServer().start()`), in a process of its own
 (`FaultProcess()`), or in the foreground (`python -m ray_conductor.testing.fault_server
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -45,6 +50,9 @@ class Faults:
     reply: str | None = None  # None: echo the start of the last message
     output_tokens: int | None = None  # None: one per word of the reply
     echo_key_in_errors: bool = False  # like providers that quote the bad key back
+    token_delay_s: float = 0.0  # streaming: the wait before each word after the first
+    fail_after_tokens: int | None = None  # streaming: break off after this many words
+    stream_failure: str = "drop"  # "drop": cut the connection; "error": an error event
 
 
 def _redact_headers(headers: Any) -> dict[str, str]:
@@ -61,6 +69,12 @@ def _words(text: str) -> int:
 
 def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return sum(_words(str(m.get("content", ""))) + 3 for m in messages)
+
+
+def words_of(text: str) -> list[str]:
+    """`text` cut before each word (whitespace stays with the word before): joined, exactly
+    `text`."""
+    return [w for w in re.split(r"(?<=\s)(?=\S)", text) if w] or [""]
 
 
 class FaultServer:
@@ -135,7 +149,10 @@ class FaultServer:
         entry = {"time": t_arrive, "monotonic": mono, "model": model, "outcome": outcome,
                  "headers": _redact_headers(request.headers), "body_keys": sorted(body),
                  "max_tokens": body.get("max_tokens"), "temperature": body.get("temperature"),
-                 "last_message": str(messages[-1].get("content", ""))[:200]}
+                 "stream": bool(body.get("stream")),
+                 "last_message": str(messages[-1].get("content", ""))[:200],
+                 "messages": [{"role": str(m.get("role")), "content": str(m.get("content"))[:4000]}
+                              for m in messages if isinstance(m, dict)]}
         with self._lock:
             self.log.append(entry)
         if faults.latency_s:
@@ -145,7 +162,47 @@ class FaultServer:
             outcome = "ok"
         if outcome != "ok":
             return self._error(outcome, faults, request)
+        if body.get("stream"):
+            return await self._stream(request, model, body, faults)
         return web.json_response(self._completion(model, body, faults))
+
+    async def _stream(self, request: web.Request, model: str, body: dict[str, Any],
+                      faults: Faults) -> web.StreamResponse:
+        """The answer as chat-completion chunks, one word each, `token_delay_s` apart (the
+        first after `latency_s`, already waited); broken off after `fail_after_tokens`."""
+        done = self._completion(model, body, faults)
+        text, rid = done["choices"][0]["message"]["content"], done["id"]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(data: dict[str, Any] | str) -> None:
+            payload = data if isinstance(data, str) else json.dumps(data)
+            await resp.write(f"data: {payload}\n\n".encode())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": rid, "object": "chat.completion.chunk", "created": done["created"],
+                    "model": model, "choices": [{"index": 0, "delta": delta,
+                                                 "finish_reason": finish}]}
+
+        for i, word in enumerate(words_of(text)):
+            if faults.fail_after_tokens is not None and i >= faults.fail_after_tokens:
+                if faults.stream_failure == "error":
+                    await send({"error": {"message": "The server had an error while streaming",
+                                          "type": "server_error", "code": "server_error"}})
+                    return resp
+                assert request.transport is not None
+                request.transport.close()  # the connection cut mid-body
+                return resp
+            if i and faults.token_delay_s:
+                await asyncio.sleep(faults.token_delay_s)
+            await send(chunk({"role": "assistant", "content": word} if i == 0
+                             else {"content": word}))
+        await send(chunk({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({**chunk({}), "choices": [], "usage": done["usage"]})
+        await send("[DONE]")
+        await resp.write_eof()
+        return resp
 
     def _error(self, outcome: str, faults: Faults, request: web.Request) -> web.Response:
         status = int(outcome)
@@ -236,15 +293,18 @@ class FaultProcess:
     """The server in a process of its own (its timestamps then owe nothing to the caller's
     event loop): `url` is the `/v1` base, `requests()` fetches the log over HTTP."""
 
-    def __init__(self, latency_s: float = 0.0, seed: int = 0, timeout_s: float = 10.0):
+    def __init__(self, latency_s: float = 0.0, seed: int = 0, timeout_s: float = 10.0,
+                 reply: str | None = None, token_delay_s: float = 0.0):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.root = f"http://127.0.0.1:{port}"
         self.url = f"{self.root}/v1"
+        extra = ["--reply", reply] if reply is not None else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ray_conductor.testing.fault_server", "--port", str(port),
-             "--latency-s", str(latency_s), "--seed", str(seed)], stdout=subprocess.DEVNULL)
+             "--latency-s", str(latency_s), "--seed", str(seed),
+             "--token-delay-s", str(token_delay_s), *extra], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -274,9 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate-5xx", type=float, default=0.0)
     ap.add_argument("--rate-hang", type=float, default=0.0)
     ap.add_argument("--hang-s", type=float, default=None)
+    ap.add_argument("--reply", default=None, help="the answer (default: an echo)")
+    ap.add_argument("--token-delay-s", type=float, default=0.0)
     a = ap.parse_args(argv)
     faults = Faults(latency_s=a.latency_s, rate_429=a.rate_429, retry_after_s=a.retry_after_s,
-                    rate_5xx=a.rate_5xx, rate_hang=a.rate_hang, hang_s=a.hang_s)
+                    rate_5xx=a.rate_5xx, rate_hang=a.rate_hang, hang_s=a.hang_s,
+                    reply=a.reply, token_delay_s=a.token_delay_s)
     server = FaultServer(faults, port=a.port, seed=a.seed)
     print(f"fault server on http://127.0.0.1:{a.port}/v1 (request log: GET /_log)", flush=True)
     web.run_app(server.app(), host="127.0.0.1", port=a.port, access_log=None, print=None)

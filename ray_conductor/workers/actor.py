@@ -1,6 +1,7 @@
 """`WorkerProxy`: the Ray actor around one or more `WorkerProxyCore`s. Each configured worker
 lives in exactly one named proxy process, so the Serve app, evaluation and the trainer all
-call the same limiter and its rate limit holds across every caller in the cluster.
+call the same limiter and its rate limit holds across every caller in the cluster. `stream`
+relays a call's text as the provider produces it, as a Ray streaming generator.
 
 A thin shell: it registers litellm's custom providers in its own process, routes each call to
 its worker's core, calls fallbacks by the actor names it was given (it never looks the graph
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import ray
 from ray.util import metrics
@@ -94,6 +95,13 @@ class WorkerProxy:
 
     async def complete(self, worker: str, messages: list[Message], **params: Any) -> Completion:
         return await self._core(worker).complete(messages, **params)
+
+    async def stream(self, worker: str, messages: list[Message], **params: Any
+                     ) -> AsyncIterator[str | Completion]:
+        """A Ray streaming generator: the answer's text as it arrives, then the
+        `Completion`. Cancelling the generator cancels the call."""
+        async for item in self._core(worker).stream(messages, **params):
+            yield item
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return {w: core.stats() for w, core in self.cores.items()}

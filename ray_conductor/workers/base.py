@@ -75,6 +75,11 @@ class WorkerPool(Protocol):
         ...
 
 
+# A pool may also stream: `async def stream(worker, messages, **params)` yields the answer's
+# text (str) as the provider produces it, then the `Completion` (whose text is those pieces
+# joined). Pools without it are streamed by `workflow.executor.stream_worker` in one piece.
+
+
 def failed(worker: str, error: str, code: str = "worker_failed", **kw: Any) -> Completion:
     """A failed `Completion`, for pools that catch an error and must report it as data."""
     return Completion(worker=worker, error=error, error_code=code, **kw)

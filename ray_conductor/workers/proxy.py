@@ -5,6 +5,12 @@ and calls an injectable `acompletion` (default: `litellm.acompletion`, imported 
 never raises for a worker's fault: failures come back as a `Completion` with `error` set and
 every attempt listed. The API key is read from the environment at call time and scrubbed from
 every error text. The Ray actor in `actor.py` is a thin shell around this class.
+
+`stream` is `complete` that also yields the answer's text as the provider produces it
+(litellm `stream=True`): the same limiter, retries (before the first token only: a token
+sent cannot be taken back), breaker, cache, fallbacks and accounting. A stream that breaks
+after its first token ends with a failed `Completion` (`stream_interrupted`). Replay workers,
+cache hits and fallbacks yield their text in one piece.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import os
 import random
 import time
 from dataclasses import replace
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ray_conductor.errors import ConductorError
 from ray_conductor.workers.accounting import CallRecord, WorkerStats
@@ -58,8 +64,42 @@ def response_cost(response: Any) -> float:
         return 0.0
 
 
+def token_cost(model: str, input_tokens: int, output_tokens: int) -> float:
+    """litellm's cost map price of a call it cannot price itself (a stream)."""
+    try:
+        a, b = litellm_module().cost_per_token(model=model, prompt_tokens=input_tokens,
+                                               completion_tokens=output_tokens)
+        return float(a + b)
+    except Exception:  # a model missing from the cost map costs what we cannot know
+        return 0.0
+
+
+class _Relay:
+    """Where a streamed call's text goes as it arrives; `first_at` (clock) once any went."""
+
+    def __init__(self, put: Callable[[str], None], clock: Callable[[], float]):
+        self.put_text, self.clock = put, clock
+        self.first_at: float | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.first_at is not None
+
+    def put(self, text: str) -> None:
+        if text:
+            if self.first_at is None:
+                self.first_at = self.clock()
+            self.put_text(text)
+
+
+_DONE = object()
+
+
 def _usage(response: Any) -> tuple[int, int]:
-    u = getattr(response, "usage", None)
+    return _counts(getattr(response, "usage", None))
+
+
+def _counts(u: Any) -> tuple[int, int]:
     return int(getattr(u, "prompt_tokens", 0) or 0), int(getattr(u, "completion_tokens", 0) or 0)
 
 
@@ -77,6 +117,7 @@ class WorkerProxyCore:
                  queue_timeout_s: float = 300.0, default_api_base: str | None = None,
                  token_counter: Callable[[str, list[Message]], int] = count_tokens,
                  cost: Callable[[Any], float] = response_cost,
+                 tokens_cost: Callable[[str, int, int], float] = token_cost,
                  clock: Callable[[], float] = time.monotonic, seed: int | None = None):
         self.cfg = cfg
         self._acompletion = acompletion
@@ -86,6 +127,7 @@ class WorkerProxyCore:
         self._api_base = cfg.api_base or (default_api_base if cfg.model.startswith("replay/")
                                           else None)
         self._count, self._cost, self._clock = token_counter, cost, clock
+        self._tokens_cost = tokens_cost
         self._rng = random.Random(seed)
         self.limiter = RateLimiter(Limits.per_minute(cfg.rpm, cfg.tpm, cfg.window_s,
                                                      cfg.max_concurrency), clock)
@@ -100,19 +142,55 @@ class WorkerProxyCore:
         """Answer `messages`; `timeout_s` is the call's deadline (queue waits, retries and
         fallbacks included), `via` the workers that already passed this call on. A cache hit
         costs nothing (`cost` 0.0, `cached` True; the first call's cost is in `meta`)."""
+        return await self._run(messages, priority, timeout_s, via, params, None)
+
+    async def stream(self, messages: list[Message], *, priority: str = "serve",
+                     timeout_s: float | None = None, via: tuple[str, ...] = (),
+                     **params: Any) -> AsyncIterator[str | Completion]:
+        """`complete`, yielding the answer's text as it arrives (pieces that arrived together
+        are joined), then the `Completion` (its `text` is the pieces joined). Closing the
+        iterator early cancels the call."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = asyncio.ensure_future(self._run(messages, priority, timeout_s, via, params,
+                                               _Relay(queue.put_nowait, self._clock)))
+        task.add_done_callback(lambda _: queue.put_nowait(_DONE))
+        try:
+            while True:
+                pieces = [await queue.get()]
+                while not queue.empty():
+                    pieces.append(queue.get_nowait())
+                text = "".join(p for p in pieces if p is not _DONE)
+                if text:
+                    yield text
+                if pieces[-1] is _DONE:  # put after the last piece of text
+                    yield task.result()
+                    return
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _run(self, messages: list[Message], priority: str, timeout_s: float | None,
+                   via: tuple[str, ...], params: dict[str, Any],
+                   relay: _Relay | None) -> Completion:
         t0 = self._clock()
         deadline = t0 + (timeout_s if timeout_s is not None else self.queue_timeout_s)
         key = self._cache_key(messages, params)
         if key and (hit := self.cache.get(key)) is not None:
-            return self._finish(replace(hit, cached=True, cost=0.0, queue_wait_s=0.0, attempts=[],
-                                        meta={**hit.meta, "cached_cost": hit.cost}), t0)
-        own = await self._call_with_retries(messages, priority, deadline, params)
-        c = own
-        if not own.ok and self._has_fallback:
-            c = await self._via_fallbacks(own, messages, priority, deadline, via, params)
-        if key and own.ok:
-            self.cache.put(key, replace(own))
-        return self._finish(c, t0, own)
+            c = self._finish(replace(hit, cached=True, cost=0.0, queue_wait_s=0.0, attempts=[],
+                                     meta={**hit.meta, "cached_cost": hit.cost}), t0)
+        else:
+            own = await self._call_with_retries(messages, priority, deadline, params, relay)
+            c = own
+            if not own.ok and self._has_fallback and own.error_code != "stream_interrupted":
+                c = await self._via_fallbacks(own, messages, priority, deadline, via, params)
+            if key and own.ok:
+                self.cache.put(key, replace(own))
+            c = self._finish(c, t0, own)
+        if relay is not None and c.ok and not relay.sent:
+            relay.put(c.text)  # replay, a cache hit or a fallback: the text in one piece
+        if relay is not None and relay.first_at is not None:
+            c.meta["first_token_s"] = relay.first_at - t0
+        return c
 
     async def warm_up(self) -> None:
         """Pay litellm's first-call setup (lazy imports, client, schemas: ~0.7 s) now, with a
@@ -132,16 +210,12 @@ class WorkerProxyCore:
 
     def info(self) -> WorkerInfo:
         """The conductor's view: description and prices (config override, else cost map)."""
-        inp, out = self.cfg.input_price_per_mtok, self.cfg.output_price_per_mtok
-        if inp is None or out is None:
-            entry = _cost_map_entry(self.cfg.model)
-            inp = inp if inp is not None else entry.get("input_cost_per_token", 0.0) * 1e6
-            out = out if out is not None else entry.get("output_cost_per_token", 0.0) * 1e6
-        return WorkerInfo(self.cfg.name, self.cfg.description, float(inp), float(out))
+        return worker_info(self.cfg)
 
     # -- one worker, with retries -------------------------------------------------------------
     async def _call_with_retries(self, messages: list[Message], priority: str, deadline: float,
-                                 params: dict[str, Any]) -> Completion:
+                                 params: dict[str, Any], relay: _Relay | None = None
+                                 ) -> Completion:
         attempts: list[Attempt] = []
         waited = 0.0
         try:
@@ -160,7 +234,7 @@ class WorkerProxyCore:
             if self.breaker.state == "open":  # it opened while this call queued: do not call
                 self.limiter.release(permit)
                 return self._circuit_open(attempts, waited)
-            result = await self._attempt(kwargs, permit, attempts, deadline)
+            result = await self._attempt(kwargs, permit, attempts, deadline, relay)
             if isinstance(result, Completion):
                 result.queue_wait_s = waited
                 return result
@@ -179,23 +253,31 @@ class WorkerProxyCore:
                             "worker_failed", attempts, waited)
 
     async def _attempt(self, kwargs: dict[str, Any], permit: Permit, attempts: list[Attempt],
-                       deadline: float) -> Completion | Fault:
+                       deadline: float, relay: _Relay | None = None) -> Completion | Fault:
         """One call to the backend, holding a permit; the answer or the fault. A hung backend
-        is cut off at the call's deadline too, not only at the attempt's own timeout."""
+        is cut off at the call's deadline too, not only at the attempt's own timeout. With a
+        `relay` (and a backend that streams) the text goes there as it arrives."""
         t = self._clock()
         actual: int | None = None
         limit = max(0.05, min(self.cfg.timeout_s + 1.0, deadline - t))
+        streamed: list[str] = []
         try:
-            resp = await asyncio.wait_for(self._backend()(**kwargs), limit)
-            inp, out = _usage(resp)
-            actual = inp + out
-            c = Completion(worker=self.cfg.name, text=_text(resp), input_tokens=inp,
-                           output_tokens=out, cost=self._price(resp, inp, out))
+            if relay is not None and self._streams:
+                c = await asyncio.wait_for(self._streamed(kwargs, relay, streamed), limit)
+                actual = c.input_tokens + c.output_tokens
+            else:
+                resp = await asyncio.wait_for(self._backend()(**kwargs), limit)
+                inp, out = _usage(resp)
+                actual = inp + out
+                c = Completion(worker=self.cfg.name, text=_text(resp), input_tokens=inp,
+                               output_tokens=out, cost=self._price(resp, inp, out))
         except Exception as e:  # every backend error becomes a recorded attempt
             fault = classify(e)
             cut = isinstance(e, asyncio.TimeoutError) and limit < self.cfg.timeout_s + 1.0
             message = f"the call's deadline passed after {limit:.2f}s" if cut else fault.message
             fault = replace(fault, message=self._scrub(message))
+            if streamed:  # tokens already went out: no retry, no fallback, a failed answer
+                return self._interrupted(fault, streamed, attempts, t)
             attempts.append(Attempt(self.cfg.model, fault.outcome, self._clock() - t, fault.status,
                                     fault.message, fault.retry_after_s))
             if fault.retryable and not cut:  # a caller's short deadline is not the worker's fault
@@ -209,6 +291,48 @@ class WorkerProxyCore:
         c.attempts = attempts
         c.meta["admitted_at"] = permit.admitted_at  # for checking limits across processes
         return c
+
+    async def _streamed(self, kwargs: dict[str, Any], relay: _Relay,
+                        parts: list[str]) -> Completion:
+        """One streamed call: each piece of text to `relay` as it arrives (and to `parts`);
+        usage from the provider's last chunk, else counted."""
+        resp = await self._backend()(**kwargs, stream=True,
+                                     stream_options={"include_usage": True})
+        usage = None
+        async for chunk in resp:
+            usage = getattr(chunk, "usage", None) or usage
+            choices = getattr(chunk, "choices", None) or []
+            delta = getattr(choices[0], "delta", None) if choices else None
+            text = getattr(delta, "content", None) if delta is not None else None
+            if text:
+                parts.append(text)
+                relay.put(text)
+        text = "".join(parts)
+        inp, out = _counts(usage)
+        if not inp:
+            inp = self._count(self.cfg.model, kwargs["messages"])
+        if not out and text:
+            out = max(0, self._count(self.cfg.model, [{"role": "assistant", "content": text}])
+                      - self._count(self.cfg.model, [{"role": "assistant", "content": ""}]))
+        p_in, p_out = self.cfg.input_price_per_mtok, self.cfg.output_price_per_mtok
+        cost = ((inp * (p_in or 0.0) + out * (p_out or 0.0)) / 1e6
+                if p_in is not None or p_out is not None
+                else self._tokens_cost(self.cfg.model, inp, out))
+        return Completion(worker=self.cfg.name, text=text, input_tokens=inp,
+                          output_tokens=out, cost=cost, meta={"streamed": True})
+
+    def _interrupted(self, fault: Fault, parts: list[str], attempts: list[Attempt],
+                     t: float) -> Completion:
+        """A stream that broke after its first token: the breaker counts it; the caller
+        gets a failed answer with what had arrived in `meta`."""
+        got = "".join(parts)
+        why = f"the stream broke after {len(got)} characters: {fault.message}"
+        attempts.append(Attempt(self.cfg.model, "stream_interrupted", self._clock() - t,
+                                fault.status, why))
+        self.breaker.failure()
+        log.info("worker %s stream interrupted: %s", self.cfg.name, fault.message)
+        return failed(self.cfg.name, why, "stream_interrupted", attempts=attempts,
+                      meta={"partial_text": got})
 
     # -- fallbacks ----------------------------------------------------------------------------
     async def _via_fallbacks(self, own: Completion, messages: list[Message], priority: str,
@@ -278,6 +402,11 @@ class WorkerProxyCore:
         out = params.get("max_tokens") or params.get("max_completion_tokens") or 0
         return self._count(self.cfg.model, messages) + int(out)
 
+    @property
+    def _streams(self) -> bool:
+        """Replay workers answer from a recording, in one piece."""
+        return not self.cfg.model.startswith("replay/")
+
     def _price(self, resp: Any, inp: int, out: int) -> float:
         p_in, p_out = self.cfg.input_price_per_mtok, self.cfg.output_price_per_mtok
         if p_in is not None or p_out is not None:
@@ -343,6 +472,17 @@ class WorkerProxyCore:
         more = f" (and {muted} more {code} failures in the last {now - last:.0f}s)" if muted else ""
         log.warning("worker %s: %s%s", self.cfg.name, c.error, more)
         self._logged[code] = (now, 0)
+
+
+def worker_info(cfg: WorkerConfig) -> WorkerInfo:
+    """A worker as the conductor sees it: description and prices (the config's, else
+    litellm's cost map)."""
+    inp, out = cfg.input_price_per_mtok, cfg.output_price_per_mtok
+    if inp is None or out is None:
+        entry = _cost_map_entry(cfg.model)
+        inp = inp if inp is not None else entry.get("input_cost_per_token", 0.0) * 1e6
+        out = out if out is not None else entry.get("output_cost_per_token", 0.0) * 1e6
+    return WorkerInfo(cfg.name, cfg.description, float(inp), float(out))
 
 
 def _cost_map_entry(model: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`RayWorkerPool`: the executor's `WorkerPool` over the named `WorkerProxy` actors.
+"""`RayWorkerPool`: the executor's `WorkerPool` over the named `WorkerProxy` actors (`stream`
+relays a call's text as it arrives, through the proxy's streaming generator).
 
 Each pool instance has a priority: the Serve app's pool says `serve`, the trainer's rollouts
 say `rollout`, and the shared proxies admit serve calls first. The pool holds handles only,
@@ -9,7 +10,7 @@ Imports neither litellm nor torch: prices and descriptions come from the actors.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import ray
 from ray.exceptions import RayError
@@ -58,6 +59,27 @@ class RayWorkerPool:
         except RayError as e:  # the proxy is gone for good: a worker failure, not a bug
             return failed(worker, f"worker proxy of {worker!r} is unreachable: "
                           f"{type(e).__name__}", code="proxy_unreachable")
+
+    async def stream(self, worker: str, messages: list[Message], **params: Any
+                     ) -> AsyncIterator[str | Completion]:
+        """The proxy's `stream`: text as the provider produces it, then the `Completion`.
+        Closing this iterator (a client that went away) cancels the call in the proxy."""
+        handle = self.handle(worker)
+        params.setdefault("priority", self.priority)
+        gen = handle.stream.options(num_returns="streaming").remote(worker, messages, **params)
+        finished = False
+        try:
+            async for ref in gen:
+                item = await ref
+                finished = isinstance(item, Completion)
+                yield item
+        except RayError as e:  # the proxy died mid-call: a worker failure, not a bug
+            finished = True
+            yield failed(worker, f"worker proxy of {worker!r} is unreachable: "
+                         f"{type(e).__name__}", code="proxy_unreachable")
+        finally:
+            if not finished:
+                ray.cancel(gen)
 
     def stats(self, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
         """Per worker: calls, tokens, dollars, queue waits, limiter and breaker state."""

@@ -9,18 +9,27 @@ answer among the steps it sees and repeats that step's text.
 The run never raises on a worker's failure: the failure is recorded in the step's trace, the
 steps that depend on it run with the outputs that exist, and the answer is the output of the
 last step that ran (empty when that step failed).
+
+A conversation reaches every step through `with_conversation`: the system prompt and the
+earlier turns first, as the client sent them, then the step's own message (the outputs it
+may read and its subtask). With `events`, the run reports as it goes: each step started,
+finished or skipped, and the answer's text (`answer.delta`) as the provider produces it, once
+it is certain which step gives the answer (the last step that runs: certain once every later
+step was skipped). A step that may still become the answer streams into a buffer that is
+relayed the moment it becomes certain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 from ray_conductor.errors import ConfigError
 from ray_conductor.verify.answers import comparable, extract_answer
-from ray_conductor.workers.base import Completion, Message, WorkerPool
+from ray_conductor.workers.base import Completion, Message, WorkerInfo, WorkerPool
 from ray_conductor.workflow.model import Step, Workflow
 from ray_conductor.workflow.programs import condition_holds, is_program, plurality
 
@@ -48,6 +57,7 @@ class StepTrace:
     answer: str | None = None  # the extracted comparable answer, if any
     winner: int | None = None  # vote: the step whose answer (and text) it chose
     cached: bool = False  # answered from the proxy's cache (no provider call, no cost)
+    first_token_s: float | None = None  # streamed: the call's first text, from its start
 
     @property
     def latency_s(self) -> float:
@@ -105,6 +115,50 @@ def step_messages(question: str, step: Step, seen: list[tuple[int, str]]) -> lis
     return [{"role": "user", "content": content}]
 
 
+Event = dict[str, Any]  # {"event": "step.started" | "step.finished" | ..., ...}
+Emit = Callable[[Event], None]
+
+
+class ConversationPool:
+    """`pool`, with the conversation before the question (`context`: the system prompt and
+    earlier turns, as the client sent them) in front of every call's own messages."""
+
+    def __init__(self, pool: WorkerPool, context: Sequence[Message]):
+        self.pool, self.context = pool, list(context)
+
+    def workers(self) -> Sequence[WorkerInfo]:
+        return self.pool.workers()
+
+    async def complete(self, worker: str, messages: list[Message], **params: Any) -> Completion:
+        return await self.pool.complete(worker, [*self.context, *messages], **params)
+
+    async def stream(self, worker: str, messages: list[Message], **params: Any
+                     ) -> AsyncIterator[str | Completion]:
+        inner = getattr(self.pool, "stream", None)
+        if inner is None:
+            c = await self.complete(worker, messages, **params)
+            if c.ok and c.text:
+                yield c.text
+            yield c
+            return
+        async with aclosing(inner(worker, [*self.context, *messages], **params)) as it:
+            async for item in it:
+                yield item
+
+
+def with_conversation(pool: WorkerPool, context: Sequence[Message]) -> WorkerPool:
+    """`pool` whose every call carries `context` first (unchanged without one)."""
+    return ConversationPool(pool, context) if context else pool
+
+
+def _failed_call(worker: str, e: BaseException, timeout_s: float | None) -> Completion:
+    if isinstance(e, asyncio.TimeoutError):
+        return Completion(worker=worker, error=f"step timed out after {timeout_s}s",
+                          error_code="timeout")
+    code = getattr(e, "code", type(e).__name__)
+    return Completion(worker=worker, error=str(e) or type(e).__name__, error_code=code)
+
+
 async def call_worker(pool: WorkerPool, worker: str, messages: list[Message],
                       timeout_s: float | None, params: dict[str, Any]) -> Completion:
     """One worker call; a timeout or a pool that breaks its contract becomes a failed
@@ -112,12 +166,89 @@ async def call_worker(pool: WorkerPool, worker: str, messages: list[Message],
     try:
         coro = pool.complete(worker, messages, **params)
         return await (asyncio.wait_for(coro, timeout_s) if timeout_s else coro)
-    except asyncio.TimeoutError:
-        return Completion(worker=worker, error=f"step timed out after {timeout_s}s",
-                          error_code="timeout")
     except Exception as e:  # a pool that breaks its contract must not break the run
-        code = getattr(e, "code", type(e).__name__)
-        return Completion(worker=worker, error=str(e) or type(e).__name__, error_code=code)
+        return _failed_call(worker, e, timeout_s)
+
+
+async def stream_worker(pool: WorkerPool, worker: str, messages: list[Message],
+                        timeout_s: float | None, params: dict[str, Any],
+                        on_text: Callable[[str], None]) -> Completion:
+    """`call_worker`, with the answer's text to `on_text` as the provider produces it (a pool
+    without `stream`: in one piece, once answered)."""
+    stream = getattr(pool, "stream", None)
+    if stream is None:
+        c = await call_worker(pool, worker, messages, timeout_s, params)
+        if c.ok and c.text:
+            on_text(c.text)
+        return c
+
+    async def relay() -> Completion:
+        async with aclosing(stream(worker, messages, **params)) as it:
+            async for item in it:
+                if isinstance(item, Completion):
+                    return item
+                on_text(item)
+        return Completion(worker=worker, error="the stream ended without an answer",
+                          error_code="stream_interrupted")
+
+    try:
+        return await (asyncio.wait_for(relay(), timeout_s) if timeout_s else relay())
+    except Exception as e:  # a pool that breaks its contract must not break the run
+        return _failed_call(worker, e, timeout_s)
+
+
+class AnswerRelay:
+    """Relays the answer's text as soon as it is certain which step gives it: the last step
+    that runs, certain once it started and every later step was skipped. Only a step whose
+    later steps are all conditional can become the answer; its text is held until then."""
+
+    def __init__(self, workflow: Workflow, emit: Emit):
+        steps = list(workflow)
+        self.n, self.emit = len(steps), emit
+        self.held: dict[int, list[str]] = {i: [] for i in range(self.n)
+                                           if all(s.when for s in steps[i + 1:])}
+        self.skipped: set[int] = set()
+        self.started: set[int] = set()
+        self.live: int | None = None
+        self.sent = False
+
+    def may_answer(self, i: int) -> bool:
+        return i in self.held
+
+    def text(self, i: int, piece: str) -> None:
+        if not piece or i not in self.held:
+            return
+        if self.live == i:
+            self._send(piece)
+        else:
+            self.held[i].append(piece)
+
+    def step(self, i: int, skipped: bool) -> None:
+        (self.skipped if skipped else self.started).add(i)
+        if self.live is not None:
+            return
+        k = max((j for j in range(self.n) if j not in self.skipped), default=None)
+        if k is not None and k in self.started:
+            self.live = k
+            for piece in self.held.get(k, []):
+                self._send(piece)
+
+    def _send(self, piece: str) -> None:
+        self.sent = True
+        self.emit({"event": "answer.delta", "text": piece})
+
+
+def step_event(kind: str, st: StepTrace) -> Event:
+    """A step's progress as the client sees it (no text: that is the answer's stream)."""
+    if kind == "step.started":
+        return {"event": kind, "step": st.index, "worker": st.worker, "subtask": st.subtask}
+    if kind == "step.skipped":
+        return {"event": kind, "step": st.index, "worker": st.worker}
+    return {"event": kind, "step": st.index, "worker": st.worker, "served_by": st.served_by,
+            "ok": st.error is None, "error_code": st.error_code,
+            "latency_s": round(st.latency_s, 4), "cached": st.cached,
+            "input_tokens": st.input_tokens, "output_tokens": st.output_tokens,
+            "cost": st.cost}
 
 
 def record_call(st: StepTrace, c: Completion, answer_format: str | None) -> None:
@@ -126,6 +257,7 @@ def record_call(st: StepTrace, c: Completion, answer_format: str | None) -> None
         c.text or "", c.input_tokens, c.output_tokens, c.cost)
     st.error, st.error_code, st.served_by = c.error, c.error_code, c.served_by
     st.queue_wait_s, st.attempts, st.cached = c.queue_wait_s, len(c.attempts) or 1, c.cached
+    st.first_token_s = c.meta.get("first_token_s")
     st.answer = _answer(c, answer_format)
 
 
@@ -188,6 +320,7 @@ async def execute(
     params: dict[str, Any] | None = None,
     answer_format: str | None = None,
     strength: Mapping[str, float] | None = None,
+    events: Emit | None = None,
 ) -> Trace:
     """Run `workflow` for `question` and return its `Trace`.
 
@@ -195,6 +328,8 @@ async def execute(
     sampling parameters passed to every call. `answer_format` ("mc", "number", "math", ...)
     says how to extract each step's comparable answer, which votes and conditions compare;
     `strength` (worker name -> number) breaks vote ties, defaulting to the worker's price.
+    `events` receives the run's progress and the answer's text as it is produced (see the
+    module docstring); the steps that may give the answer are then streamed.
     """
     comparable(answer_format)  # an unknown format is a caller's error: say so before any call
     t0 = time.perf_counter()
@@ -212,6 +347,11 @@ async def execute(
 
     loop = asyncio.get_running_loop()
     done: list[asyncio.Future[None]] = [loop.create_future() for _ in workflow]
+    relay = AnswerRelay(workflow, events) if events is not None else None
+
+    def report(kind: str, st: StepTrace) -> None:
+        if events is not None:
+            events(step_event(kind, st))
 
     async def run_step(i: int, step: Step) -> None:
         st = traces[i]
@@ -223,18 +363,31 @@ async def execute(
         if step.when is not None and not condition_holds(step.when, [t.answer for t in seen],
                                                          ran):
             st.skipped = True
+            report("step.skipped", st)
+            if relay is not None:
+                relay.step(i, skipped=True)
             return
+        report("step.started", st)
+        if relay is not None:
+            relay.step(i, skipped=False)
         if st.program:
             _vote(st, seen, answer_format, step_strength)
             if st.winner is not None:
                 picked[i] = step_strength(traces[st.winner])
             st.end_s = time.perf_counter() - t0
+            if relay is not None and st.error is None:
+                relay.text(i, st.text)
+            report("step.finished", st)
             return
-        c = await call_worker(pool, step.worker,
-                              step_messages(question, step, [(t.index, t.text) for t in seen]),
-                              step_timeout_s, call_params)
+        messages = step_messages(question, step, [(t.index, t.text) for t in seen])
+        if relay is not None and relay.may_answer(i):
+            c = await stream_worker(pool, step.worker, messages, step_timeout_s, call_params,
+                                    lambda piece: relay.text(i, piece))
+        else:
+            c = await call_worker(pool, step.worker, messages, step_timeout_s, call_params)
         st.end_s = time.perf_counter() - t0
         record_call(st, c, answer_format)
+        report("step.finished", st)
 
     async def guarded(i: int, step: Step) -> None:
         try:
