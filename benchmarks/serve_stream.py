@@ -2,7 +2,8 @@
 
 A loopback provider (the fault server, in a process of its own) streams every answer as
 `--tokens` words, `--token-delay-s` apart, its first word `--first-token-s` after the
-request. The app (live workers on it, scripted plans) is asked through the official `openai`
+request (by default 20 chunks over 1 s, the stand-in of issue 22, where the whole workflow
+used to run before the first chunk went out: time to first token 1.058 s of 1.059 s). The app (live workers on it, scripted plans) is asked through the official `openai`
 client with `stream=True`, for two plan shapes:
 
 - `one_step`: one worker answers;
@@ -149,9 +150,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=40, help="per plan shape")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=1)
-    p.add_argument("--tokens", type=int, default=50)
-    p.add_argument("--token-delay-s", type=float, default=0.02)
-    p.add_argument("--first-token-s", type=float, default=0.1)
+    p.add_argument("--tokens", type=int, default=20)
+    p.add_argument("--token-delay-s", type=float, default=0.05)
+    p.add_argument("--first-token-s", type=float, default=0.0)
     p.add_argument("--num-cpus", type=int, default=4)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_stream.json"))
     args = p.parse_args()

@@ -164,3 +164,22 @@ def test_a_swap_names_the_deployments_that_plan():
                                                                   "c": "/other_lm"}
     with pytest.raises(Err, match="has none"):
         _with_policy({"name": "a", "deployments": [{"name": "Ingress"}]}, "c", "/lm")
+
+
+def test_the_stream_benchmark_takes_the_workers_time_out_of_its_overhead():
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_stream",
+                                                  ROOT / "benchmarks" / "serve_stream.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"shape": "one_step", "ttft_s": 0.06, "total_s": 1.0, "ttft_overhead_s": 0.01,
+             "final_first_token_s": 0.05},
+            {"shape": "three_step", "ttft_s": 0.5, "total_s": 1.4, "ttft_overhead_s": 0.02,
+             "final_first_token_s": 0.05}]
+    out = bench.summarize(rows, argparse.Namespace(tokens=20, token_delay_s=0.05,
+                                                   first_token_s=0.0, concurrency=1))
+    assert out["one_step"]["ttft_over_total_p50"] == pytest.approx(0.06)
+    assert out["three_step"]["ttft_overhead_ms_p50"] == pytest.approx(20.0)
+    assert out["stream_s"] == pytest.approx(1.0) and out["errors"] == 0
