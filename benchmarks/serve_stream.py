@@ -3,8 +3,9 @@
 A loopback provider (the fault server, in a process of its own) streams every answer as
 `--tokens` words, `--token-delay-s` apart, its first word `--first-token-s` after the
 request (by default 20 chunks over 1 s, the stand-in of issue 22, where the whole workflow
-used to run before the first chunk went out: time to first token 1.058 s of 1.059 s). The app (live workers on it, scripted plans) is asked through the official `openai`
-client with `stream=True`, for two plan shapes:
+used to run before the first chunk went out: time to first token 1.058 s of 1.059 s). The
+app (live workers on it, scripted plans) is asked through the official `openai` client with
+`stream=True`, for two plan shapes:
 
 - `one_step`: one worker answers;
 - `three_step`: a chain, each step reading the one before; the last one answers (the earlier

@@ -227,6 +227,8 @@ def test_live_workers_get_a_pinned_default_and_bad_policies_fail_before_start(tm
     chosen = ServeConfig(workers=workers, pool=None, policy="pinned:small")
     check_policies(chosen)  # the default conductor-lite beside it is dropped, not an error
     assert served_policies(chosen) == {"conductor": "pinned:small"}
+    with pytest.raises(ConfigError, match="conductor=lite:default cannot be served"):
+        check_policies(ServeConfig(workers=workers, pool=None, policy="lite:default"))
     for policies, why in [({"c": "lite:default"}, "trained on other workers"),
                           ({"c": "knn"}, "no pool is set"),
                           ({"c": "single:nobody"}, "not in the pool"),

@@ -65,12 +65,10 @@ def check_policies(cfg: ServeConfig) -> list[str]:
     names = [w.name for w in workers]
     notices = []
     if cfg.workers:
-        served = served_policies(cfg)
-        misfit = [n for n, r in served.items() if DEFAULT_POLICIES.get(n) == r
-                  and not _fits(n, r, names, cfg.pool)]
-        if misfit:
-            cfg.policies = {n: r for n, r in served.items() if n not in misfit}
-            cfg.policy = None
+        chosen = {"conductor"} if cfg.policy else set()  # `policy=` is the user's choice
+        misfit = [n for n, r in served_policies(cfg).items() if n not in chosen
+                  and DEFAULT_POLICIES.get(n) == r and not _fits(n, r, names, cfg.pool)]
+        cfg.policies = {n: r for n, r in cfg.policies.items() if n not in misfit}
         if "conductor" in misfit:
             best = strongest(workers)
             cfg.policies["conductor"] = f"pinned:{best}"

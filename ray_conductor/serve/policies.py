@@ -376,10 +376,8 @@ def _check_lite(path: str, workers: Sequence[str]) -> None:
     without loading the network)."""
     import json
 
-    if path == "default":
-        from ray_conductor.lite import default_policy_dir
-
-        path = str(default_policy_dir())
+    if path == "default":  # lite.default_policy_dir, without importing torch with the package
+        path = str(Path(__file__).resolve().parents[1] / "assets" / "lite_demo")
     meta = Path(path) / "lite.json"
     try:
         trained = json.loads(meta.read_text())["workers"]

@@ -20,8 +20,8 @@ from ray_conductor.workflow.prompt import build_prompt, describe_pool
 
 __all__ = [
     "CONDITIONS", "ConversationPool", "DEFAULT_MAX_STEPS", "MAX_SUBTASK_CHARS", "MAX_TEXT_CHARS",
-    "PROGRAM_WORKERS", "Step", "StepTrace", "Trace", "VOTE", "Workflow", "WorkflowError", "build_prompt",
-    "condition_holds", "describe_pool", "execute", "execute_sync", "is_program", "parse",
-    "plurality", "program_workers", "render", "step_messages", "strip_reasoning", "validate",
-    "with_conversation", "with_programs",
+    "PROGRAM_WORKERS", "Step", "StepTrace", "Trace", "VOTE", "Workflow", "WorkflowError",
+    "build_prompt", "condition_holds", "describe_pool", "execute", "execute_sync", "is_program",
+    "parse", "plurality", "program_workers", "render", "step_messages", "strip_reasoning",
+    "validate", "with_conversation", "with_programs",
 ]
