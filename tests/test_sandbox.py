@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ray_conductor.errors import SandboxError
-from ray_conductor.verify.sandbox import run_untrusted
+from ray_conductor.verify.sandbox import THREAD_ENV, run_untrusted
 
 try:
     FULL = run_untrusted("pass").layers  # what this machine offers
@@ -171,7 +171,7 @@ def test_no_secrets_in_the_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
     r = run_untrusted("import os\nprint(sorted(os.environ))")
     assert r.ok and "OPENAI" not in r.stdout
-    assert eval(r.stdout) == ["HOME", "LANG", "PATH", "TMPDIR"]
+    assert eval(r.stdout) == sorted(["HOME", "LANG", "PATH", "TMPDIR", *THREAD_ENV])
 
 
 def test_no_site_packages():

@@ -181,7 +181,7 @@ def test_refuses_to_run_without_a_required_layer(layer, tmp_path, monkeypatch):
     monkeypatch.setenv(UNSAFE_ENV, "1")
     r = run_untrusted("print('RAN')", simulate_missing=(layer,))
     assert r.ok and r.stdout == "RAN\n"
-    gone = {"namespaces": "userns", "tmpfs": "tmpfs", "landlock": "landlock",
+    gone = {"namespaces": "userns", "tmpfs": "tmpfs", "view": "view", "landlock": "landlock",
             "seccomp": "seccomp"}[layer]
     assert not any(x.startswith(gone) for x in r.layers)
 
@@ -191,7 +191,7 @@ def test_switching_a_layer_off_is_refused_too(monkeypatch):
     monkeypatch.delenv(UNSAFE_ENV, raising=False)
     with pytest.raises(SandboxError, match="landlock"):
         run_untrusted("print(open('/etc/passwd').read())", use_landlock=False)
-    r = run_untrusted("print(open('/etc/passwd').read())", use_landlock=False,
+    r = run_untrusted("print(open('/etc/passwd').read())", use_landlock=False, use_view=False,
                       allow_unsafe=True)
     assert "root:" in r.stdout  # what the message warns about: without Landlock, files leak
 
@@ -228,6 +228,6 @@ def test_filter_decisions(arch):
 
 @needs_full
 def test_the_layers_this_machine_has_are_reported():
-    for name in ("userns", "pidns", "netns", "mountns", "tmpfs", "landlock-abi", "seccomp",
-                 "audit"):
+    for name in ("userns", "pidns", "netns", "mountns", "tmpfs", "view", "landlock-abi",
+                 "seccomp", "audit"):
         assert has(name), (name, FULL)

@@ -6,7 +6,7 @@ into exact `str`/`bytes` before looking at them, so neither patched builtins nor
 subclass with its own methods can steer it. It is a tripwire, not a boundary on its own:
 Landlock, seccomp and the namespaces are the boundaries. What it adds that the kernel cannot
 see: no `ctypes`, no crafted code objects (`code.__new__`, `marshal` data other than the
-stdlib's own `.pyc`), no walking every object (`gc.get_*`) or every thread's frames, no
+stdlib's and the read-only packages' own `.pyc`), no walking every object (`gc.get_*`) or every thread's frames, no
 trace/profile/audit hooks -- the ways Python code could reach memory or frames that the
 sandbox's test harness keeps to itself.
 
@@ -37,9 +37,10 @@ BANNED_MODULES = frozenset({
     "_interpreters", "cffi", "_cffi_backend", "_testcapi", "_testinternalcapi"})
 
 
-def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod):
+def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod, packages=()):
     """The audit hook for a sandbox whose writable directory is `root` and whose trusted
-    `.pyc` files live under `stdlib` (and not in its site-packages)."""
+    `.pyc` files live under `stdlib` (and not in its site-packages) and in the read-only
+    `packages` directories."""
     import types
 
     getframe = sys_mod._getframe
@@ -47,7 +48,7 @@ def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod):
     b = builtins_mod
     type_, len_, bytes_, str_, int_, tuple_, memoryview_, issubclass_, open_ = (
         b.type, b.len, b.bytes, b.str, b.int, b.tuple, b.memoryview, b.issubclass, b.open)
-    perm, exc_ = b.PermissionError, b.Exception
+    perm, exc_, import_error = b.PermissionError, b.Exception, b.ImportError
     s_add, b_add = str_.__add__, bytes_.__add__
     s_starts, s_ends, s_split, s_join = str_.startswith, str_.endswith, str_.split, str_.join
     fspath, getcwd, readlink, getpid = os_mod.fspath, os_mod.getcwd, os_mod.readlink, \
@@ -55,6 +56,7 @@ def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod):
     o_write = os_mod.O_WRONLY | os_mod.O_RDWR | os_mod.O_APPEND | os_mod.O_CREAT | os_mod.O_TRUNC
     root = root.rstrip("/")
     stdlib = stdlib.rstrip("/") + "/"
+    package_dirs = tuple_(p.rstrip("/") + "/" for p in packages)
     writes, banned_prefixes, banned_events, banned_modules = (
         tuple_(WRITES.items()), BANNED_PREFIXES, BANNED_EVENTS, BANNED_MODULES)
     last_pyc = [None]  # the stdlib .pyc the importer opened last: the one marshal may load
@@ -106,7 +108,8 @@ def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod):
         if writing and (unresolvable or not inside(path)):
             raise perm(f"sandbox: writing {p or 'a path'} is not allowed")
         if not writing and p is not None and s_ends(p, ".pyc"):
-            trusted = s_starts(p, stdlib) and "/site-packages/" not in p
+            trusted = (s_starts(p, stdlib) and "/site-packages/" not in p) or (
+                bool(package_dirs) and s_starts(p, package_dirs))
             last_pyc[0] = p if trusted else None
 
     def on_marshal(data):
@@ -117,7 +120,8 @@ def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod):
             last_pyc[0] = None
             if same:
                 return
-        raise perm("sandbox: marshal.loads of anything but the stdlib's .pyc is not allowed")
+        raise perm("sandbox: marshal.loads of anything but the stdlib's (and the read-only "
+                   "packages') .pyc is not allowed")
 
     def on_write(event, args):
         for spec_event, spec in writes:
@@ -141,7 +145,9 @@ def make_hook(root: str, stdlib: str, os_mod, builtins_mod, sys_mod):
         if event == "code.__new__" and getframe(1).f_code is coroutine_code:
             return  # asyncio's @types.coroutine: flags only, same bytecode and constants
         if event == "import" and exact(args[0]) in banned_modules:
-            raise perm(f"sandbox: import of {exact(args[0])} is not allowed")
+            # an ImportError, as for a module that is not installed: numpy imports ctypes
+            # under `try: ... except ImportError`
+            raise import_error(f"sandbox: import of {exact(args[0])} is not allowed")
         if event == "resource.prlimit" and args[0] not in (0, getpid()):
             raise perm("sandbox: prlimit on another process is not allowed")
         if event in banned_events or s_starts(event, banned_prefixes):

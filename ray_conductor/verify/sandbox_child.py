@@ -1,12 +1,14 @@
 """The sandbox's second stage: the trusted harness that runs untrusted code (and its tests).
 
 `exec`ed by sandbox_setup, already inside the namespaces, Landlock and seccomp, as
-`python -I -S -B -u sandbox_child.py <config JSON>`; stdin carries `{"code", "tests",
-"nonce"}` as JSON. It installs the audit hook, reports the active layers on the report fd, then:
+`python -I -S -B -u sandbox_child.py <config JSON>`; stdin carries the payload as JSON
+(`role`, then `code`, `tests`, `nonce`, ... as the role needs). It installs the audit hook,
+reports the active layers on the report fd, then, by role:
 
-* **plain run** (`tests` is null): the code runs as `__main__` in the main thread; the exit
-  status is the result.
-* **test run**: whether the tests passed must not be forgeable by the code under test, which
+* **plain**: the code runs as `__main__` in the main thread; the exit status is the result.
+* **serve** / **trusted**: the two sides of the value boundary (see sandbox_across): the code
+  under test answers calls in one sandbox, the tests run in another.
+* **shared** (the code and its tests in this one process): whether the tests passed must not be forgeable by the code under test, which
   shares this process (an exit status of 0, or a marker on stdout, is). The verdict is the
   run's random nonce, written on the report fd right after the tests return. A worker thread
   does the whole run as one chain of C calls (`deque.extend` over `itertools.starmap` of
@@ -51,6 +53,14 @@ def load(name: str):
 def print_failure(unraisable) -> None:
     """`sys.unraisablehook` for the worker: just the traceback of what stopped the tests."""
     sys.__excepthook__(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+
+
+def run_code(filename: str):
+    """`run(code, globals)`: compile and execute, under `filename` in tracebacks."""
+    def run(code: str, g: dict) -> None:
+        exec(compile(code, filename, "exec"), g)  # noqa: S102  (what the sandbox is for)
+
+    return run
 
 
 def run_plain(code: str) -> None:
@@ -112,21 +122,30 @@ def run_tests(payload: dict, report_fd: int) -> None:
 
 def main() -> None:
     cfg = json.loads(sys.argv[1])
+    sys.path.extend(cfg["package_roots"])  # READ_PACKAGES (numpy), read-only
     payload = json.loads(sys.stdin.buffer.read())
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     layers = list(cfg["layers"])
     if cfg["audit"]:
-        hook = load("sandbox_audit").make_hook(cfg["root"], cfg["stdlib"], os, builtins, sys)
+        hook = load("sandbox_audit").make_hook(cfg["root"], cfg["stdlib"], os, builtins, sys,
+                                                   cfg["packages"])
         sys.addaudithook(hook)
         del hook  # reachable from the untrusted code's frames otherwise (plain runs)
         layers.append("audit")
     report = {"layers": layers, "why": cfg["why"]}
     os.write(cfg["report_fd"], (json.dumps(report) + "\n").encode())
-    if payload.get("tests") is None:
+    role = payload["role"]
+    if role in ("plain", "serve"):
         os.close(cfg["report_fd"])
+    if role == "plain":
         run_plain(payload["code"])
-        return
-    run_tests(payload, cfg["report_fd"])
+    elif role == "serve":
+        load("sandbox_across").serve(payload, load("sandbox_values"), run_code("<untrusted>"))
+    elif role == "trusted":
+        load("sandbox_across").trusted(payload, load("sandbox_values"), cfg["report_fd"],
+                                       run_code("<tests>"))
+    else:
+        run_tests(payload, cfg["report_fd"])
 
 
 if __name__ == "__main__":

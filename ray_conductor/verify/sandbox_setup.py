@@ -2,7 +2,8 @@
 
 Run by `sandbox.run_untrusted` as `python -I -S -B sandbox_setup.py <config JSON>`, inside the
 namespaces. In order: resource limits; a size- and inode-capped tmpfs over the working
-directory (only in a private mount namespace); Landlock; the seccomp filter. A layer that is
+directory (only in a private mount namespace), which then becomes the root of a filesystem
+view of only the allowed trees; Landlock; the seccomp filter. A layer that is
 switched off, simulated missing or refused by the kernel is recorded as missing; if a required
 one is missing, this stage writes its report and exits with `REFUSED` before any untrusted
 code exists in the process. Otherwise it `exec`s `sandbox_child.py` in a fresh interpreter
@@ -45,6 +46,15 @@ def mapped_files(lib_dynload: str | None) -> list[str]:
     return sorted(p for p in paths if not (skip and p.startswith(skip)))
 
 
+def view_of(policy: dict) -> dict:
+    """What the filesystem view holds (see `sandbox_kernel.build_view`)."""
+    stdlib = policy["stdlib"].rstrip("/")
+    binds = [stdlib, *([policy["lib_dynload"]] if policy["lib_dynload"] else []),
+             *policy["trees"], *policy["files"], *policy["exec_files"]]
+    masks = [f"{stdlib}/site-packages", f"{stdlib}/dist-packages"]
+    return {"binds": binds, "masks": masks, "late_binds": policy["packages"]}
+
+
 def set_up(cfg: dict) -> tuple[list[str], dict[str, str]]:
     """Apply the kernel layers; returns the active ones and {missing layer: why}."""
     layers, why = list(cfg["layers"]), dict(cfg["why"])
@@ -62,14 +72,19 @@ def set_up(cfg: dict) -> tuple[list[str], dict[str, str]]:
                 why[name] = str(e) or type(e).__name__
 
     root, policy = cfg["root"], cfg["policy"]
+    # what the exec'ed interpreter maps again; read before the view hides /proc/self/maps' paths
+    policy["exec_files"] = [os.path.realpath(sys.executable),
+                            *mapped_files(policy["lib_dynload"])]
     if cfg["mountns"]:  # never mount anything in the caller's own mount namespace
         attempt("tmpfs", lambda: kernel.mount_tmpfs(root, cfg["disk_bytes"], cfg["files"])
                 or "tmpfs")
     else:
         why.setdefault("tmpfs", "no private mount namespace")
+    if "tmpfs" in layers:
+        attempt("view", lambda: kernel.build_view(root, view_of(policy)) or "view")
+    else:
+        why.setdefault("view", "needs the tmpfs working directory")
     os.chdir(root)
-    policy["exec_files"] = [os.path.realpath(sys.executable),
-                            *mapped_files(policy["lib_dynload"])]
     attempt("landlock", lambda: f"landlock-abi{kernel.landlock(root, policy)}")
     attempt("seccomp", lambda: kernel.install_seccomp(
         seccomp.build_filter(kernel.arch(), os.getpid())) or "seccomp")
@@ -87,6 +102,8 @@ def main() -> None:
         os.write(cfg["report_fd"], (json.dumps(report) + "\n").encode())
         os._exit(REFUSED)
     child = {k: cfg[k] for k in ("root", "report_fd", "audit", "stdlib")}
+    child["package_roots"] = cfg["policy"]["package_roots"]
+    child["packages"] = cfg["policy"]["packages"]
     child.update(layers=layers, why=why)
     python = os.path.realpath(sys.executable)
     sys.stdout.flush()
