@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
-RANGE_KEYS = ("min", "gt", "max", "choices", "nonempty")
+RANGE_KEYS = ("min", "gt", "max", "choices", "nonempty", "item_min")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.([A-Za-z_][A-Za-z0-9_-]*|[0-9]+))*$")  # dict keys: model names
 
 
@@ -45,12 +45,15 @@ def default_data_dir() -> str:
 
 def opt(default: Any = MISSING, help: str = "", *, factory: Any = None, min: float | None = None,
         gt: float | None = None, max: float | None = None, choices: Sequence[Any] | None = None,
-        nonempty: bool = False) -> Any:
+        nonempty: bool = False, item_min: float | None = None) -> Any:
     """A dataclass field that carries its help and range: `min`/`max` inclusive, `gt`
-    exclusive, `choices` the allowed values, `nonempty` for lists and texts. None (an
-    optional field left unset) is always allowed. Mutable defaults are copied per instance."""
+    exclusive, `choices` the allowed values, `nonempty` for lists and texts, `item_min` for
+    every number in a list. None (an optional field left unset) is always allowed; a number
+    must be finite (nan and inf are refused everywhere). Mutable defaults are copied per
+    instance."""
     meta: dict[str, Any] = {"help": help}
-    for k, v in (("min", min), ("gt", gt), ("max", max), ("choices", choices)):
+    for k, v in (("min", min), ("gt", gt), ("max", max), ("choices", choices),
+                 ("item_min", item_min)):
         if v is not None:
             meta[k] = tuple(v) if k == "choices" else v
     if nonempty:
@@ -142,6 +145,8 @@ def _range_text(meta: typing.Mapping[str, Any]) -> str:
         parts.append(f"> {meta['gt']}")
     if "max" in meta:
         parts.append(f"<= {meta['max']}")
+    if "item_min" in meta:
+        parts.append(f"items >= {meta['item_min']}")
     if meta.get("nonempty"):
         parts.append("not empty")
     return ", ".join(parts)
@@ -381,8 +386,15 @@ def _violation(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
         return "not be empty"
     if "choices" in meta and value not in meta["choices"]:
         return "be one of " + ", ".join(map(str, meta["choices"]))
+    if "item_min" in meta and isinstance(value, (list, tuple, ListConfig)):
+        bad = [x for x in value if isinstance(x, bool) or not isinstance(x, (int, float))
+               or not x >= meta["item_min"]]
+        if bad:
+            return f"hold numbers >= {meta['item_min']} only (found {_show(bad[0])})"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "be a finite number, not inf"
     if "min" in meta and not value >= meta["min"]:
         return f"be >= {meta['min']}"
     if "gt" in meta and not value > meta["gt"]:

@@ -101,6 +101,13 @@ class ServeError(ConductorError):
         self.status, self.type, self.param = status, type, param
 
 
+class TrainingError(ConductorError):
+    """A training run stopped because its loss or weights turned non-finite (a setting or the
+    data drove it there); nothing was saved."""
+
+    code = "training_diverged"
+
+
 class RunFailed(ConductorError):
     """A command ran but produced nothing to report (e.g. every worker call failed); the
     message names the most common causes. The CLI exits 1, not 2: the input may be fine."""

@@ -262,7 +262,7 @@ def test_state_round_trip_and_buffer_order(tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     from ray_conductor.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unreadable online state"):
+    with pytest.raises(ConfigError, match="damaged online state"):
         LoopState.load(tmp_path)
 
 

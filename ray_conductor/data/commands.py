@@ -75,6 +75,8 @@ def run_import(cfg: Any) -> dict[str, Any]:
                   oracle_accuracy=oracle_accuracy(table),
                   wall_s=round(time.perf_counter() - t0, 2))
     print(format_report(summary, result))
+    for note in result.get("notes") or []:
+        print(f"note: {note}")
     print(f"\noracle (some model right): {result['oracle_accuracy']:.1%}   "
           f"rows: {table.num_rows}   tokens: {result.get('token_counter', '?')}")
     print(f"table: {out}  ({result['wall_s']} s)")

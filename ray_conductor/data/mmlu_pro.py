@@ -23,6 +23,7 @@ from typing import Any, Collection, Iterator, Sequence
 import pyarrow as pa
 
 from ray_conductor.data import pricing
+from ray_conductor.data.checks import plain_id
 from ray_conductor.data.files import brief
 from ray_conductor.data.table import ImportReport, ModelReport, TableBuilder, files_under
 from ray_conductor.errors import DataError
@@ -201,7 +202,7 @@ def collect(paths: Sequence[str | Path], report: ImportReport, keep: Collection[
                 mrep.junk += 1
                 continue
             _check(rec, where, i)
-            qid = f"{SOURCE}/{rec['question_id']}"
+            qid = f"{SOURCE}/{plain_id(rec['question_id'], f'{where}: record {i}')}"
             if keep is not None and qid not in keep:
                 continue
             if qid in mine:
@@ -247,7 +248,7 @@ def import_mmlu_pro(paths: Sequence[str | Path], keep: Collection[str] | None = 
     report.models = {m: report.models[m] for m in models}
     report.queries = len(qids)
     report.reference_conflicts = sum(len(r) > 1 for r in refs.values())
-    return out.table(), report
+    return out.table(report.where(), report), report
 
 
 def _prices(models: list[str], report: ImportReport, config: dict[str, Any] | None,

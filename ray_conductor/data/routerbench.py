@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import pyarrow as pa
 
 from ray_conductor.data import pricing
+from ray_conductor.data.checks import check_columns
 from ray_conductor.data.files import brief
 from ray_conductor.data.table import ImportReport, ModelReport, TableBuilder, files_under
 from ray_conductor.errors import DataError
@@ -102,6 +103,7 @@ def _read(f: Path, report: ImportReport, queries: dict[str, tuple[str, str]],
         header = next(reader, None)
         if header is None:
             raise DataError(f"{f}: empty file (expected {WHAT})")
+        check_columns(header, str(f))
         models = detect_models(header, str(f))
         line = reader.line_num + 1
         for row in reader:
@@ -158,7 +160,7 @@ def import_routerbench(paths: Sequence[str | Path]) -> tuple[pa.Table, ImportRep
                      for _, lab, _ in mine.values())
     if fractional:
         report.notes.append(f"{fractional} labels were neither 0 nor 1: correct = label >= 0.5")
-    return out.table(), report
+    return out.table(report.where(), report), report
 
 
 def _add_row(out: TableBuilder, qid: str, text: str, task: str, model: str,

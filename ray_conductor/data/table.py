@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ray_conductor.data.checks import TableChecks, build_table, check_columns, check_table
 from ray_conductor.data.files import atomic_path, brief
 from ray_conductor.errors import DataError
 
@@ -73,10 +74,18 @@ class ImportReport:
     models: dict[str, ModelReport] = field(default_factory=dict)
     token_counter: str = ""
     reference_conflicts: int = 0  # queries whose files disagree on the answer key
+    duplicate_rows: int = 0  # rows repeating an earlier (query_id, model): dropped (`checks`)
+    invalid_unicode: int = 0  # texts with invalid Unicode, replaced with U+FFFD (`checks`)
     notes: list[str] = field(default_factory=list)
 
     def model(self, name: str) -> ModelReport:
         return self.models.setdefault(name, ModelReport())
+
+    def where(self) -> str:
+        """The import's input, for messages: its one file, else the source and a count."""
+        if len(self.files) == 1:
+            return self.files[0]
+        return f"{self.source} import of {len(self.files)} files"
 
     @property
     def price_sources(self) -> dict[str, str]:
@@ -106,8 +115,13 @@ class TableBuilder:
         for name in COLUMNS:
             self.cols[name].append(row.get(name) if name in OPTIONAL else row[name])
 
-    def table(self) -> pa.Table:
-        return pa.table(self.cols, schema=SCHEMA)
+    def table(self, where: str = "table", report: ImportReport | None = None) -> pa.Table:
+        """The canonical table of the rows added, through `checks` (its counts go into
+        `report`; a poisoned value is a `DataError` naming `where`)."""
+        checks = TableChecks(where, report, report.source if report else "table")
+        table = checks.batch(build_table(self.cols, SCHEMA, checks))
+        checks.finish()
+        return table
 
 
 def files_under(paths: Sequence[str | os.PathLike], suffixes: tuple[str, ...],
@@ -156,6 +170,7 @@ def _open(path: str | os.PathLike) -> pq.ParquetFile:
     except _ARROW_ERRORS as e:
         raise DataError(f"{path}: not a readable Parquet file ({brief(e)}); give a table "
                         f"written by `ray-conductor import`") from None
+    check_columns(names, str(path))
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise DataError(f"{path}: expected the canonical table with columns {REQUIRED}, "
@@ -193,35 +208,39 @@ def _report(f: pq.ParquetFile, path: str | os.PathLike) -> ImportReport | None:
 
 
 def read_table(path: str | os.PathLike) -> tuple[pa.Table, ImportReport | None]:
-    """Read a canonical table and the report stored with it (None for foreign files)."""
+    """Read a canonical table (through `checks`) and the report stored with it (None for a
+    foreign file, unless the checks counted something: then a report of their own)."""
     f = _open(path)
     try:
         table = f.read(columns=_columns(f))
     except _ARROW_ERRORS as e:
         raise DataError(f"{path}: damaged Parquet file ({brief(e)}); re-import or re-copy "
                         f"it") from None
-    return conform(table, str(path)), _report(f, path)
+    return check_table(conform(table, str(path)), str(path), _report(f, path))
 
 
 def stream_table(path: str | os.PathLike, batch_size: int = ROW_GROUP,
                  ) -> tuple[Iterator[pa.RecordBatch], ImportReport | None]:
-    """The table as record batches, one row group in memory at a time, and its report."""
+    """The table as record batches (through `checks`), one row group in memory at a time,
+    and its report (its counts complete once the batches are read)."""
     f = _open(path)
-    return _batches(f, path, batch_size), _report(f, path)
+    report = _report(f, path)
+    return _batches(f, path, batch_size, TableChecks(str(path), report)), report
 
 
-def _batches(f: pq.ParquetFile, path: str | os.PathLike,
-             batch_size: int) -> Iterator[pa.RecordBatch]:
+def _batches(f: pq.ParquetFile, path: str | os.PathLike, batch_size: int,
+             checks: TableChecks) -> Iterator[pa.RecordBatch]:
     it = f.iter_batches(batch_size=batch_size, columns=_columns(f))
     while True:
         try:
             batch = next(it)
         except StopIteration:
+            checks.finish()
             return
         except _ARROW_ERRORS as e:
             raise DataError(f"{path}: damaged Parquet file ({brief(e)}); re-import or re-copy "
                             f"it") from None
-        yield from conform(batch, str(path)).to_batches()
+        yield from checks.batch(conform(batch, str(path))).to_batches()
 
 
 def summarize(table: pa.Table) -> dict[str, dict[str, Any]]:

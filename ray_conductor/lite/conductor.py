@@ -21,12 +21,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ray_conductor.errors import ConfigError
+from ray_conductor.errors import ConfigError, TrainingError
 from ray_conductor.features import QuestionFeaturizer
 from ray_conductor.lite.encoder import EMBED_MODEL, embed
 from ray_conductor.lite.env import observe
 from ray_conductor.lite.episode import Episode
 from ray_conductor.lite.net import LiteNet, Projection
+from ray_conductor.lite.schema import check_policy
 from ray_conductor.lite.selector import Selector
 from ray_conductor.lite.table import NO_ANSWER, LiteTable
 from ray_conductor.workers.base import WorkerInfo, WorkerPool
@@ -214,12 +215,25 @@ class LiteConductor:
     # -- saving and loading --------------------------------------------------------------
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write `lite.json` (readable config) and `policy.pt` (tensors only) into `path`."""
+        """Write `lite.json` (readable config) and `policy.pt` (tensors only) into `path`;
+        what `load` would refuse (a diverged net, a NaN cost) is a `TrainingError` and
+        writes nothing."""
         path = Path(path)
         if (path / META_FILE).exists() and not overwrite:
             raise ConfigError(f"{path} already holds a lite policy; choose another run_dir or "
                               f"pass overwrite=true")
+        meta, weights = self.to_saved()
+        try:
+            check_policy(meta, weights, str(path / META_FILE))
+        except ConfigError as e:
+            raise TrainingError(f"not saving the policy: {e}") from None
         path.mkdir(parents=True, exist_ok=True)
+        _atomic(path / WEIGHTS_FILE, lambda f: torch.save(weights, f))
+        _atomic(path / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        return path
+
+    def to_saved(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(`lite.json`'s content, `policy.pt`'s tensors), as `save` writes them."""
         meta = {"format": FORMAT, "name": self.name, "kind": self.kind,
                 "workers": self.workers, "strength": self.strength.tolist(),
                 "max_calls": self.max_calls, "cost_scale": self.cost_scale,
@@ -237,9 +251,7 @@ class LiteConductor:
             meta[key], arrays = part.state() if part is not None else (None, None)
             if arrays is not None:
                 weights[key] = _tensors(arrays)
-        _atomic(path / WEIGHTS_FILE, lambda f: torch.save(weights, f))
-        _atomic(path / META_FILE, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-        return path
+        return json.loads(json.dumps(meta)), weights
 
     @classmethod
     def load(cls, path: str | os.PathLike, workers: Sequence[WorkerInfo] | Sequence[str] | None
@@ -257,6 +269,7 @@ class LiteConductor:
                               f"{str(e)[:120]}); re-train it") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ConfigError(f"{path}: not a lite policy of format {FORMAT}; re-train it")
+        check_policy(meta, weights, str(path / META_FILE))
         try:
             conductor = cls._from_saved(meta, weights)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -21,6 +21,9 @@ import numpy as np
 from ray_conductor.workflow.programs import plurality
 
 
+MAX_CALLS = 64  # worker calls per question at most, in any policy (its state grows with it)
+
+
 def n_actions(n_workers: int) -> int:
     return n_workers + 2
 

@@ -8,12 +8,13 @@ and on many nodes of a cluster. Everything this module hands back is plain data:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ray_conductor.config import opt
 from ray_conductor.lite.table import LiteTable
 
 MODULE_ID = "default_policy"
@@ -22,22 +23,25 @@ _ENV_IDS = itertools.count()
 
 @dataclass
 class PPOSettings:
-    train_batch_size: int = 4000  # env steps per iteration (per learner)
-    minibatch_size: int = 500
-    num_epochs: int = 4
-    lr: float = 3e-4
-    entropy_coeff: float = 0.01
-    clip_param: float = 0.2
-    vf_loss_coeff: float = 0.5
-    gamma: float = 1.0  # episodes are a handful of steps: no discounting
-    lambda_: float = 0.95
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    num_env_runners: int = 0  # 0: sample in the driver process
-    num_envs_per_env_runner: int = 64  # more envs per runner, fewer forward passes per step
-    num_cpus_per_env_runner: float = 1.0
-    num_learners: int = 0  # 0: update in the driver process
-    num_cpus_per_learner: float = 1.0
-    num_gpus_per_learner: float = 0.0
+    train_batch_size: int = opt(4000, "env steps per iteration (per learner)", min=1)
+    minibatch_size: int = opt(500, "env steps per gradient step (at most train_batch_size)",
+                              min=1)
+    num_epochs: int = opt(4, "passes over each batch", min=1)
+    lr: float = opt(3e-4, "learning rate", gt=0, max=1)
+    entropy_coeff: float = opt(0.01, "entropy bonus", min=0)
+    clip_param: float = opt(0.2, "PPO clip range", gt=0)
+    vf_loss_coeff: float = opt(0.5, "value loss weight", min=0)
+    gamma: float = opt(1.0, "discount (episodes are a handful of steps: none)", min=0, max=1)
+    lambda_: float = opt(0.95, "GAE lambda", min=0, max=1)
+    hidden: list[int] = opt([256, 256], "hidden layer sizes of the policy and value MLPs",
+                            nonempty=True, item_min=1)
+    num_env_runners: int = opt(0, "sampling actors (0: sample in the driver process)", min=0)
+    num_envs_per_env_runner: int = opt(64, "envs per runner (more envs, fewer forward "
+                                           "passes per step)", min=1)
+    num_cpus_per_env_runner: float = opt(1.0, "CPUs per sampling actor", min=0)
+    num_learners: int = opt(0, "learner actors (0: update in the driver process)", min=0)
+    num_cpus_per_learner: float = opt(1.0, "CPUs per learner", min=0)
+    num_gpus_per_learner: float = opt(0.0, "GPUs per learner", min=0)
 
 
 def build_ppo(table: LiteTable, settings: PPOSettings, *, max_calls: int, cost_penalty: float,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ray_conductor.config import opt
 from ray_conductor.lite.net import Projection
 from ray_conductor.lite.programs import Program, library, outcomes
 from ray_conductor.lite.table import LiteTable
@@ -25,10 +26,12 @@ from ray_conductor.lite.table import LiteTable
 
 @dataclass
 class SelectorConfig:
-    k: int = 300  # neighbours averaged per prediction (at most an eighth of the fit rows)
-    dim: int = 32  # PCA dimensions of the embedding used for similarity
-    shrink: float = 300.0  # pseudo-neighbours at the program's train-wide rate
-    cascades: bool = True  # offer cascades besides single workers (comparable answers only)
+    k: int = opt(300, "neighbours averaged per prediction (at most an eighth of the fit rows)",
+                 min=1)
+    dim: int = opt(32, "PCA dimensions of the embedding used for similarity", min=1, max=384)
+    shrink: float = opt(300.0, "pseudo-neighbours at the program's train-wide rate", min=0)
+    cascades: bool = opt(True, "offer cascades besides single workers (comparable answers "
+                               "only)")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

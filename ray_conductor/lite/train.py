@@ -24,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ray_conductor.config import RayConfig, default_data_dir, opt, to_dict
-from ray_conductor.errors import ConfigError
+from ray_conductor.errors import ConfigError, TrainingError
 from ray_conductor.lite.bc import behaviour_clone, demonstrations
 from ray_conductor.lite.conductor import META_FILE, LiteConductor, Rollouts
 from ray_conductor.lite.encoder import EMBED_MODEL, embed, fit_featurizer
 from ray_conductor.lite.env import default_cost_scale
-from ray_conductor.lite.episode import n_actions, state_dim
+from ray_conductor.lite.episode import MAX_CALLS, n_actions, state_dim
 from ray_conductor.lite.net import LiteNet, Projection
 from ray_conductor.lite.ppo import (
     PPOSettings, build_ppo, iteration_metrics, net_state, set_cost_penalty)
@@ -50,7 +50,7 @@ class LiteTrainConfig:
                                      "multiplier (null: fixed penalty)", gt=0)
     budget_rate: float = opt(0.3, "multiplier step: lam *= exp(rate * (cost/budget - 1))",
                              gt=0)
-    max_calls: int = opt(4, "worker calls per question at most", min=1)
+    max_calls: int = opt(4, "worker calls per question at most", min=1, max=MAX_CALLS)
     # What the policy sees of a question: a few PCA dims of its embedding, and the selector's
     # shrunk per-worker estimates. 64 dims without the prior let PPO memorise train questions
     # (MMLU-Pro: train accuracy up to 0.81 while validation fell to 0.72).
@@ -96,6 +96,9 @@ def _check(cfg: LiteTrainConfig) -> Path:
         raise ConfigError(f"max_calls={cfg.max_calls}: the policy must be allowed one call")
     if not 0 < cfg.val_fraction < 0.5:
         raise ConfigError(f"val_fraction={cfg.val_fraction}: use a value in (0, 0.5)")
+    if cfg.ppo.minibatch_size > cfg.ppo.train_batch_size:
+        raise ConfigError(f"ppo.minibatch_size={cfg.ppo.minibatch_size}: must be at most "
+                          f"ppo.train_batch_size={cfg.ppo.train_batch_size}")
     run_dir = Path(cfg.run_dir)
     if (run_dir / "policy" / META_FILE).exists() and not cfg.overwrite:
         raise ConfigError(f"{run_dir} already holds a trained lite policy; choose another "
@@ -142,6 +145,7 @@ def train_lite(cfg: LiteTrainConfig) -> dict[str, Any]:
     torch.set_num_threads(max(1, cfg.torch_threads))
     t0 = time.perf_counter()
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
+    _check_budget(data, cfg)
     featurizer = fit_featurizer([q.query for q in data.queries(cfg.split)])
     fit, val = pool_table(data, cfg.split, featurizer).split_validation(cfg.val_fraction)
     if len(fit) < 10 or len(val) < 1:
@@ -150,7 +154,6 @@ def train_lite(cfg: LiteTrainConfig) -> dict[str, Any]:
     selector, sel_penalty = _fit_selector(fit, val, cfg)
     conductor = _skeleton(fit, cfg, selector, featurizer)
     baseline = _selector_conductor(selector, conductor, cfg)
-    baseline.save(run_dir / "selector", overwrite=True)
     feats_fit = conductor.question_features(fit.features, leave_one_out=True)
     feats_val = conductor.question_features(val.features)
     env_table = fit.with_features(feats_fit)
@@ -176,6 +179,10 @@ def train_lite(cfg: LiteTrainConfig) -> dict[str, Any]:
     conductor.info.update(trained={"iteration": best["iteration"], "cost_penalty":
                                    best["penalty"], "val": best["val"], **bc},
                           config=to_dict(cfg))
+    # both are checked before either is written: a diverged run saves nothing
+    check_policy_of(baseline, run_dir / "selector")
+    check_policy_of(conductor, run_dir / "policy")
+    baseline.save(run_dir / "selector", overwrite=True)
     conductor.save(run_dir / "policy", overwrite=cfg.overwrite)
     summary = {"pool": cfg.pool, "split": cfg.split, "fit_rows": len(fit),
                "val_rows": len(val), "iterations": last.get("iteration", 0),
@@ -209,6 +216,7 @@ def _ppo_iterations(algo, conductor: LiteConductor, fit: LiteTable, feats_fit: n
     with tqdm(total=cfg.iterations, desc="train-lite", disable=not cfg.progress) as bar:
         for it in range(1, cfg.iterations + 1):
             row = {"iteration": it, **iteration_metrics(algo.train())}
+            _finite(row, net_state(algo), it)
             conductor.net.load_state_dict(net_state(algo))
             on_fit = conductor.rollout(check, features=check_feats)
             on_val = conductor.rollout(val, features=feats_val)
@@ -220,7 +228,8 @@ def _ppo_iterations(algo, conductor: LiteConductor, fit: LiteTable, feats_fit: n
                 best = {"score": score, "iteration": it, "state": net_state(algo),
                         "val": on_val.summary(conductor.workers), "penalty": penalty}
             if cfg.budget is not None:  # dual ascent on the multiplier, from greedy spend
-                penalty *= math.exp(cfg.budget_rate * (on_fit.cost.mean() / cfg.budget - 1))
+                step = cfg.budget_rate * (on_fit.cost.mean() / cfg.budget - 1)
+                penalty = min(penalty * math.exp(min(step, 20.0)), MAX_PENALTY)
                 set_cost_penalty(algo, penalty)
             log.write(it, {k: v for k, v in row.items() if k != "iteration"})
             bar.update()
@@ -230,6 +239,46 @@ def _ppo_iterations(algo, conductor: LiteConductor, fit: LiteTable, feats_fit: n
                     cfg.time_budget_s and time.perf_counter() - t_ppo > cfg.time_budget_s):
                 break
     return best, row
+
+
+MAX_PENALTY = 1e9  # $-penalty ceiling of the budget multiplier (it grows by exp steps)
+
+
+def _check_budget(data, cfg: LiteTrainConfig) -> None:
+    """A budget below what answering costs on this pool cannot be met by any policy (the
+    multiplier would grow without bound): refuse it before any work."""
+    if cfg.budget is None:
+        return
+    cost = data.matrix(cfg.split).cost
+    cheapest = np.where(cost > 0, cost, np.inf).min(axis=1, initial=np.inf)
+    cheapest = cheapest[np.isfinite(cheapest)]  # questions with a priced answer
+    floor = float(cheapest.mean()) if len(cheapest) else 0.0
+    if cfg.budget < floor:
+        raise ConfigError(f"budget={cfg.budget:g}: below the cheapest answer on this pool "
+                          f"(${floor:.6g} per question on average, the cheapest worker of "
+                          f"each); give budget >= {floor:.6g}, or null")
+
+
+def _finite(row: dict[str, Any], state: dict[str, torch.Tensor], it: int) -> None:
+    """Stop (saving nothing) once the losses or the weights turn non-finite."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)
+           and k in ("policy_loss", "vf_loss", "entropy", "mean_kl")]
+    bad += [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainingError(f"PPO iteration {it}: {', '.join(bad[:3])} turned non-finite; "
+                            f"nothing was saved: lower ppo.lr or cost_penalty, or check the "
+                            f"pool's costs")
+
+
+def check_policy_of(conductor: LiteConductor, path: Path) -> None:
+    """What `save` would refuse, refused before anything of the run is written."""
+    from ray_conductor.lite.schema import check_policy
+
+    meta, weights = conductor.to_saved()
+    try:
+        check_policy(meta, weights, str(path / META_FILE))
+    except ConfigError as e:
+        raise TrainingError(f"not saving the trained policies: {e}") from None
 
 
 def _noise(conductor: LiteConductor, cfg: LiteTrainConfig) -> np.ndarray:

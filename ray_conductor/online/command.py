@@ -58,6 +58,9 @@ def run_retrain(cfg: Any) -> dict[str, Any]:
                           f"{cfg.ray.address}): {str(e).splitlines()[0][:160]}; start the app "
                           "with `ray-conductor serve`, or name its cluster with ray.address=...") \
             from None
+    from ray_conductor.online.serving import ServeApp
+
+    ServeApp(cfg.app).settings()  # no app to retrain, in any mode: a one-line ConfigError
     if cfg.mode == "actor":
         from ray_conductor.online.actor import start_retrainer
 

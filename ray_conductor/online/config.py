@@ -150,6 +150,16 @@ class RerollConfig:
 
 
 @dataclass
+class FeedbackConfig:
+    """What a posted reward may be. The loop ignores (and counts) logged rewards outside the
+    range; the `/v1/feedback` door refuses them with the same setting."""
+
+    reward_min: float = opt(-1.0, "lowest posted reward taken as given (in the policy's reward "
+                                  "units: correct - cost_penalty * dollars)")
+    reward_max: float = opt(1.0, "highest posted reward taken as given")
+
+
+@dataclass
 class RetrainConfig:
     app: str = opt("conductor", "the running Serve app")
     model: str = opt("conductor", "the served model (policy) to retrain")
@@ -178,6 +188,7 @@ class RetrainConfig:
     rollback: RollbackConfig = opt(factory=RollbackConfig, help="the live watch")
     training: TrainingConfig = opt(factory=TrainingConfig, help="the continued training")
     reroll: RerollConfig = opt(factory=RerollConfig, help="counterfactual answers")
+    feedback: FeedbackConfig = opt(factory=FeedbackConfig, help="the range of posted rewards")
     ray: RayConfig = opt(factory=RayConfig, help="how to reach the Ray cluster the app runs "
                                                  "on (auto)")
 

@@ -6,7 +6,8 @@ Kinds: `adopted` (a served `lite:DIR` was published as the registry's first vers
 `extended` (the pool is about to gain workers: a version that knows them was promoted),
 `trained`, `evaluated`, `promoted`, `rejected`, `skipped` (a trigger fired but there was too
 little to train or evaluate on), `kept` (a promotion survived its watch window),
-`rolled_back`, `failed` (a round that raised; the loop goes on).
+`rolled_back`, `failed` (a round that raised; the loop goes on), `quarantined` (unreadable
+traffic log parts moved aside, or posted rewards out of range ignored; the round goes on).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("adopted", "extended", "trained", "evaluated", "promoted", "rejected", "skipped", "kept",
-         "rolled_back", "failed")
+         "rolled_back", "failed", "quarantined")
 
 
 def _plain(x: Any) -> Any:
@@ -55,9 +56,18 @@ class DecisionLog:
         return row
 
     def read(self) -> list[dict[str, Any]]:
+        """Every decision; a damaged line (a crash mid-write) is skipped."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                out.append(row)
+        return out
 
 
 @lru_cache(maxsize=1)

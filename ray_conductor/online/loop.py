@@ -83,6 +83,9 @@ class Retrainer:
             read = read_traffic
         self.cfg, self.app, self.make_trainer, self.read, self.clock = (
             cfg, app, trainer, read, clock)
+        if not cfg.feedback.reward_min <= cfg.feedback.reward_max:
+            raise ConfigError(f"feedback.reward_min={cfg.feedback.reward_min:g} is above "
+                              f"feedback.reward_max={cfg.feedback.reward_max:g}")
         self.root = Path(cfg.state_dir)
         self.state = LoopState.load(self.root)
         self.decisions = DecisionLog(self.root / "decisions.jsonl", OnlineMetrics())
@@ -117,7 +120,7 @@ class Retrainer:
             self.state.started = self.clock()
         reg, pv = self._serving(out)
         trainer = self._trainer_for(pv)
-        rows = self._rows()
+        rows = self._rows(out)
         out += self._watch(rows, reg, trainer)
         self._live_gauge(rows)
         mine = set(self.learners())
@@ -138,12 +141,30 @@ class Retrainer:
     def learners(self) -> list[str]:
         return [self.cfg.model, *[m for m in self.cfg.learn_from if m != self.cfg.model]]
 
-    def _rows(self) -> list[LoggedRow]:
+    def _rows(self, out: list[dict[str, Any]]) -> list[LoggedRow]:
+        """The rewarded rows of the traffic log; unreadable parts the reader moved aside, and
+        posted rewards out of `feedback`'s range (ignored), are logged as decisions."""
         df = self.read(self.cfg.log_dir or self.app.log_dir())
-        models = {*self.learners()}
-        return rewarded_rows(df, cost_penalty=self._penalty(), verifier=self.app.verifier(),
-                             models=models, correct_threshold=self.cfg.correct_threshold,
-                             answer_format=self.cfg.answer_format)
+        moved = list(getattr(df, "attrs", {}).get("quarantined") or [])
+        if moved:
+            out.append(self.decisions.append(
+                "quarantined", self.cfg.model, files=moved, reason=(
+                    f"{len(moved)} unreadable traffic log parts moved aside; the round goes on "
+                    "with the rest")))
+        fb, ignored = self.cfg.feedback, []
+        rows = rewarded_rows(df, cost_penalty=self._penalty(), verifier=self.app.verifier(),
+                             models={*self.learners()},
+                             correct_threshold=self.cfg.correct_threshold,
+                             answer_format=self.cfg.answer_format,
+                             reward_range=(fb.reward_min, fb.reward_max), ignored=ignored)
+        if len(ignored) > self.state.ignored_rewards:
+            out.append(self.decisions.append(
+                "quarantined", self.cfg.model, rows=len(ignored) - self.state.ignored_rewards,
+                request_ids=ignored[self.state.ignored_rewards:][:20], reason=(
+                    f"posted rewards outside [{fb.reward_min:g}, {fb.reward_max:g}] "
+                    "(feedback.reward_min/max) ignored")))
+        self.state.ignored_rewards = len(ignored)
+        return rows
 
     def _penalty(self) -> float:
         assert self.state.cost_penalty is not None

@@ -115,9 +115,14 @@ def _epoch(t: Any) -> float:
 
 def rewarded_rows(df: Any, *, cost_penalty: float, verifier: Verifier | None = None,
                   models: Any = None, correct_threshold: float = 0.5,
-                  answer_format: str = "mc") -> list[LoggedRow]:
+                  answer_format: str = "mc",
+                  reward_range: tuple[float, float] | None = None,
+                  ignored: list[str] | None = None) -> list[LoggedRow]:
     """The answered requests (status 200) of `models` (None: every model) that carry a reward,
-    oldest first. `answer_format`: for questions the verifier does not know."""
+    oldest first. `answer_format`: for questions the verifier does not know.
+    `reward_range`: a posted reward outside it (or not finite) is ignored, as if none had
+    been posted (a label or the verifier may still judge the row); the request ids whose
+    reward was ignored are appended to `ignored`."""
     out = []
     wanted = set(models) if models else None
     for r in df.to_dict("records"):
@@ -125,6 +130,12 @@ def rewarded_rows(df: Any, *, cost_penalty: float, verifier: Verifier | None = N
             continue
         if wanted is not None and r.get("model") not in wanted:
             continue
+        reward = _value(r.get("reward"))
+        if reward is not None and reward_range is not None and not (
+                reward_range[0] <= float(reward) <= reward_range[1]):
+            r = {**r, "reward": None}
+            if ignored is not None:
+                ignored.append(str(r.get("request_id")))
         row = _row(r, cost_penalty, verifier, correct_threshold, answer_format)
         if row is not None:
             out.append(row)

@@ -23,9 +23,14 @@ class ServeApp:
     def settings(self) -> dict[str, Any]:
         """The app's deployed arguments: `config` (the ServeConfig as plain data, no keys) and
         `pool_config` (its workers)."""
+        from ray.serve.exceptions import RayServeException
+
         from ray_conductor.serve.app import _declarative_apps
 
-        apps = _declarative_apps()
+        try:
+            apps = _declarative_apps()
+        except RayServeException:  # no Serve instance on this cluster at all
+            apps = {}
         if self.app not in apps:
             raise ConfigError(f"no Serve app {self.app!r} is running on this Ray cluster "
                               f"(running: {sorted(apps) or 'none'}): start it with "

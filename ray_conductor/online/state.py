@@ -6,6 +6,7 @@ dollar penalty fixed at the first round, and the promotion under watch."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,25 +38,62 @@ class LoopState:
     watch: Watch | None = None
     rounds: int = 0
     started: float | None = None
+    ignored_rewards: int = 0  # logged rewards out of range, already reported
 
     @classmethod
     def load(cls, root: Path) -> "LoopState":
+        """The state in `root` (fresh where there is none); a `root` that is not a directory,
+        or a state file that is not what `save` writes, is a one-line `ConfigError`."""
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"state_dir={root} is a file, not a directory: name a directory "
+                              "for the loop's state")
         path = root / STATE_FILE
         if not path.is_file():
             return cls()
         try:
             d = json.loads(path.read_text())
+            if not isinstance(d, dict):
+                raise TypeError(f"a {type(d).__name__}, not an object")
             watch = d.pop("watch", None)
-            return cls(**d, watch=Watch(**watch) if watch else None)
+            state = cls(**d, watch=Watch(**watch) if watch else None)
+            state.check()
+            return state
         except (OSError, ValueError, TypeError) as e:
-            raise ConfigError(f"{path}: unreadable online state ({type(e).__name__}: "
+            raise ConfigError(f"{path}: damaged online state ({type(e).__name__}: "
                               f"{str(e)[:100]}); move it away to start afresh") from None
 
+    def check(self) -> None:
+        """`TypeError`/`ValueError` where a field is not what the loop writes."""
+        for name in ("consumed", "buffer", "held"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise TypeError(f"`{name}` must be a list of texts")
+        for name in ("last_train", "cost_penalty", "started"):
+            value = getattr(self, name)
+            if value is not None and not _finite(value):
+                raise ValueError(f"`{name}` must be a finite number or null")
+        for name in ("rounds", "ignored_rewards"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0")
+        w = self.watch
+        if w is not None and not (isinstance(w.version, int) and isinstance(w.previous, int)
+                                  and isinstance(w.tag, str) and _finite(w.since)):
+            raise TypeError("`watch` is not a promotion under watch")
+
     def save(self, root: Path) -> None:
+        """Replace the state file atomically (written whole, synced, then renamed)."""
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".{STATE_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(asdict(self)))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(asdict(self)))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, root / STATE_FILE)
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def remember(keys: list[str], new: list[str], cap: int) -> list[str]:

@@ -10,13 +10,17 @@ Layout of a registry directory::
     history.jsonl            every promotion and rollback, appended
 
 Readers never see a half-written version (it is built under a temporary name and renamed)
-or a half-written pointer. Plain Python: no torch, no Ray.
+or a half-written pointer (written whole, synced, renamed). Every file is validated on read:
+a damaged `PROMOTED` is rebuilt from the history (a one-line `ConfigError` naming it where
+the history cannot), a damaged `VERSION.json` from its directory (number, kind), and a torn
+history line (a crash mid-append) is skipped. Plain Python: no torch, no Ray.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,6 +33,8 @@ from ray_conductor.errors import ConfigError
 
 SCHEME = "registry:"
 _META = "VERSION.json"
+_ACTIONS = ("promote", "rollback")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,7 @@ class PolicyRegistry:
             if current is None:
                 raise ConfigError(f"registry {self.root}: nothing is promoted, so nothing to "
                                   "roll back")
-            pointer = json.loads((self.root / "PROMOTED").read_text())
-            prev = pointer.get("previous")
+            prev = (self.pointer() or {}).get("previous")
             if prev is None:
                 raise ConfigError(f"registry {self.root}: {current.tag} is the first promoted "
                                   "version; there is nothing to roll back to")
@@ -115,13 +120,18 @@ class PolicyRegistry:
             prev_n = self._promoted_before(pv.version)
         pointer = {"version": pv.version, "previous": prev_n, "time": time.time()}
         tmp = self.root / f".PROMOTED.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(pointer))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(pointer))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.root / "PROMOTED")
         row = {"time": pointer["time"], "action": action, "version": pv.version,
                "from": previous.version if previous else None, "reason": reason,
                "figures": figures or {}}
         with open(self.root / "history.jsonl", "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _promoted_before(self, version: int) -> int | None:
         """The version that was promoted right before `version` last was."""
@@ -150,24 +160,90 @@ class PolicyRegistry:
         return vs[-1] if vs else None
 
     def promoted(self) -> PolicyVersion | None:
+        pointer = self.pointer()
+        return None if pointer is None else self.get(pointer["version"])
+
+    def pointer(self) -> dict[str, Any] | None:
+        """`PROMOTED` as {version, previous}; None when nothing was ever promoted. A damaged
+        one is rebuilt from the history; where the history cannot, a `ConfigError`."""
         p = self.root / "PROMOTED"
-        if not p.is_file():
+        if not p.exists() and not self.history():
             return None
-        return self.get(json.loads(p.read_text())["version"])
+        try:
+            d = json.loads(p.read_text())
+            if not (isinstance(d, dict) and _number(d.get("version"))
+                    and (d.get("previous") is None or _number(d.get("previous")))):
+                raise ValueError("not a {version, previous} object")
+            return d
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            rebuilt = self._pointer_from_history()
+            if rebuilt is None:
+                raise ConfigError(f"{p}: damaged ({type(e).__name__}: {str(e)[:80]}) and "
+                                  f"{self.root / 'history.jsonl'} holds no promotion to rebuild "
+                                  "it from; promote a version again") from None
+            log.warning("registry %s: PROMOTED is damaged (%s); rebuilt from the history: "
+                        "version %s", self.root, str(e)[:80], rebuilt["version"])
+            return rebuilt
+
+    def _pointer_from_history(self) -> dict[str, Any] | None:
+        """The pointer the history's promotions and rollbacks leave, as `_write_pointer`
+        writes it."""
+        pointer, rows = None, self.history()
+        for i, row in enumerate(rows):
+            previous = row.get("from")
+            if row["action"] == "rollback":  # the version promoted before the restored one
+                previous = next((r.get("from") for r in reversed(rows[:i])
+                                 if r["action"] == "promote" and r["version"] == row["version"]),
+                                None)
+            pointer = {"version": row["version"], "previous": previous,
+                       "time": row.get("time")}
+        return pointer
 
     def history(self) -> list[dict[str, Any]]:
+        """Every promotion and rollback; a torn or foreign line is skipped."""
         p = self.root / "history.jsonl"
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        out = []
+        for line in p.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("action") in _ACTIONS and _number(
+                    row.get("version")):
+                out.append(row)
+        return out
+
+
+def _number(x: Any) -> bool:
+    """A version number: an integer >= 1."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
 
 
 def version_at(path: str | os.PathLike) -> PolicyVersion | None:
-    """The published version whose directory is `path` (None: not a published version)."""
-    meta = Path(path) / _META
+    """The published version whose directory is `path` (None: not a published version). A
+    damaged `VERSION.json` is rebuilt from the directory: its number from the name, its kind
+    from its files (a `lite.json`: lite, else lm)."""
+    path = Path(path)
+    meta = path / _META
     if not meta.is_file():
         return None
-    return PolicyVersion(**{**json.loads(meta.read_text()), "path": str(path)})
+    try:
+        d = json.loads(meta.read_text())
+        pv = PolicyVersion(**{**d, "path": str(path)})
+        if not (_number(pv.version) and isinstance(pv.kind, str) and isinstance(pv.meta, dict)):
+            raise ValueError("fields of the wrong type")
+        return pv
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:
+        digits = path.name.lstrip("v")
+        if not digits.isdigit() or int(digits) < 1:
+            return None
+        kind = "lite" if (path / "lite.json").is_file() else "lm"
+        log.warning("registry: %s is damaged (%s); read as version %s of kind %s", meta,
+                    str(e)[:80], int(digits), kind)
+        return PolicyVersion(int(digits), str(path), kind, {"rebuilt": f"{_META} was damaged"},
+                             meta.stat().st_mtime)
 
 
 def resolve_policy(spec: str) -> tuple[str, PolicyVersion | None]:

@@ -271,14 +271,45 @@ def _table(schema: pa.Schema, rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(cols, schema=schema)
 
 
-def _dataset(root: Path, name: str, schema: pa.Schema) -> pa.Table:
-    import pyarrow.dataset as ds
+QUARANTINE = "quarantine"  # unreadable parts are moved here, beside requests/ and feedback/
 
+
+def _dataset(root: Path, name: str, schema: pa.Schema, quarantine: bool,
+             moved: list[dict[str, str]]) -> pa.Table:
+    """Every part of `name` with `schema`'s columns (and the `date` of its folder). A part
+    that cannot be read as such (zero bytes, cut short, foreign columns, a reward that is
+    text) is moved under `quarantine/` (`quarantine=True`) or skipped, and listed in
+    `moved`: one bad file never hides the others."""
     path = root / name
-    if not path.is_dir() or not any(path.rglob("part-*.parquet")):
-        return schema.empty_table()
-    part = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-    return ds.dataset(path, format="parquet", partitioning=part).to_table()
+    parts = sorted(path.rglob("part-*.parquet")) if path.is_dir() else []
+    tables = []
+    for f in parts:
+        try:
+            table = pq.read_table(f, columns=schema.names).cast(schema)
+        except (pa.ArrowException, OSError, ValueError, TypeError, KeyError) as e:
+            moved.append(_quarantine(root, f, e, quarantine))
+            continue
+        day = f.parent.name.partition("date=")[2] or None
+        tables.append(table.append_column("date", pa.array([day] * table.num_rows,
+                                                           pa.string())))
+    if not tables:
+        return schema.append(pa.field("date", pa.string())).empty_table()
+    return pa.concat_tables(tables)
+
+
+def _quarantine(root: Path, f: Path, why: BaseException, move: bool) -> dict[str, str]:
+    reason = (str(why).strip().splitlines() or [type(why).__name__])[0][:300]
+    entry = {"file": str(f), "reason": f"{type(why).__name__}: {reason}", "moved_to": ""}
+    if move:
+        target = root / QUARANTINE / f.relative_to(root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+            entry["moved_to"] = str(target)
+        except OSError as e:
+            entry["reason"] += f" (not moved: {e.strerror or e})"
+    log.warning("traffic log: unreadable part %s quarantined: %s", f, entry["reason"])
+    return entry
 
 
 def _since(since: Any) -> datetime | None:
@@ -292,24 +323,36 @@ def _since(since: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def read_feedback(root: str | os.PathLike) -> Any:
-    """Every feedback row (pandas), oldest first."""
-    df = _dataset(Path(root), FEEDBACK, FEEDBACK_SCHEMA).to_pandas()
-    return df.sort_values("time", kind="stable").reset_index(drop=True)
+def read_feedback(root: str | os.PathLike, quarantine: bool = True) -> Any:
+    """Every feedback row (pandas), oldest first. Unreadable parts are quarantined (see
+    `read_traffic`); `df.attrs["quarantined"]` lists them."""
+    moved: list[dict[str, str]] = []
+    df = _dataset(Path(root), FEEDBACK, FEEDBACK_SCHEMA, quarantine, moved).to_pandas()
+    df = df.sort_values("time", kind="stable").reset_index(drop=True)
+    df.attrs["quarantined"] = moved
+    return df
 
 
-def read_traffic(root: str | os.PathLike, since: Any = None) -> Any:
+def read_traffic(root: str | os.PathLike, since: Any = None, quarantine: bool = True) -> Any:
     """The logged requests (pandas, oldest first) with their feedback joined: `reward` and
     `label` are the latest given for each request (None when none was). `since`: a datetime,
-    epoch seconds or an ISO date/time (UTC unless it says otherwise)."""
+    epoch seconds or an ISO date/time (UTC unless it says otherwise).
+
+    A part file that cannot be read with the log's schema (zero bytes, cut short, another
+    table's columns, a reward that is text) is moved to `ROOT/quarantine/...` and listed in
+    `df.attrs["quarantined"]` ({file, moved_to, reason}); the rest is read. `quarantine=False`
+    only skips it (read-only readers)."""
     import pandas as pd
 
-    df = _dataset(Path(root), REQUESTS, REQUEST_SCHEMA).to_pandas()
+    moved: list[dict[str, str]] = []
+    df = _dataset(Path(root), REQUESTS, REQUEST_SCHEMA, quarantine, moved).to_pandas()
     start = _since(since)
     if start is not None:
         df = df[df["time"] >= pd.Timestamp(start)]
-    fb = read_feedback(root)
+    fb = read_feedback(root, quarantine)
     for col in ("reward", "label"):
         last = fb.dropna(subset=[col]).drop_duplicates("request_id", keep="last")
         df = df.merge(last[["request_id", col]], on="request_id", how="left")
-    return df.sort_values("time", kind="stable").reset_index(drop=True)
+    df = df.sort_values("time", kind="stable").reset_index(drop=True)
+    df.attrs["quarantined"] = moved + fb.attrs["quarantined"]
+    return df
