@@ -1,13 +1,18 @@
-"""Bad-input census: a corpus of wrong `ray-conductor` invocations (eval, import, train: bad
-keys, types, ranges, paths, pools, damaged files), each run as a subprocess of the installed
-entry point with a timeout, in a sandbox of files built here.
+"""Bad-input census: a corpus of wrong `ray-conductor` invocations (eval, import, train,
+train-lite, retrain: bad keys, types, ranges, paths, pools, damaged files, and issue 21's
+poisoned recordings, lite policy files and settings: `_hostile.py`), each run as a subprocess
+of the installed entry point with a timeout, in a sandbox of files built here; then the
+online loop's damaged files (traffic parts, feedback, registry, state), tried in process.
 
 Per invocation it records the exit code, the number of stderr lines, whether a traceback
 appeared, whether it hung, and whether any file that existed before was changed or removed
-(or a `.tmp` file left behind). Summary: `tried`, `one_line_exit_2` (exit 2, exactly one
-stderr line, no traceback), `tracebacks`, `hangs`, `data_lost`, `litter`, and the ids of
-every invocation that broke the promise. Train invocations must fail at validation (no
-model is loaded, no Ray is started): each has `progress=false` and a short timeout.
+(or a `.tmp` file left behind). Most must end in exit 2 with one stderr line; a few (rows the
+issue says are counted: duplicated rows, invalid Unicode) must exit 0 and print their count.
+Summary: `tried`, `one_line_exit_2` (exit 2, exactly one stderr line, no traceback),
+`counted`, `as_expected`, `tracebacks`, `hangs`, `data_lost`, `litter`, the ids of every
+invocation that broke its promise, and `online_files` (each damaged file quarantined,
+rebuilt or a one-line error). Train invocations must fail at validation: each has
+`progress=false` and a short timeout.
 
     python benchmarks/bad_inputs.py --out benchmarks/results/bad_inputs.json
 """
@@ -30,7 +35,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _hostile  # noqa: E402  (the cases of issue 21, beside this script)
 CLI = REPO / ".venv" / "bin" / "ray-conductor"
+if not CLI.exists():  # a worktree beside the checkout that holds the venv: the one on PATH
+    CLI = Path(shutil.which("ray-conductor") or CLI)
 FAST_EVAL = ["policies=[cheapest]", "limit=3", "progress=false"]
 RB_HEADER = ["", "sample_id", "prompt", "eval_name", "m1", "m2", "m1|model_response",
              "m2|model_response", "m1|total_cost", "m2|total_cost", "oracle_model_to_route_to"]
@@ -99,10 +108,11 @@ def build_sandbox(root: Path) -> None:
     for name, text in files.items():
         (root / name).write_text(text)
     (root / "junk.yaml").write_bytes(bytes(range(256)) * 4)
+    _hostile.build(root)
 
 
-def corpus() -> list[tuple[str, list[str]]]:
-    """(id, argv) for every bad invocation."""
+def corpus() -> list[tuple[str, list[str], str]]:
+    """(id, argv, expect) for every bad invocation; expect "exit2" or "counted:<stdout>"."""
     E = [("eval", a) for a in [
         ["concurrency=0"], ["concurrency=-5"], ["concurrency="], ["concurrency=abc"],
         ["concurrency=1.5"], ["limit=-1"], ["limit=0"], ["limit=abc"], ["knn_k=0"],
@@ -158,10 +168,10 @@ def corpus() -> list[tuple[str, list[str]]]:
         E.append(("eval", ["out=ro/eval.json"]))
         T.append(("train", ["run_dir=ro/run", "progress=false"]))
     out = []
-    for cmd, argv in E + I + T:
+    for cmd, argv, expect in [(c, a, "exit2") for c, a in E + I + T] + _hostile.corpus():
         if cmd == "eval" and not any(a.startswith(("policies=", "limit=")) for a in argv):
             argv = argv + FAST_EVAL  # if it runs at all, it runs briefly
-        out.append((f"{cmd} {' '.join(argv)}", [cmd, *argv]))
+        out.append((f"{cmd} {' '.join(argv)}", [cmd, *argv], expect))
     return out
 
 
@@ -174,7 +184,8 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-def run_one(argv: list[str], root: Path, timeout_s: float) -> dict[str, Any]:
+def run_one(argv: list[str], root: Path, timeout_s: float, expect: str = "exit2"
+            ) -> dict[str, Any]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
            "RAY_CONDUCTOR_LOG_DIR": str(root / "logs")}
@@ -192,11 +203,14 @@ def run_one(argv: list[str], root: Path, timeout_s: float) -> dict[str, Any]:
     lost = sorted(k for k, h in before.items() if after.get(k) != h)
     litter = sorted(k for k in set(after) - set(before) if k.endswith(".tmp"))
     lines = [x for x in err.splitlines() if x.strip()]
+    one_line = rc == 2 and len(lines) == 1 and "Traceback" not in err
+    counted = expect.startswith("counted:") and rc == 0 and expect.split(":", 1)[1] in out
     return {"rc": rc, "wall_s": round(time.perf_counter() - t0, 2), "hang": hang,
             "stderr_lines": len(lines), "stderr": lines[-1][:400] if lines else "",
             "traceback": "Traceback (most recent call last)" in err + out,
-            "changed_or_removed": lost, "litter": litter,
-            "one_line_exit_2": rc == 2 and len(lines) == 1 and "Traceback" not in err}
+            "changed_or_removed": lost, "litter": litter, "expect": expect,
+            "one_line_exit_2": one_line, "counted": counted,
+            "as_expected": (counted if expect != "exit2" else one_line) and not lost}
 
 
 def main() -> None:
@@ -209,28 +223,35 @@ def main() -> None:
     build_sandbox(root)
     rows = []
     try:
-        for cid, argv in corpus():
-            row = {"id": cid, **run_one(argv, root, a.timeout_s)}
+        for cid, argv, expect in corpus():
+            row = {"id": cid, **run_one(argv, root, a.timeout_s, expect)}
             rows.append(row)
-            mark = "ok " if row["one_line_exit_2"] else "BAD"
+            mark = "ok " if row["as_expected"] else "BAD"
             print(f"{mark} rc={row['rc']} {row['wall_s']:>6}s  {cid}\n      {row['stderr']}",
                   flush=True)
+        online = _hostile.online_cases(root)
+        for r in online:
+            print(f"{'ok ' if r['ok'] else 'BAD'} {r['outcome']:<28} {r['id']}", flush=True)
     finally:
         os.chmod(root / "ro", 0o755)
         shutil.rmtree(root, ignore_errors=True)
     summary = {"tried": len(rows), "one_line_exit_2": sum(r["one_line_exit_2"] for r in rows),
+               "counted": sum(r["counted"] for r in rows),
+               "as_expected": sum(r["as_expected"] for r in rows),
                "tracebacks": sum(r["traceback"] for r in rows),
                "hangs": sum(r["hang"] for r in rows),
                "data_lost": sum(bool(r["changed_or_removed"]) for r in rows),
                "litter": sum(bool(r["litter"]) for r in rows),
-               "not_one_line_exit_2": [r["id"] for r in rows if not r["one_line_exit_2"]],
-               "by_command": {c: sum(r["id"].startswith(c) for r in rows)
-                              for c in ("eval", "import", "train")}}
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+               "not_as_expected": [r["id"] for r in rows if not r["as_expected"]],
+               "by_command": {c: sum(r["id"].split()[0] == c for r in rows)
+                              for c in ("eval", "import", "train", "train-lite", "retrain")},
+               "online_files": {"tried": len(online), "ok": sum(r["ok"] for r in online),
+                                "not_ok": [r["id"] for r in online if not r["ok"]]}}
     from _bench import environment, write_report
 
     write_report({"summary": summary, "environment": environment(threads=0),
-                  "running_as_root": os.geteuid() == 0, "invocations": rows}, a.out)
+                  "running_as_root": os.geteuid() == 0, "invocations": rows,
+                  "online_files": online}, a.out)
 
 
 if __name__ == "__main__":

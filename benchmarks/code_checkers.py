@@ -38,8 +38,10 @@ MBPP_TASKS = [  # MBPP-style: assert lines that call the answer's function
                        "    return None",
      ["assert first_repeated('abcabc') == 'a'", "assert first_repeated('abc') == None",
       "assert first_repeated('123123') == '1'"]),
-    ("is_prime", "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))",
-     ["assert is_prime(13) == True", "assert is_prime(12) == False", "assert is_prime(1) == False"]),
+    ("is_prime", "def is_prime(n):\n"
+                 "    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))",
+     ["assert is_prime(13) == True", "assert is_prime(12) == False",
+      "assert is_prime(1) == False"]),
     ("sort_pairs", "def sort_pairs(xs):\n    return sorted(xs, key=lambda p: p[1])",
      ["assert sort_pairs([(1, 3), (2, 1)]) == [(2, 1), (1, 3)]",
       "assert sort_pairs([]) == []"]),

@@ -205,8 +205,8 @@ def test_numpy_is_readable_but_not_writable():
 def test_stat_finds_no_host_path_outside_the_allowed_trees(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("x" * 1234)
-    r = run_untrusted("import os\nfor p in [%r, '/etc/passwd', '/etc', %r]:\n"
-                      "    print(p, os.path.exists(p))\nimport sys\nprint(os.path.exists(sys.executable))"
+    r = run_untrusted("import os, sys\nfor p in [%r, '/etc/passwd', '/etc', %r]:\n"
+                      "    print(p, os.path.exists(p))\nprint(os.path.exists(sys.executable))"
                       % (str(secret), default_data_dir()))
     assert r.ok, r.stderr
     lines = r.stdout.splitlines()

@@ -1,9 +1,10 @@
 """The checks every recording passes before it is used: one place, for every importer.
 
 A recording decides rewards and baselines (`cheapest` picks by recorded cost), so a poisoned
-value must never pass quietly. `check_table(table, where, report)` is what every canonical
-table goes through (the importers' `TableBuilder.table`, `parquet:` files, streamed cache
-entries through `TableChecks`); it returns the table to use and the report with its counts:
+value must never pass quietly. Every canonical table goes through `TableChecks` (the
+importers' `TableBuilder.table`, `parquet:` files, streamed cache entries);
+`table.check_table(table, where, report)` is the one call for a whole table: it returns the
+table to use and the report with its counts:
 
 * costs finite dollars in [0, `MAX_COST`] and token counts integers >= 0 (null in neither):
   else a one-line `DataError` naming the place, the row, the query, the model and the column;
@@ -77,10 +78,10 @@ def clean_column(values: Iterable[Any]) -> tuple[list[Any], int]:
 class TableChecks:
     """The checks over a table given in parts (record batches, in order): `batch` returns
     each part checked (duplicates of earlier rows dropped), `finish` refuses an empty table
-    and writes the counts into the report (created for a foreign file without one)."""
+    and says what was counted (`notes`)."""
 
-    def __init__(self, where: str, report: Any = None, source: str = "parquet"):
-        self.where, self.report, self.source = where, report, source
+    def __init__(self, where: str):
+        self.where = where
         self.rows, self.duplicates, self.invalid_unicode = 0, 0, 0
         self._seen: set[tuple[str, str]] = set()
 
@@ -92,24 +93,20 @@ class TableChecks:
         self.rows += table.num_rows
         return table
 
-    def finish(self) -> Any:
+    def finish(self) -> list[str]:
+        """Refuse a table without rows; the notes for the import report (empty: nothing was
+        counted)."""
         if self.rows == 0:
             raise DataError(f"{self.where}: the table has no rows; import a recording with at "
                             f"least one answered question")
-        if not (self.duplicates or self.invalid_unicode):
-            return self.report
-        from ray_conductor.data.table import ImportReport
-
-        report = self.report or ImportReport(source=self.source, files=[self.where])
-        report.duplicate_rows += self.duplicates
-        report.invalid_unicode += self.invalid_unicode
+        notes = []
         if self.duplicates:
-            report.notes.append(f"{self.duplicates} rows repeated an earlier (query_id, model) "
-                                f"and were dropped")
+            notes.append(f"{self.duplicates} rows repeated an earlier (query_id, model) and "
+                         f"were dropped")
         if self.invalid_unicode:
-            report.notes.append(f"{self.invalid_unicode} texts held invalid Unicode, replaced "
-                                f"with U+FFFD")
-        return report
+            notes.append(f"{self.invalid_unicode} texts held invalid Unicode, replaced with "
+                         f"U+FFFD")
+        return notes
 
     # -- the checks ------------------------------------------------------------------------
     def _unicode(self, table: pa.Table) -> pa.Table:
@@ -189,12 +186,3 @@ def _number(x: Any) -> str:
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def check_table(table: pa.Table, where: str, report: Any = None, source: str = "parquet"
-                ) -> tuple[pa.Table, Any]:
-    """The canonical `table` checked (see the module docstring): (the table to use, the
-    report with its counts; None stays None for a clean foreign file)."""
-    checks = TableChecks(where, report, source)
-    out = checks.batch(table)
-    return out, checks.finish()

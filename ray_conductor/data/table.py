@@ -9,6 +9,7 @@ travels inside the Parquet file's metadata, so a cached or shared table keeps it
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ray_conductor.data.checks import TableChecks, build_table, check_columns, check_table
+from ray_conductor.data.checks import TableChecks, build_table, check_columns
 from ray_conductor.data.files import atomic_path, brief
 from ray_conductor.errors import DataError
 
@@ -44,6 +45,7 @@ OPTIONAL = ("answer",)  # added after tables were shipped: files without it read
 REQUIRED = [c for c in COLUMNS if c not in OPTIONAL]
 REPORT_KEY = b"ray_conductor.report"
 ROW_GROUP = 32768  # rows per Parquet row group: readers can stream a big table group by group
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,10 +120,35 @@ class TableBuilder:
     def table(self, where: str = "table", report: ImportReport | None = None) -> pa.Table:
         """The canonical table of the rows added, through `checks` (its counts go into
         `report`; a poisoned value is a `DataError` naming `where`)."""
-        checks = TableChecks(where, report, report.source if report else "table")
+        checks = TableChecks(where)
         table = checks.batch(build_table(self.cols, SCHEMA, checks))
-        checks.finish()
+        counted(report, checks)
         return table
+
+
+def check_table(table: pa.Table, where: str, report: ImportReport | None = None,
+                source: str = "parquet") -> tuple[pa.Table, ImportReport | None]:
+    """A canonical table through every check of `data.checks` (costs, tokens, ids,
+    duplicate rows, Unicode, rows): (the table to use, the report with the counts). A
+    poisoned value is a one-line `DataError` naming `where`, the row and the column. An
+    importer of another format calls this on its canonical table; `report` None (a foreign
+    file) gets a report of its own only when something was counted."""
+    checks = TableChecks(where)
+    out = checks.batch(table)
+    return out, counted(report, checks, source)
+
+
+def counted(report: ImportReport | None, checks: TableChecks, source: str = "parquet"
+            ) -> ImportReport | None:
+    """`checks.finish()`, its counts written into `report` (made if needed and counted)."""
+    notes = checks.finish()
+    if not notes:
+        return report
+    report = report or ImportReport(source=source, files=[checks.where])
+    report.duplicate_rows += checks.duplicates
+    report.invalid_unicode += checks.invalid_unicode
+    report.notes += notes
+    return report
 
 
 def files_under(paths: Sequence[str | os.PathLike], suffixes: tuple[str, ...],
@@ -225,17 +252,19 @@ def stream_table(path: str | os.PathLike, batch_size: int = ROW_GROUP,
     and its report (its counts complete once the batches are read)."""
     f = _open(path)
     report = _report(f, path)
-    return _batches(f, path, batch_size, TableChecks(str(path), report)), report
+    return _batches(f, path, batch_size, report), report
 
 
 def _batches(f: pq.ParquetFile, path: str | os.PathLike, batch_size: int,
-             checks: TableChecks) -> Iterator[pa.RecordBatch]:
+             report: ImportReport | None) -> Iterator[pa.RecordBatch]:
     it = f.iter_batches(batch_size=batch_size, columns=_columns(f))
+    checks = TableChecks(str(path))
     while True:
         try:
             batch = next(it)
         except StopIteration:
-            checks.finish()
+            if counted(report, checks) is not report:  # a foreign file without a report
+                log.warning("%s: %s", path, "; ".join(checks.finish()))
             return
         except _ARROW_ERRORS as e:
             raise DataError(f"{path}: damaged Parquet file ({brief(e)}); re-import or re-copy "

@@ -5,7 +5,8 @@ Owns: the replay table as arrays (`table`), episode rules and state features (`e
 the gymnasium environment (`env`), the policy/value network and embedding projection (`net`),
 fixed cascades and the supervised selector (`programs`, `selector`), behaviour cloning
 (`bc`), `LiteConductor` (offline rollouts, live turn-by-turn runs emitting `Workflow` and
-`Trace`, save/load), and training with RLlib PPO (`ppo`, `rllib_module`, `train`).
+`Trace`, save/load, with the policy files' schema in `schema`), and training with RLlib PPO
+(`ppo`, `rllib_module`, `train`).
 Must not import: `rl`, `policy`, `serve` or `graph`; Ray and RLlib only inside `ppo`,
 `rllib_module` and `train_lite`, so loading and serving a lite policy needs torch and numpy.
 """

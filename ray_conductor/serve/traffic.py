@@ -10,7 +10,9 @@ Layout under the log directory, both partitioned by UTC date (hive style, so pan
 
 Files are only ever added, never rewritten: feedback is joined on read (the latest reward and
 the latest label per request). Each part is written under a hidden name and renamed, so a
-reader never sees half a file. Pure pyarrow (the writer actor is in `actors.py`).
+reader never sees half a file; a part that still cannot be read (damaged on disk, dropped in
+by something else) is moved to `quarantine/` by the reader and listed, never fatal. Pure
+pyarrow (the writer actor is in `actors.py`).
 
 No row can stop the log: every string is made valid Unicode and capped (`MAX_CHARS`) when it
 is appended, and a row that still cannot be written goes, with the reason, to

@@ -36,8 +36,9 @@ ones; `sandbox_setup`, `sandbox_kernel`, `sandbox_seccomp`, `sandbox_audit` and
    code objects, walking all objects or frames).
 
 Layers 1-4 (the view included) are required. Where one is missing (an old kernel, a
-container without user namespaces) `run_untrusted` raises `SandboxError` instead of running the code, unless the
-caller opts in with `allow_unsafe=True` or `RAY_CONDUCTOR_UNSAFE_SANDBOX=1`.
+container without user namespaces) `run_untrusted` raises `SandboxError` instead of running
+the code, unless the caller opts in with `allow_unsafe=True` or
+`RAY_CONDUCTOR_UNSAFE_SANDBOX=1`.
 
 With `tests`, the verdict (`SandboxResult.passed`) comes from a trusted harness and a per-run
 nonce the code under test cannot read (see sandbox_child): exiting 0 early, printing a marker,

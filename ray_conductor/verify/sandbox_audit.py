@@ -6,9 +6,9 @@ into exact `str`/`bytes` before looking at them, so neither patched builtins nor
 subclass with its own methods can steer it. It is a tripwire, not a boundary on its own:
 Landlock, seccomp and the namespaces are the boundaries. What it adds that the kernel cannot
 see: no `ctypes`, no crafted code objects (`code.__new__`, `marshal` data other than the
-stdlib's and the read-only packages' own `.pyc`), no walking every object (`gc.get_*`) or every thread's frames, no
-trace/profile/audit hooks -- the ways Python code could reach memory or frames that the
-sandbox's test harness keeps to itself.
+stdlib's and the read-only packages' own `.pyc`), no walking every object (`gc.get_*`) or
+every thread's frames, no trace/profile/audit hooks -- the ways Python code could reach
+memory or frames that the sandbox's test harness keeps to itself.
 
 Stdlib only and no package imports: the sandbox child loads this file by path.
 """

@@ -8,8 +8,9 @@ reports the active layers on the report fd, then, by role:
 * **plain**: the code runs as `__main__` in the main thread; the exit status is the result.
 * **serve** / **trusted**: the two sides of the value boundary (see sandbox_across): the code
   under test answers calls in one sandbox, the tests run in another.
-* **shared** (the code and its tests in this one process): whether the tests passed must not be forgeable by the code under test, which
-  shares this process (an exit status of 0, or a marker on stdout, is). The verdict is the
+* **shared** (the code and its tests in this one process): whether the tests passed must not
+  be forgeable by the code under test, which shares this process (an exit status of 0, or a
+  marker on stdout, is). The verdict is the
   run's random nonce, written on the report fd right after the tests return. A worker thread
   does the whole run as one chain of C calls (`deque.extend` over `itertools.starmap` of
   `exec`, `dict.update`, `os.write`...), so no Python frame holds the chain: the code's frames
