@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", default="boundary,shared")
     ap.add_argument("--forgeries", default="all")
+    ap.add_argument("--rows", action="store_true", help="keep every judgement in the report")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from ray_conductor.testing.forgeries import KINDS
@@ -136,7 +137,7 @@ def main() -> None:
     from _bench import environment, write_report
 
     write_report({"summary": summary, "environment": environment(threads=a.workers),
-                  "rows": rows}, a.out)
+                  **({"rows": rows} if a.rows else {})}, a.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 
 from ray_conductor.config import default_data_dir
 from ray_conductor.errors import SandboxError
-from ray_conductor.verify.code import humaneval_correct, mbpp_correct
+from ray_conductor.verify.code import humaneval_correct, mbpp_correct, run_tests
 from ray_conductor.verify.sandbox import run_untrusted
 
 HUMANEVAL = Path(default_data_dir()) / "benchmarks" / "HumanEval.jsonl.gz"
@@ -91,6 +91,13 @@ ATTACKS = {
 @pytest.mark.parametrize("trick", ATTACKS, ids=list(ATTACKS))
 def test_a_wrong_program_with_a_trick_is_not_correct(trick):
     assert not mbpp_correct(f"```python\n{WRONG}\n{ATTACKS[trick]}\n```", TESTS)
+
+
+@pytest.mark.parametrize("trick", ATTACKS, ids=list(ATTACKS))
+def test_the_shared_process_verdict_holds_too(trick):
+    """Tests that cannot cross the boundary run in the program's process: its verdict must
+    hold against the same tricks."""
+    assert not run_tests(f"{WRONG}\n{ATTACKS[trick]}", "\n".join(TESTS))
 
 
 def test_the_honest_program_still_passes_and_the_exit_status_is_not_the_verdict():

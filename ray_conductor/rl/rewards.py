@@ -127,9 +127,12 @@ def _math() -> Verifier:
 def _sandbox_ready() -> None:
     """Run a trivial program once when a code verifier is built, so a machine whose kernel
     lacks a sandbox layer fails at the start of training with the sandbox's one-line
-    `SandboxError`, not in the middle of a rollout."""
+    `SandboxError`, not in the middle of a rollout. Both ways code is judged start: across
+    the value boundary (two sandboxes) and in one process."""
+    from ray_conductor.verify.boundary import run_across
     from ray_conductor.verify.sandbox import run_untrusted
 
+    run_across("def f():\n    return 1\n", "assert f() == 1", ["f"])
     run_untrusted("pass", tests="pass")
 
 
