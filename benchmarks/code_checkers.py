@@ -8,7 +8,8 @@ and bytecode, tracebacks, `f_back`, `inspect`; objects equal to everything, `moc
 checkers judge now (the tests in a sandbox of their own, values crossing: `boundary`) and as
 they judged before (the tests in the program's process: `shared`), so the figure the
 boundary closes stands beside it. Also how many HumanEval problems ran across the boundary
-and why any did not (`verify.code.CROSSING`).
+and why any did not (`verify.code.CROSSING`), and the mean wall time of one judgement per mode
+(two sandboxes against one: a speed figure only on a quiet machine).
 
     python benchmarks/code_checkers.py --out benchmarks/results/code_checkers.json
     python benchmarks/code_checkers.py --limit 20 --forgeries frame_bytecode,eq_always
@@ -119,8 +120,10 @@ def main() -> None:
 
     def one(item: tuple) -> dict[str, Any]:
         mode, (checker, what, pid, answer, problem) = item
-        return {"checker": checker, "mode": mode, "what": what, "id": pid,
-                "passed": bool(judge[checker][mode](answer, problem))}
+        t = time.perf_counter()
+        passed = bool(judge[checker][mode](answer, problem))
+        return {"checker": checker, "mode": mode, "what": what, "id": pid, "passed": passed,
+                "wall_s": time.perf_counter() - t}
 
     with ThreadPoolExecutor(a.workers) as pool:
         rows = list(pool.map(one, todo))
@@ -132,6 +135,9 @@ def main() -> None:
     summary = {"humaneval_problems": len(problems), "mbpp_tasks": len(MBPP_TASKS),
                "passed": {k: dict(v) for k, v in sorted(passed.items())},
                "crossing": dict(CROSSING), "boundary_misjudged": bad,
+               "mean_judgement_s": {m: round(sum(r["wall_s"] for r in rows if r["mode"] == m)
+                                             / max(1, sum(r["mode"] == m for r in rows)), 3)
+                                    for m in a.modes.split(",")},
                "wall_s": round(time.perf_counter() - t0, 1)}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _bench import environment, write_report
