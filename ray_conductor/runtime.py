@@ -8,11 +8,13 @@ from typing import Any
 from ray_conductor.config import RayConfig
 
 
-def init_ray(cfg: RayConfig | Any | None = None) -> None:
+def init_ray(cfg: RayConfig | Any | None = None, quiet: bool = False) -> None:
     """Join `cfg.address` ("auto", "ray://...") or start a local cluster ("local").
 
     A local cluster gets token auth off (Ray 2.60 enables it by default, which breaks
     `ray job submit` on a laptop); a remote cluster keeps whatever its operator set.
+    `quiet`: Ray's own start-up lines (INFO) are not printed, so a command that then stops on
+    bad input prints its one line only.
     """
     import ray
 
@@ -21,6 +23,10 @@ def init_ray(cfg: RayConfig | Any | None = None) -> None:
     cfg = cfg or RayConfig()
     kw: dict[str, Any] = {"namespace": cfg.namespace, "ignore_reinit_error": True,
                           "log_to_driver": bool(getattr(cfg, "log_to_driver", True))}
+    if quiet:
+        import logging
+
+        kw["logging_level"] = logging.WARNING
     if cfg.address in ("local", "", None):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kw.update(address="local", include_dashboard=cfg.include_dashboard,

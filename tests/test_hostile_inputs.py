@@ -383,6 +383,24 @@ def test_retrain_without_a_serve_app_is_a_one_line_error(ray_cluster):
     assert "no Serve app 'nowhere' is running" in one_line(e)
 
 
+@pytest.mark.parametrize("mode", ["once=true", "mode=actor", "mode=loop"])
+def test_retrain_on_a_new_local_cluster_is_refused_before_ray_starts(mode, capsys,
+                                                                     monkeypatch):
+    import ray
+
+    import ray_conductor.runtime
+    from ray_conductor.cli import main
+
+    def no_ray(*a, **kw):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    monkeypatch.setattr(ray_conductor.runtime, "init_ray", no_ray)
+    assert main(["retrain", mode, "ray.address=local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no Serve app runs to retrain" in err
+
+
 def test_rewarded_rows_skip_rewards_out_of_range():
     from ray_conductor.online.rewards import rewarded_rows
 

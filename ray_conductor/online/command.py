@@ -48,11 +48,17 @@ def describe(d: dict[str, Any]) -> str:
 
 
 def run_retrain(cfg: Any) -> dict[str, Any]:
+    import ray
+
     from ray_conductor.runtime import init_ray
 
     cfg = as_retrain_config(cfg)
+    if cfg.ray.address in ("local", "", None) and not ray.is_initialized():
+        raise ConfigError("ray.address=local would start a new Ray cluster, where no Serve app "
+                          "runs to retrain: join the app's cluster (ray.address=auto, or "
+                          "ray://HOST:PORT)")
     try:
-        init_ray(cfg.ray)
+        init_ray(cfg.ray, quiet=True)
     except ConnectionError as e:
         raise ConfigError(f"cannot reach the Ray cluster the app runs on (ray.address="
                           f"{cfg.ray.address}): {str(e).splitlines()[0][:160]}; start the app "
