@@ -114,7 +114,11 @@ def write_csv(path: Path, header, rows) -> Path:
     return path
 
 
-def test_routerbench_negative_cost_and_duplicated_column(tmp_path):
+def test_routerbench_negative_cost_and_duplicated_column(tmp_path, monkeypatch):
+    from ray_conductor.data import pricing
+
+    monkeypatch.setattr(pricing, "count_tokens", lambda text: len(text or "") // 4)
+    monkeypatch.setattr(pricing, "token_counter_name", lambda: "len/4")
     bad = write_csv(tmp_path / "neg.csv", RB_HEADER,
                     [["a", "['Q?']", "mbpp", "1", "['x']", "0.01"],
                      ["b", "['Q2?']", "mbpp", "1", "['y']", "-0.019"]])
