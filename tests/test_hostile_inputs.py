@@ -331,6 +331,19 @@ def test_the_loop_logs_quarantined_parts_and_ignores_out_of_range_rewards(tmp_pa
     assert kinds(loop.round()) == ["quarantined"]
 
 
+def test_the_loop_takes_the_apps_feedback_range_unless_told_otherwise(tmp_path):
+    from types import SimpleNamespace
+
+    from test_online_loop import setup
+
+    loop, app, *_ = setup(tmp_path, gain=0.0)
+    assert loop._reward_range() == (-1.0, 1.0)  # an app without the setting
+    app.config = lambda: SimpleNamespace(feedback_reward_range=[-5.0, 5.0])
+    assert loop._reward_range() == (-5.0, 5.0)  # the door's range
+    loop.cfg.feedback.reward_max = 2.0
+    assert loop._reward_range() == (-5.0, 2.0)
+
+
 def test_a_damaged_promoted_pointer_is_rebuilt_and_rollback_still_works(tmp_path):
     reg = PolicyRegistry(tmp_path / "reg")
     for n in range(3):

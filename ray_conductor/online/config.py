@@ -152,11 +152,15 @@ class RerollConfig:
 @dataclass
 class FeedbackConfig:
     """What a posted reward may be. The loop ignores (and counts) logged rewards outside the
-    range; the `/v1/feedback` door refuses them with the same setting."""
+    range: by default the app's own `feedback_reward_range`, the range its `/v1/feedback`
+    door refuses with a 400 (rewards logged before the door checked, or by another writer,
+    still pass through here)."""
 
-    reward_min: float = opt(-1.0, "lowest posted reward taken as given (in the policy's reward "
-                                  "units: correct - cost_penalty * dollars)")
-    reward_max: float = opt(1.0, "highest posted reward taken as given")
+    reward_min: float | None = opt(None, "lowest posted reward taken as given, in the "
+                                         "policy's reward units (null: the app's "
+                                         "feedback_reward_range, else -1)")
+    reward_max: float | None = opt(None, "highest posted reward taken as given (null: the "
+                                         "app's feedback_reward_range, else 1)")
 
 
 @dataclass

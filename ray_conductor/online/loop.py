@@ -83,9 +83,10 @@ class Retrainer:
             read = read_traffic
         self.cfg, self.app, self.make_trainer, self.read, self.clock = (
             cfg, app, trainer, read, clock)
-        if not cfg.feedback.reward_min <= cfg.feedback.reward_max:
-            raise ConfigError(f"feedback.reward_min={cfg.feedback.reward_min:g} is above "
-                              f"feedback.reward_max={cfg.feedback.reward_max:g}")
+        fb = cfg.feedback
+        if None not in (fb.reward_min, fb.reward_max) and fb.reward_min > fb.reward_max:
+            raise ConfigError(f"feedback.reward_min={fb.reward_min:g} is above "
+                              f"feedback.reward_max={fb.reward_max:g}")
         self.root = Path(cfg.state_dir)
         self.state = LoopState.load(self.root)
         self.decisions = DecisionLog(self.root / "decisions.jsonl", OnlineMetrics())
@@ -151,20 +152,31 @@ class Retrainer:
                 "quarantined", self.cfg.model, files=moved, reason=(
                     f"{len(moved)} unreadable traffic log parts moved aside; the round goes on "
                     "with the rest")))
-        fb, ignored = self.cfg.feedback, []
+        lo, hi = self._reward_range()
+        ignored: list[str] = []
         rows = rewarded_rows(df, cost_penalty=self._penalty(), verifier=self.app.verifier(),
                              models={*self.learners()},
                              correct_threshold=self.cfg.correct_threshold,
-                             answer_format=self.cfg.answer_format,
-                             reward_range=(fb.reward_min, fb.reward_max), ignored=ignored)
+                             answer_format=self.cfg.answer_format, reward_range=(lo, hi),
+                             ignored=ignored)
         if len(ignored) > self.state.ignored_rewards:
             out.append(self.decisions.append(
                 "quarantined", self.cfg.model, rows=len(ignored) - self.state.ignored_rewards,
                 request_ids=ignored[self.state.ignored_rewards:][:20], reason=(
-                    f"posted rewards outside [{fb.reward_min:g}, {fb.reward_max:g}] "
-                    "(feedback.reward_min/max) ignored")))
+                    f"posted rewards outside [{lo:g}, {hi:g}] ignored")))
         self.state.ignored_rewards = len(ignored)
         return rows
+
+    def _reward_range(self) -> tuple[float, float]:
+        """`feedback.reward_min/max`, else the app's `feedback_reward_range`, else [-1, 1]."""
+        fb, (lo, hi) = self.cfg.feedback, (-1.0, 1.0)
+        if fb.reward_min is None or fb.reward_max is None:
+            try:
+                lo, hi = (float(x) for x in self.app.config().feedback_reward_range)
+            except (AttributeError, ConfigError, TypeError, ValueError):
+                pass  # an app (or stand-in) without the setting
+        return (lo if fb.reward_min is None else fb.reward_min,
+                hi if fb.reward_max is None else fb.reward_max)
 
     def _penalty(self) -> float:
         assert self.state.cost_penalty is not None
