@@ -12,8 +12,14 @@ def init_ray(cfg: RayConfig | Any | None = None) -> None:
     """Join `cfg.address` ("auto", "ray://...") or start a local cluster ("local").
 
     A local cluster gets token auth off (Ray 2.60 enables it by default, which breaks
-    `ray job submit` on a laptop); a remote cluster keeps whatever its operator set.
+    `ray job submit` on a laptop); a remote cluster keeps whatever its operator set. A SIGTERM
+    handler set in Python before (the CLI's, the server's: `ray job stop` sends SIGTERM)
+    stays: Ray's own crash handler, installed by `ray.init`, would end the process without
+    running it.
     """
+    import signal
+    import threading
+
     import ray
 
     if ray.is_initialized():
@@ -29,7 +35,11 @@ def init_ray(cfg: RayConfig | Any | None = None) -> None:
             kw["num_cpus"] = int(cfg.num_cpus)
     else:
         kw["address"] = cfg.address
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(**kw)
+    if callable(previous):
+        signal.signal(signal.SIGTERM, previous)
 
 
 TORCH_THREADS_ENV = "RAY_CONDUCTOR_TORCH_THREADS"

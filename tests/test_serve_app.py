@@ -352,7 +352,7 @@ def test_a_client_disconnect_cancels_its_worker_call(app, fault_server_session):
 def test_traffic_rows_are_written_and_feedback_attached(app):
     import ray
 
-    from ray_conductor.serve.actors import actor_names
+    from ray_conductor.serve.actors import app_actor
     from ray_conductor.serve.traffic import read_traffic
 
     running, data, tmp = app
@@ -365,8 +365,7 @@ def test_traffic_rows_are_written_and_feedback_attached(app):
     other = httpx.post(url, headers={"Authorization": f"Bearer {K2}"},
                        json={"request_id": r.id, "reward": 0.0})
     assert other.status_code in (404, 429) and _error(other)
-    writer = ray.get_actor(actor_names(running.cfg.app_name)["traffic"],
-                           namespace=running.cfg.ray.namespace)
+    writer = app_actor(running.cfg.app_name, "traffic", running.cfg.ray.namespace)
     ray.get(writer.flush.remote())
     df = read_traffic(tmp / "traffic")
     row = df[df["request_id"] == r.id].iloc[0]

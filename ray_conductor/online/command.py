@@ -50,7 +50,10 @@ def describe(d: dict[str, Any]) -> str:
 def run_retrain(cfg: Any) -> dict[str, Any]:
     from ray_conductor.runtime import init_ray
 
+    from ray_conductor.online.loop import place_outputs
+
     cfg = as_retrain_config(cfg)
+    place_outputs(cfg)
     try:
         init_ray(cfg.ray)
     except ConnectionError as e:
