@@ -96,7 +96,6 @@ def test_an_lm_conductor_plans_in_a_planner_with_the_graphs_resources(tmp_path):
 
 
 def test_serving_imports_no_training_code_and_the_core_no_ray():
-    import os
     import subprocess
     import sys
 
