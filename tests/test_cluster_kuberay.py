@@ -437,8 +437,8 @@ def test_every_claim_is_declared_in_volumes_yaml():
 def test_the_serve_config_pins_proxies_and_builds_a_small_retrainable_app(tmp_path):
     """The shipped Serve config: worker proxies ask for the head's `proxy` resource; built
     (as `serve deploy` builds it, storage from the environment) it seeds the registry model
-    `conductor` follows with the lite policy, resolves the traffic log under storage, and its
-    planner asks for a fraction of a CPU (lite and kNN plan without an LM)."""
+    `conductor` follows with the lite policy, resolves the traffic log under storage, and
+    asks for a fraction of a CPU: lite and kNN plan in the ingress, no planner deployment."""
     from ray.serve._private.build_app import build_app as serve_build
 
     from ray_conductor.policy.registry import PolicyRegistry
@@ -451,18 +451,18 @@ def test_the_serve_config_pins_proxies_and_builds_a_small_retrainable_app(tmp_pa
     proxy = config["graph"]["worker_proxy"]["resources"]
     assert set(proxy) == {"proxy"} and 0 < proxy["proxy"] <= start_resources(head)["proxy"]
     assert "log_dir" not in config and "storage" not in config  # both from the environment
-    assert not any(d["name"] == "Planner" and "user_config" in d for d in app["deployments"])
+    assert not any("user_config" in d for d in app["deployments"])  # the builder's
     args = copy.deepcopy(app["args"])
     args["config"]["storage"] = str(tmp_path)
     built = serve_build(app_builder(args), name=app["name"]).deployments
-    planner = next(d for d in built if d.name == "Planner")
-    assert 0 < planner.ray_actor_options["num_cpus"] < 1
+    assert [d.name for d in built] == ["Ingress"]
+    [ingress] = built
+    assert 0 < ingress.ray_actor_options["num_cpus"] < 1
     reg = PolicyRegistry(tmp_path / "registries" / "conductor")
     assert reg.promoted().kind == "lite" and reg.promoted().meta["source"] == "lite:default"
-    policies = planner._deployment_config.user_config["policies"]
+    policies = ingress._deployment_config.user_config["policies"]
     assert policies == {"conductor": f"registry:{reg.root}", "conductor-knn": "knn",
                         "conductor-lite": "lite:default"}  # the latter: ServeConfig.policies
-    ingress = next(d for d in built if d.name == "Ingress")
     settings = ingress.init_args[1]
     assert settings["config"]["storage"] == str(tmp_path)
     assert as_serve_config(settings["config"]).log_dir == str(tmp_path / "traffic" / "conductor")

@@ -1,8 +1,8 @@
-"""A Serve app's life on a shared cluster: built with absolute paths under `storage`, with the
-resources its policies need, its registry seeded, refused at build time when a reference
-names nothing; stopped within a job's stop window, deleting only itself and its own named
-actors; never adopting a stale actor built for another config; and the online loop against
-an app deployed from a hand-written Serve config, recording every failed round."""
+"""A Serve app's life on a shared cluster: built with absolute paths under `storage`, its
+registry seeded, refused at build time when a reference names nothing; stopped within a job's
+stop window, deleting only itself and its own named actors; never adopting a stale actor
+built for another config; and the online loop against an app deployed from a hand-written
+Serve config, recording every failed round."""
 
 from __future__ import annotations
 
@@ -12,15 +12,8 @@ import shutil
 import pytest
 
 from ray_conductor.errors import ConfigError
-from ray_conductor.graph import GraphSpec
 from ray_conductor.policy.registry import PolicyRegistry
-from ray_conductor.serve.app import (
-    LIGHT_PLANNER_CPUS,
-    _with_policy,
-    planner_cpus,
-    prepare,
-    seed_registries,
-)
+from ray_conductor.serve.app import _with_policy, prepare, seed_registries
 from ray_conductor.serve.command import stop_budget_s
 from ray_conductor.serve.config import as_serve_config
 
@@ -76,28 +69,17 @@ def test_a_seed_fills_an_empty_registry_once_and_the_model_follows_it(tmp_path):
         seed_registries({"conductor": "lite:default"}, {"conductor": f"registry:{reg.root}@1"})
 
 
-def test_planners_without_an_lm_ask_for_a_fraction_of_a_cpu(tmp_path):
-    reg = scripted_registry(tmp_path / "reg")
-    role = GraphSpec.from_config(as_serve_config({}).graph).role("planner")
-    light = {"a": "knn", "b": "lite:default", "c": f"registry:{reg.root}@1", "d": "cheapest",
-             "e": "scripted:p.json", "f": "single:gpt-4o"}
-    assert planner_cpus(as_serve_config({}), role, light) == LIGHT_PLANNER_CPUS < 1
-    assert planner_cpus(as_serve_config({}), role, {**light, "lm": "runs/my_run"}) == 1.0
-    assert planner_cpus(as_serve_config({"planner_cpus": 2}), role, light) == 2.0
-    gpu = as_serve_config({"graph": {"planner": {"num_gpus": 1}}})
-    assert planner_cpus(gpu, GraphSpec.from_config(gpu.graph).role("planner"), light) == 1.0
-
-
 def test_a_swap_keeps_the_other_models_of_a_config_that_names_none():
-    schema = {"name": "a", "deployments": [{"name": "Ingress"}]}
+    schema = {"name": "a", "deployments": [{"name": "Ingress", "max_ongoing_requests": 9}]}
     live = {"conductor": "registry:/r@1", "knn": "knn"}
-    out = _with_policy(schema, "conductor", "registry:/r@2", lambda: live)
-    [planner] = [d for d in out["deployments"] if d["name"] == "Planner"]
-    assert planner["user_config"]["policies"] == {"conductor": "registry:/r@2", "knn": "knn"}
-    named = {"name": "a", "deployments": [{"name": "Planner",
+    out = _with_policy(schema, "conductor", "lite:/p", lambda: live)
+    [ingress] = out["deployments"]
+    assert ingress["user_config"]["policies"] == {"conductor": "lite:/p", "knn": "knn"}
+    assert ingress["max_ongoing_requests"] == 9
+    named = {"name": "a", "deployments": [{"name": "Ingress",
                                            "user_config": {"policies": {"conductor": "x"}}}]}
-    again = _with_policy(named, "conductor", "y", lambda: live)
-    assert again["deployments"][0]["user_config"]["policies"] == {"conductor": "y"}
+    again = _with_policy(named, "conductor", "knn", lambda: live)
+    assert again["deployments"][0]["user_config"]["policies"] == {"conductor": "knn"}
 
 
 def test_the_stop_fits_the_jobs_stop_window():
