@@ -65,7 +65,7 @@ def free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def head():
+def head(tmp_path_factory):
     work = Path(tempfile.mkdtemp(prefix="rc_head.", dir="/tmp"))  # short: Ray's socket paths
     storage = work / "storage"
     gcs, dash, client, agent_http, agent_grpc, metrics, runtime_env, node_mgr, obj_mgr, serve \
@@ -99,10 +99,9 @@ def head():
         yield Head(address, f"127.0.0.1:{gcs}", storage, work / "ray", serve)
     finally:
         ray_logs = work / "ray" / "session_latest" / "logs"
-        keep = Path(tempfile.gettempdir()) / f"rc_head_logs.{os.getpid()}"  # for a post-mortem
+        keep = tmp_path_factory.mktemp("head_logs")  # for a post-mortem; pytest rotates these
         if ray_logs.is_dir():
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(ray_logs, keep, ignore_dangling_symlinks=True)
+            shutil.copytree(ray_logs, keep, ignore_dangling_symlinks=True, dirs_exist_ok=True)
             shutil.copy(work / "head.log", keep / "head.log")
         proc.send_signal(signal.SIGTERM)  # never `ray stop`: it ends every Ray here
         try:
