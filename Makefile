@@ -29,8 +29,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ray-conductor demo
 
+# The `cluster` tests start their own Ray head node and submit jobs: .ci/run runs them after
+# this (`pytest -m cluster`), beside its own cluster jobs.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not cluster"
 
 # Not part of the two set-up commands: the full MMLU-Pro evaluation from ../shared/data.
 eval-full: $(STAMP)

@@ -1,32 +1,17 @@
-"""Ray job entrypoint: serve the conductor on a running cluster until the job is stopped.
+"""Ray job: serve the conductor on the cluster until the job is stopped (`ray-conductor serve`).
 
-    RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- \
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
         python jobs/serve.py host=0.0.0.0 api_keys_file=/secrets/keys.txt \
-        policy=registry:/models/registry
+        policy=registry:registries/conductor
 
-Takes the same `config=FILE` and `key=value` arguments as `ray-conductor serve`
-(defaults: configs/serve.yaml). `ray job stop` deletes the app and flushes its traffic log.
+Takes the same `config=FILE` and `key=value` arguments as `ray-conductor serve` (defaults:
+configs/serve.yaml); the traffic log and relative policy references are under `storage`.
+`ray job stop` deletes only this app (never another app on the cluster), flushes its traffic
+log and removes its named actors within Ray's stop window (RAY_JOB_STOP_WAIT_TIME_S, 3 s by
+default; set it in the runtime env's env_vars for a longer one).
 """
 
-import os
-import sys
-
-from ray_conductor.config import load
-from ray_conductor.errors import ConductorError
-from ray_conductor.serve.command import ServeConfig, run_serve
-
-
-def main(argv: list[str]) -> int:
-    args = list(argv)
-    if os.environ.get("RAY_ADDRESS") and not any(a.startswith("ray.address=") for a in args):
-        args.append("ray.address=auto")
-    try:
-        run_serve(load(ServeConfig, args, defaults="serve"))
-    except ConductorError as e:
-        print(f"serve: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
+from _entry import run
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run("serve")

@@ -41,6 +41,9 @@ class Command:
     summary: str
     examples: tuple[str, ...] = ()
     defaults: str | None = None  # the YAML under configs/ read when no config= is given
+    outputs: tuple[str, ...] = ()  # keys naming what it writes: resolved under `storage`
+    inputs: tuple[str, ...] = ()  # keys naming policy references an earlier command wrote
+    remote_ok: bool = True  # may write to object storage (staged, uploaded at the end)
 
 
 COMMANDS: dict[str, Command] = {
@@ -49,26 +52,27 @@ COMMANDS: dict[str, Command] = {
                         "ray-conductor eval pool=demo split=test policies=[singles,knn,oracle] "
                         "out=reports/demo.json",
                         "ray-conductor eval pool=demo backend=ray workers=workers_example "
-                        "limit=50 concurrency=8")),
+                        "limit=50 concurrency=8"), outputs=("out", "plot"), inputs=("policies",)),
     "import": Command("ray_conductor.data.commands:ImportConfig",
                       "ray_conductor.data.commands:run_import",
                       "import recorded outputs into the canonical table: pool=... out=...", (
                           "ray-conductor import pool=mmlu_pro:../shared/data/mmlu_pro "
                           "out=reports/mmlu_pro.parquet",
                           "ray-conductor import pool=routerbench:a.csv,b.csv out=rb.parquet "
-                          "overwrite=true")),
+                          "overwrite=true"), outputs=("out",)),
     "train": Command("ray_conductor.rl.trainer:TrainConfig", "ray_conductor.rl.trainer:train",
                      "train the conductor with GRPO on Ray: config=train_cpu key=value ...", (
                          "ray-conductor train config=train_cpu iterations=20 "
                          "run_dir=runs/my_run",
                          "ray-conductor train run_dir=runs/my_run resume=true iterations=40"),
-                     defaults="train_cpu"),
+                     defaults="train_cpu", outputs=("run_dir", "registry"), inputs=("model",),
+                     remote_ok=False),
     "train-lite": Command("ray_conductor.lite.train:LiteTrainConfig",
                           "ray_conductor.lite.train:train_lite",
                           "train the lite conductor (RLlib PPO, selector warm start) on a pool", (
                               "ray-conductor train-lite config=lite run_dir=runs/lite_mmlu",
                               "ray-conductor train-lite pool=demo run_dir=runs/lite_demo "
-                              "budget=0.002 iterations=10")),
+                              "budget=0.002 iterations=10"), outputs=("run_dir",)),
     "retrain": Command("ray_conductor.online.config:RetrainConfig",
                        "ray_conductor.online.command:run_retrain",
                        "retrain the served lite conductor on its rewarded traffic, promote "
@@ -76,19 +80,22 @@ COMMANDS: dict[str, Command] = {
                            "ray-conductor retrain model=conductor once=true force=true",
                            "ray-conductor retrain app=conductor model=conductor mode=actor "
                            "trigger.every_rows=100"),
-                       defaults="online"),
+                       defaults="online", outputs=("state_dir", "registry", "log_dir"),
+                       remote_ok=False),
     "serve": Command("ray_conductor.serve.config:ServeConfig",
                      "ray_conductor.serve.command:run_serve",
                      "serve the conductor as an OpenAI-compatible API on Ray Serve", (
                          "ray-conductor serve port=8000",
                          "ray-conductor serve policy=registry:runs/my_run/registry "
                          "api_keys=[k1,k2] host=0.0.0.0"),
-                     defaults="serve"),
+                     defaults="serve", outputs=("log_dir",), inputs=("policy", "policies"),
+                     remote_ok=False),
     "demo": Command("ray_conductor.serve.config:ServeConfig", "ray_conductor.serve.command:demo",
                     "start the server, ask it recorded questions, evaluate, shut down", (
                         "ray-conductor demo demo.questions=3",
                         "ray-conductor demo port=8100 policy=lite:runs/my_lite/policy"),
-                    defaults="serve"),
+                    defaults="serve", outputs=("log_dir", "demo.eval_out"),
+                    inputs=("policy", "policies"), remote_ok=False),
 }
 
 
@@ -226,9 +233,21 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def run_command(cmd: str, argv: Sequence[str]) -> Any:
-    """Load the command's config from `argv` and run it (exceptions propagate)."""
+    """Load the command's config from `argv`, resolve its outputs under `storage` (and say
+    where they go), run it, and upload what it staged for remote storage (exceptions
+    propagate)."""
+    from ray_conductor.storage import place
+
     c = COMMANDS[cmd]
-    return _obj(c.run)(load(_obj(c.schema), argv, defaults=c.defaults))
+    cfg = load(_obj(c.schema), argv, defaults=c.defaults)
+    placed = place(cfg, c.outputs, c.inputs, remote_ok=c.remote_ok,
+                   command=f"ray-conductor {cmd}")
+    print(f"ray-conductor {cmd}: outputs under {placed.describe()}", flush=True)
+    result = _obj(c.run)(cfg)
+    uploaded = placed.finish()
+    if uploaded:
+        print(f"ray-conductor {cmd}: uploaded {', '.join(uploaded)}", flush=True)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,6 +43,15 @@ def default_data_dir() -> str:
     return os.environ.get("RAY_CONDUCTOR_DATA", str(REPO_ROOT.parent / "shared" / "data"))
 
 
+STORAGE_HELP = ("where outputs go: a path, or a URI pyarrow.fs opens (s3://, gs://); relative "
+                "output paths are under it (null: $RAY_CONDUCTOR_STORAGE, else ~/ray_conductor)")
+
+
+def storage_opt() -> Any:
+    """The `storage` option every command that writes outputs has (see `storage.py`)."""
+    return opt(None, STORAGE_HELP)
+
+
 def opt(default: Any = MISSING, help: str = "", *, factory: Any = None, min: float | None = None,
         gt: float | None = None, max: float | None = None, choices: Sequence[Any] | None = None,
         nonempty: bool = False, item_min: float | None = None) -> Any:
@@ -439,4 +448,4 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 __all__ = ["RayConfig", "ConfigError", "Key", "load", "check", "describe", "opt", "read_yaml",
-           "to_dict", "default_data_dir", "field", "dataclass"]
+           "to_dict", "default_data_dir", "field", "dataclass", "storage_opt"]

@@ -12,10 +12,15 @@ def init_ray(cfg: RayConfig | Any | None = None, quiet: bool = False) -> None:
     """Join `cfg.address` ("auto", "ray://...") or start a local cluster ("local").
 
     A local cluster gets token auth off (Ray 2.60 enables it by default, which breaks
-    `ray job submit` on a laptop); a remote cluster keeps whatever its operator set.
-    `quiet`: Ray's own start-up lines (INFO) are not printed, so a command that then stops on
-    bad input prints its one line only.
+    `ray job submit` on a laptop); a remote cluster keeps whatever its operator set. A SIGTERM
+    handler set in Python before (the CLI's, the server's: `ray job stop` sends SIGTERM)
+    stays: Ray's own crash handler, installed by `ray.init`, would end the process without
+    running it. `quiet`: Ray's own start-up lines (INFO) are not printed, so a command that
+    then stops on bad input prints its one line only.
     """
+    import signal
+    import threading
+
     import ray
 
     if ray.is_initialized():
@@ -35,7 +40,11 @@ def init_ray(cfg: RayConfig | Any | None = None, quiet: bool = False) -> None:
             kw["num_cpus"] = int(cfg.num_cpus)
     else:
         kw["address"] = cfg.address
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(**kw)
+    if callable(previous):
+        signal.signal(signal.SIGTERM, previous)
 
 
 TORCH_THREADS_ENV = "RAY_CONDUCTOR_TORCH_THREADS"

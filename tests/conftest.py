@@ -1,15 +1,22 @@
 """Shared fixtures: one Ray cluster for the whole test run, and a fault-injecting provider.
 
-Environment first: Ray 2.60 turns token auth on by default, and litellm downloads its cost map
-on import unless told to use the local copy.
+Environment first: Ray 2.60 turns token auth on by default, litellm downloads its cost map
+on import unless told to use the local copy, and outputs left relative go under `storage`
+(a temporary directory for the run, never the user's ~/ray_conductor).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+if "RAY_CONDUCTOR_STORAGE" not in os.environ:  # outputs a test leaves relative: never in ~
+    os.environ["RAY_CONDUCTOR_STORAGE"] = tempfile.mkdtemp(prefix="rc_test_storage.")
+    atexit.register(shutil.rmtree, os.environ["RAY_CONDUCTOR_STORAGE"], True)
 
 import pytest  # noqa: E402
 

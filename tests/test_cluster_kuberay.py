@@ -1,6 +1,11 @@
 """The KubeRay manifests under cluster/kuberay/: valid against the KubeRay CRD fields they use,
 consistent with the configs they run (GPUs, the `proxy` resource, the runtime env, the Serve
-config), and carrying API keys by Secret name only.
+config), carrying API keys by Secret name only, and applying as shipped: the image from one
+place (the kustomize Component cluster/kuberay/image, rendered with `kubectl kustomize` where
+kubectl is installed), `storage` and /dev/shm on every pod, no GPU node on apply.
+
+No installed package ships the KubeRay CRD files (ray, the kubernetes client and codeflare-sdk
+were checked), and this machine cannot fetch them, so the schema is still the subset below.
 
 The schema below is a hand-written subset of the KubeRay v1 API (apiVersion ray.io/v1), read
 from ray-project/kuberay ray-operator/apis/ray/v1/{rayjob,raycluster,rayservice}_types.go and
@@ -18,6 +23,8 @@ import copy
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +141,9 @@ def check(doc: dict[str, Any]) -> None:
 
 # -- the manifests ------------------------------------------------------------------------------
 
-MANIFESTS = {p.name: yaml.safe_load(p.read_text())
-             for p in sorted(KUBERAY.glob("*.yaml")) if p.name != "volumes.yaml"}
+KINDS = ("raycluster", "rayjob-train", "rayservice")  # one directory (a kustomization) each
+MANIFESTS = {f"{k}.yaml": yaml.safe_load((KUBERAY / k / f"{k}.yaml").read_text()) for k in KINDS}
+IMAGE_COMPONENT = yaml.safe_load((KUBERAY / "image" / "kustomization.yaml").read_text())
 
 
 def cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -226,15 +234,77 @@ def test_every_mount_names_a_volume_of_its_pod(name):
             assert "/data" in {m["mountPath"] for m in c["volumeMounts"]}
 
 
+def image() -> str:
+    """The one image name: the kustomize Component's, REGISTRY a documented placeholder."""
+    assert IMAGE_COMPONENT["kind"] == "Component"
+    [entry] = IMAGE_COMPONENT["images"]
+    assert entry["name"] == "ray-conductor" and entry["newName"] == "REGISTRY/ray-conductor"
+    return f"{entry['newName']}:{entry['newTag']}"
+
+
 def test_one_image_one_ray_version():
-    """Every pod runs the image built from cluster/image/Dockerfile, on the Ray we pin."""
-    base = re.search(r"^FROM (\S+)$", (ROOT / "cluster" / "image" / "Dockerfile").read_text(),
-                     re.MULTILINE).group(1)
+    """Every pod runs the image built from cluster/image/Dockerfile (Python 3.11), on the Ray we
+    pin, named in one place; the Dockerfile, the launcher and the README name the same."""
+    dockerfile = (ROOT / "cluster" / "image" / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)$", dockerfile, re.MULTILINE).group(1)
     assert base == f"rayproject/ray:{ray.__version__}-py311-gpu"
-    assert f'"ray[serve,rllib]=={ray.__version__}"' in (ROOT / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"ray[serve,rllib]=={ray.__version__}"' in pyproject
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)
+    assert image() == f"REGISTRY/ray-conductor:{version}"
     for doc in MANIFESTS.values():
         assert cluster_spec(doc)["rayVersion"] == ray.__version__
-        assert {c["image"] for c in containers(doc)} == {"ray-conductor:0.1.0"}
+        assert {c["image"] for c in containers(doc)} == {"ray-conductor"}  # the Component's
+    assert f"-t {image()} ." in dockerfile
+    launcher = yaml.safe_load((ROOT / "cluster" / "launcher" / "gpu-cluster.yaml").read_text())
+    assert launcher["docker"]["image"] == image()
+    readme = (ROOT / "README.md").read_text() + (ROOT / "cluster" / "README.md").read_text()
+    named = set(re.findall(r"[\w./-]*ray-conductor:[\w.]+", readme))
+    assert named == {image()}, named
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kustomization_applies_the_volumes_and_the_image(kind):
+    k = yaml.safe_load((KUBERAY / kind / "kustomization.yaml").read_text())
+    assert k["resources"] == ["../volumes", f"{kind}.yaml"] and k["components"] == ["../image"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
+@pytest.mark.parametrize("kind", KINDS)
+def test_kustomize_renders_every_pod_with_the_one_image(kind):
+    out = subprocess.run(["kubectl", "kustomize", str(KUBERAY / kind)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    [doc] = [d for d in docs if d["apiVersion"] == "ray.io/v1"]
+    check(doc)
+    assert {c["image"] for c in containers(doc)} == {image()}
+    assert {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"} == {
+        "conductor-data", "conductor-models", "conductor-storage"}
+
+
+@pytest.mark.parametrize("name", sorted(MANIFESTS))
+def test_every_pod_has_storage_and_shared_memory(name):
+    """Outputs go to the shared volume (`storage`), never a pod's disk or Ray's upload cache;
+    /dev/shm is in memory (Docker's default of 64 MB would starve the object store)."""
+    for g in groups(MANIFESTS[name]):
+        spec = g["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+        assert volumes["storage"]["persistentVolumeClaim"] == {"claimName": "conductor-storage"}
+        for c in spec["containers"]:
+            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+            assert mounts["/dev/shm"]["name"] == "dshm"
+            assert mounts["/storage"]["name"] == "storage" and not mounts["/storage"].get(
+                "readOnly")
+            assert {"name": "RAY_CONDUCTOR_STORAGE", "value": "/storage"} in c["env"]
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayservice.yaml"])
+def test_the_gpu_group_starts_empty_and_autoscales(name):
+    cs = cluster_spec(MANIFESTS[name])
+    assert cs["enableInTreeAutoscaling"] is True
+    for w in cs["workerGroupSpecs"]:
+        assert w["replicas"] == 0 and w["minReplicas"] == 0 and w["maxReplicas"] >= 1
 
 
 def test_api_keys_come_from_a_secret_by_name_only():
@@ -272,7 +342,12 @@ def test_the_training_job_runs_our_job_script_with_a_config_that_loads():
     argv = shlex.split(job["entrypoint"])
     assert argv[:2] == ["python", "jobs/train.py"] and (ROOT / argv[1]).is_file()
     cfg = load_command_config("train", argv[2:])
-    assert cfg.model.startswith("/models/") and cfg.run_dir.startswith("/checkpoints/")
+    from ray_conductor.storage import output_path, resolve_storage
+
+    assert cfg.model.startswith("/models/")  # the read-only models volume
+    # run_dir is relative: under the pods' storage, the shared volume
+    assert output_path(resolve_storage("/storage"), cfg.run_dir, "run_dir").startswith(
+        "/storage/runs/")
     assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] > 0
 
 
@@ -339,7 +414,7 @@ def test_the_sync_script_embeds_any_serve_config_verbatim():
     spec.loader.exec_module(sync)
     serve = "# a comment\nproxy_location: EveryNode\n\napplications:\n  - name: a\n" \
             "    import_path: m:f   # trailing comment\n"
-    text = sync.embedded((KUBERAY / "rayservice.yaml").read_text(), serve)
+    text = sync.embedded((KUBERAY / "rayservice" / "rayservice.yaml").read_text(), serve)
     doc = yaml.safe_load(text)
     assert doc["spec"]["serveConfigV2"] == serve
     assert doc["spec"]["rayClusterConfig"] == MANIFESTS["rayservice.yaml"]["spec"][
@@ -349,7 +424,7 @@ def test_the_sync_script_embeds_any_serve_config_verbatim():
 
 def test_every_claim_is_declared_in_volumes_yaml():
     claims = {d["metadata"]["name"]: d for d in
-              yaml.safe_load_all((KUBERAY / "volumes.yaml").read_text())}
+              yaml.safe_load_all((KUBERAY / "volumes" / "volumes.yaml").read_text())}
     assert all(d["kind"] == "PersistentVolumeClaim" and d["apiVersion"] == "v1"
                and d["spec"]["accessModes"] == ["ReadWriteMany"]  # every node mounts them
                for d in claims.values())
@@ -357,3 +432,37 @@ def test_every_claim_is_declared_in_volumes_yaml():
             for g in groups(doc) for v in g["template"]["spec"].get("volumes", [])
             if "persistentVolumeClaim" in v}
     assert used == set(claims)
+
+
+def test_the_serve_config_pins_proxies_and_builds_a_small_retrainable_app(tmp_path):
+    """The shipped Serve config: worker proxies ask for the head's `proxy` resource; built
+    (as `serve deploy` builds it, storage from the environment) it seeds the registry model
+    `conductor` follows with the lite policy, resolves the traffic log under storage, and
+    asks for a fraction of a CPU: lite and kNN plan in the ingress, no planner deployment."""
+    from ray.serve._private.build_app import build_app as serve_build
+
+    from ray_conductor.policy.registry import PolicyRegistry
+    from ray_conductor.serve.app import app_builder
+    from ray_conductor.serve.config import as_serve_config
+
+    [app] = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+    config = app["args"]["config"]
+    head = groups(MANIFESTS["rayservice.yaml"])[0]
+    proxy = config["graph"]["worker_proxy"]["resources"]
+    assert set(proxy) == {"proxy"} and 0 < proxy["proxy"] <= start_resources(head)["proxy"]
+    assert "log_dir" not in config and "storage" not in config  # both from the environment
+    assert not any("user_config" in d for d in app["deployments"])  # the builder's
+    args = copy.deepcopy(app["args"])
+    args["config"]["storage"] = str(tmp_path)
+    built = serve_build(app_builder(args), name=app["name"]).deployments
+    assert [d.name for d in built] == ["Ingress"]
+    [ingress] = built
+    assert 0 < ingress.ray_actor_options["num_cpus"] < 1
+    reg = PolicyRegistry(tmp_path / "registries" / "conductor")
+    assert reg.promoted().kind == "lite" and reg.promoted().meta["source"] == "lite:default"
+    policies = ingress._deployment_config.user_config["policies"]
+    assert policies == {"conductor": f"registry:{reg.root}", "conductor-knn": "knn",
+                        "conductor-lite": "lite:default"}  # the latter: ServeConfig.policies
+    settings = ingress.init_args[1]
+    assert settings["config"]["storage"] == str(tmp_path)
+    assert as_serve_config(settings["config"]).log_dir == str(tmp_path / "traffic" / "conductor")

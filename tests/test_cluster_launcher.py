@@ -79,3 +79,21 @@ def test_ray_is_stopped_by_its_own_pid_never_by_ray_stop():
         assert "ray stop" not in commands and "pkill" not in commands
         assert "ray start" in commands and "--block" in commands
         assert f"echo $! > {pid}" in commands and f'kill "$(cat {pid})"' in commands
+
+
+def test_every_node_runs_our_image_with_python_311_and_storage():
+    """Ray's default AMI has no Python 3.11: Ray runs in our image (rayproject/ray ...-py311),
+    with `storage` on the host's shared file system at /storage."""
+    import re
+
+    cfg = validated(launcher())
+    docker = cfg["docker"]
+    assert docker["image"] == "REGISTRY/ray-conductor:0.1.0"  # cluster/kuberay/image's name
+    base = re.search(r"^FROM (\S+)$", (ROOT / "cluster" / "image" / "Dockerfile").read_text(),
+                     re.MULTILINE).group(1)
+    assert base.endswith("-py311-gpu")
+    opts = " ".join(docker["run_options"])
+    assert "--env RAY_CONDUCTOR_STORAGE=/storage" in opts and "--volume /storage:/storage" in opts
+    assert "--shm-size" not in opts  # the launcher sizes /dev/shm from the node's memory
+    [(remote, _)] = cfg["file_mounts"].items()
+    assert remote.startswith("/home/ray/")  # the container's home, over the image's checkout

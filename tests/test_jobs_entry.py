@@ -17,8 +17,9 @@ import pytest
 from ray_conductor.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
-# ours; jobs/serve.py (the serving engineer's) runs `ray-conductor serve`'s config itself
-JOBS = [ROOT / "jobs" / f"{name}.py" for name in ("evaluate", "retrain", "train", "train_lite")]
+# every job script runs one registered command through _entry.py
+JOBS = [ROOT / "jobs" / f"{name}.py"
+        for name in ("evaluate", "retrain", "serve", "train", "train_lite")]
 
 
 def _entry():
@@ -92,6 +93,13 @@ def test_evaluate_job_keeps_the_eval_behaviour(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["policies"]) == {"cheapest"}
     assert (tmp_path / "eval.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["evaluate", "retrain", "serve", "train", "train_lite"])
+def test_each_job_answers_help_like_the_cli(name, tmp_path):
+    r = _run([f"jobs/{name}.py", "--help"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("usage: ray-conductor ") and "storage=" in r.stdout
 
 
 def test_a_job_with_bad_input_says_so_in_one_line(tmp_path):

@@ -352,7 +352,7 @@ def test_a_client_disconnect_cancels_its_worker_call(app, fault_server_session):
 def test_traffic_rows_are_written_and_feedback_attached(app):
     import ray
 
-    from ray_conductor.serve.actors import actor_names
+    from ray_conductor.serve.actors import app_actor
     from ray_conductor.serve.traffic import read_traffic
 
     running, data, tmp = app
@@ -365,8 +365,7 @@ def test_traffic_rows_are_written_and_feedback_attached(app):
     other = httpx.post(url, headers={"Authorization": f"Bearer {K2}"},
                        json={"request_id": r.id, "reward": 0.0})
     assert other.status_code in (404, 429) and _error(other)
-    writer = ray.get_actor(actor_names(running.cfg.app_name)["traffic"],
-                           namespace=running.cfg.ray.namespace)
+    writer = app_actor(running.cfg.app_name, "traffic", running.cfg.ray.namespace)
     ray.get(writer.flush.remote())
     df = read_traffic(tmp / "traffic")
     row = df[df["request_id"] == r.id].iloc[0]
@@ -514,7 +513,7 @@ def test_a_worker_failing_mid_stream_ends_it_with_an_error(app):
 def test_disconnected_streams_are_logged(app):
     import ray
 
-    from ray_conductor.serve.actors import actor_names
+    from ray_conductor.serve.actors import app_actor
     from ray_conductor.serve.traffic import read_traffic
 
     running, _, tmp = app
@@ -528,8 +527,7 @@ def test_disconnected_streams_are_logged(app):
                     break  # the client goes away mid-answer
         time.sleep(0.2)
     time.sleep(1.0)
-    writer = ray.get_actor(actor_names(running.cfg.app_name)["traffic"],
-                           namespace=running.cfg.ray.namespace)
+    writer = app_actor(running.cfg.app_name, "traffic", running.cfg.ray.namespace)
     ray.get(writer.flush.remote())
     df = read_traffic(tmp / "traffic")
     gone = df[(df["model"] == "streamer") & (df["status"] == 499)]
@@ -540,7 +538,7 @@ def test_disconnected_streams_are_logged(app):
 def test_a_tiny_budget_holds_under_30_concurrent_requests(app):
     import ray
 
-    from ray_conductor.serve.actors import actor_names
+    from ray_conductor.serve.actors import app_actor
 
     running, _, _ = app
     costs: list[float] = []
@@ -568,8 +566,7 @@ def test_a_tiny_budget_holds_under_30_concurrent_requests(app):
         t.start()
     for t in threads:
         t.join(60)
-    limits = ray.get_actor(actor_names(running.cfg.app_name)["limits"],
-                           namespace=running.cfg.ray.namespace)
+    limits = app_actor(running.cfg.app_name, "key_limits", running.cfg.ray.namespace)
     key = __import__("ray_conductor.serve.keys", fromlist=["key_id"]).key_id(K3)
     time.sleep(0.5)  # the last settlements are fire-and-forget
     spent = ray.get(limits.usage.remote(key))["dollars_today"]

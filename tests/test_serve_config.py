@@ -31,9 +31,8 @@ def test_the_cluster_serve_config_validates_and_builds():
     schema = ServeDeploySchema.model_validate(yaml.safe_load(CLUSTER_YAML.read_text()))
     (app,) = schema.applications
     assert app.import_path == "ray_conductor.serve.app:app_builder"
-    ingress = next(d for d in app.deployments if d.name == "Ingress")
-    assert ingress.user_config == {"policies": {"conductor": "knn"}}
-    assert [d.name for d in app.deployments] == ["Ingress"]  # kNN plans in the ingress
+    assert [d.name for d in app.deployments] == ["Ingress"]  # lite and kNN plan in the ingress
+    assert "user_config" not in app.deployments[0].model_fields_set  # the builder sets it
     built = app_builder(app.args)
     assert isinstance(built, Application)
 
@@ -114,14 +113,17 @@ def test_serving_imports_no_training_code_and_the_core_no_ray():
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_the_job_entrypoint_refuses_bad_arguments_in_one_line(capsys):
-    import importlib.util
+def test_the_job_entrypoint_refuses_bad_arguments_in_one_line():
+    import os
+    import subprocess
+    import sys
 
-    spec = importlib.util.spec_from_file_location("serve_job", ROOT / "jobs" / "serve.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(["nonsense"]) == 2
-    assert "not key=value" in capsys.readouterr().err
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "jobs/serve.py", "nonsense"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2
+    assert "not key=value" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_the_load_benchmark_pairs_rounds_and_finds_the_slowest_chain():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = ROOT / "cluster" / "serve" / "conductor.yaml"
-RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
+RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice" / "rayservice.yaml"
 KEY = "serveConfigV2: |"
 
 

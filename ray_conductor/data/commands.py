@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_conductor.config import default_data_dir
+from ray_conductor.config import STORAGE_HELP, default_data_dir
 from ray_conductor.errors import DataError
 
 
@@ -20,6 +20,7 @@ from ray_conductor.errors import DataError
 class ImportConfig:
     pool: str = field(default="mmlu_pro", metadata={
         "help": "mmlu_pro[:PATH,...] | routerbench[:PATH,...] | parquet:PATH | demo"})
+    storage: str | None = field(default=None, metadata={"help": STORAGE_HELP})
     out: str = field(default="data/pool.parquet", metadata={"help": "the Parquet table written"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing out= (never an input)"})

@@ -20,6 +20,7 @@ from ray_conductor.config import (
     default_data_dir,
     opt,
     read_yaml,
+    storage_opt,
     to_dict,
 )
 from ray_conductor.data.splits import SPLITS
@@ -41,6 +42,7 @@ class EvalConfig:
     split: str = opt("test", "which questions (by hashed query id)", choices=SPLITS)
     policies: list[str] = opt(DEFAULT_POLICIES, POLICY_FORMS + " (a model dir, run dir or "
                               "registry:DIR)", nonempty=True)
+    storage: str | None = storage_opt()
     out: str = opt("reports/eval.json", "the JSON report; an earlier report there is replaced",
                    nonempty=True)
     plot: str | None = opt(None, "the cost-vs-accuracy plot (null: out with .png)")

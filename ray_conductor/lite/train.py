@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ray_conductor.config import RayConfig, default_data_dir, opt, to_dict
+from ray_conductor.config import RayConfig, default_data_dir, opt, storage_opt, to_dict
 from ray_conductor.errors import ConfigError, TrainingError
 from ray_conductor.lite.bc import behaviour_clone, demonstrations
 from ray_conductor.lite.conductor import META_FILE, LiteConductor, Rollouts
@@ -43,6 +43,7 @@ class LiteTrainConfig:
     pool: str = opt("demo", "demo | mmlu_pro:PATH | routerbench:CSV[,CSV] | parquet:PATH")
     split: str = opt("train", "the rows to fit on (never test)", choices=("train", "all"))
     data_dir: str = opt(factory=default_data_dir, help="where bare pool names are looked up")
+    storage: str | None = storage_opt()
     run_dir: str = opt("runs/lite", "where the policy, selector and metrics go")
     overwrite: bool = opt(False, "replace a policy already in run_dir")
     cost_penalty: float = opt(30.0, "reward = correct - cost_penalty * dollars", min=0)

@@ -50,6 +50,7 @@ def describe(d: dict[str, Any]) -> str:
 def run_retrain(cfg: Any) -> dict[str, Any]:
     import ray
 
+    from ray_conductor.online.loop import place_outputs
     from ray_conductor.runtime import init_ray
 
     cfg = as_retrain_config(cfg)
@@ -57,6 +58,7 @@ def run_retrain(cfg: Any) -> dict[str, Any]:
         raise ConfigError("ray.address=local would start a new Ray cluster, where no Serve app "
                           "runs to retrain: join the app's cluster (ray.address=auto, or "
                           "ray://HOST:PORT)")
+    place_outputs(cfg)
     try:
         init_ray(cfg.ray, quiet=True)
     except ConnectionError as e:

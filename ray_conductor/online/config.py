@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray_conductor.config import RayConfig, opt
+from ray_conductor.config import RayConfig, opt, storage_opt
 from ray_conductor.lite.ppo import PPOSettings
 
 
@@ -30,7 +30,9 @@ class EvaluationConfig:
     min_rows: int = opt(30, "fewer held-back questions: skip the round (no decision)", min=2)
     test: str = opt("t", "paired t-test or percentile bootstrap", choices=("t", "bootstrap"))
     alpha: float = opt(0.05, "one-sided level of the paired test", gt=0, max=0.5)
-    min_gain: float = opt(0.0, "the lower bound of the mean reward gain must exceed this")
+    min_gain: float = opt(0.002, "the lower bound of the mean reward gain must exceed this "
+                                 "(0.002: 0.2 points of accuracy, or 3% of the demo's cost at "
+                                 "the lite penalty; see the README)")
     bootstrap_samples: int = opt(2000, "resamples of the bootstrap", min=100)
     anchor_rows: int = opt(0, "held-back anchor questions (training.anchor's pool, in the "
                               "held-back slice, never trained on) also compared: a candidate "
@@ -169,7 +171,9 @@ class RetrainConfig:
     model: str = opt("conductor", "the served model (policy) to retrain")
     learn_from: list[str] = opt(factory=list, help="other served models whose rewarded rows "
                                                    "also teach (default: only `model`)")
-    state_dir: str = opt("runs/online", "decisions.jsonl, state, answer cache, candidates")
+    storage: str | None = storage_opt()
+    state_dir: str = opt("online/{app}/{model}", "decisions.jsonl, state, answer cache, "
+                                                 "candidates")
     registry: str | None = opt(None, "registry to publish into when `model` serves lite:DIR "
                                      "(null: STATE_DIR/registry)")
     log_dir: str | None = opt(None, "traffic log to read (null: the app's log_dir)")

@@ -44,6 +44,14 @@ from ray_conductor.online.triggers import Trigger
 log = logging.getLogger(__name__)
 REGISTRY = "registry:"
 TIERS = ("lite", "lm")
+OUTPUTS = ("state_dir", "registry", "log_dir")  # resolved under `storage`
+
+
+def place_outputs(cfg: RetrainConfig) -> None:
+    """The loop's state, registry and traffic log as absolute paths under `storage`."""
+    from ray_conductor.storage import place
+
+    place(cfg, OUTPUTS, remote_ok=False, command="the online loop (its registry and state)")
 
 
 def tier_trainer(cfg: RetrainConfig, penalty: float, kind: str) -> Trainer:
@@ -81,6 +89,7 @@ class Retrainer:
             from ray_conductor.serve.traffic import read_traffic
 
             read = read_traffic
+        place_outputs(cfg)
         self.cfg, self.app, self.make_trainer, self.read, self.clock = (
             cfg, app, trainer, read, clock)
         fb = cfg.feedback
@@ -111,9 +120,18 @@ class Retrainer:
 
     # -- one round ---------------------------------------------------------------------------
     def round(self, force: bool = False) -> list[dict[str, Any]]:
-        """Watch, maybe train, evaluate and promote; returns the decisions made."""
+        """Watch, maybe train, evaluate and promote; returns the decisions made. A round that
+        raises is recorded as `failed` with its cause (after whatever it did before, e.g.
+        `adopted`), its unsaved state dropped (its rows count again next round), and the
+        error raised on."""
         with self._lock:
-            return self._round(force)
+            try:
+                return self._round(force)
+            except Exception as e:
+                self.decisions.append("failed", self.cfg.model, reason=(
+                    f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"))
+                self.state = LoopState.load(self.root)
+                raise
 
     def _round(self, force: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -547,10 +565,8 @@ class Retrainer:
                 self.round(force=self.cfg.force and done == 0)
             except ConfigError:
                 raise
-            except Exception as e:  # noqa: BLE001 - the loop outlives one bad round
+            except Exception:  # noqa: BLE001 - the loop outlives one bad round (`failed`)
                 log.exception("online round failed")
-                self.decisions.append("failed", self.cfg.model,
-                                      reason=f"{type(e).__name__}: {str(e)[:300]}")
             done += 1
             if self.cfg.max_rounds is not None and done >= self.cfg.max_rounds:
                 return

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_conductor.config import RayConfig, check, default_data_dir, opt, to_dict
+from ray_conductor.config import (
+    RayConfig, check, default_data_dir, opt, storage_opt, to_dict)
 from ray_conductor.data.splits import SPLITS
 from ray_conductor.errors import ConfigError
 from ray_conductor.graph import GraphConfig
@@ -42,6 +43,7 @@ class TrainConfig:
     warmup_lr: float | None = opt(None, "the warm-up's learning rate (null: learner.lr)", gt=0)
     questions_per_iter: int = opt(4, "questions per iteration", min=1)
     group_size: int = opt(8, "plans sampled per question; GRPO compares a group", min=2)
+    storage: str | None = storage_opt()
     run_dir: str = opt("runs/conductor", "metrics, samples, checkpoints and evaluations",
                        nonempty=True)
     registry: str | None = opt(None, "policy registry checkpoints are published to (null: "

@@ -3,15 +3,22 @@
 its budget state is saved to a file, so a restarted actor carries on) and `TrafficWriter`
 (one `TrafficLog` per app: a buffer flushed every few seconds, when full, and on close; rows
 it cannot write go to the dead-letter file, counted in its metrics). Both are detached and
-named after the app (`serve/<app>/key_limits`, `serve/<app>/traffic`) in the graph's
-namespace, so every replica, and a replica that restarts, finds the same ones; calls made
-while one restarts are retried. `close_app_actors` flushes and stops them when the app goes.
+named after the app and the fingerprint of the config they were built from
+(`serve/<app>/traffic@<fingerprint>`) in the graph's namespace, so every replica, and a
+replica that restarts, finds the same ones (calls made while one restarts are retried), and
+a new app never adopts a stale actor of the same name built for another config (e.g. an
+earlier app's traffic log path, left behind by a job that was killed before it cleaned up):
+that one is flushed and removed instead. `close_app_actors` flushes and removes every named
+actor of an app when it goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,8 +33,36 @@ FEEDBACK_REFUSAL_S = 1.0  # every refused feedback answers after this: unknown i
 # keys' ids are told apart by nothing, their timing included
 
 
-def actor_names(app: str) -> dict[str, str]:
-    return {"limits": f"serve/{app}/key_limits", "traffic": f"serve/{app}/traffic"}
+ROLES = ("key_limits", "traffic")
+
+
+def actor_name(app: str, role: str, fingerprint: str) -> str:
+    return f"serve/{app}/{role}@{fingerprint}"
+
+
+def config_fingerprint(*args: Any) -> str:
+    """What an actor was built from, in 12 hex digits."""
+    text = json.dumps(args, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def app_actors(app: str, namespace: str) -> dict[str, list[str]]:
+    """role -> the names of the app's named actors alive in `namespace`."""
+    pattern = re.compile(rf"serve/{re.escape(app)}/({'|'.join(ROLES)})@[0-9a-f]+")
+    out: dict[str, list[str]] = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        m = pattern.fullmatch(a["name"])
+        if m and a["namespace"] == namespace:
+            out.setdefault(m.group(1), []).append(a["name"])
+    return out
+
+
+def app_actor(app: str, role: str, namespace: str) -> Any:
+    """The handle of the app's live actor of `role` (ValueError: none)."""
+    names = app_actors(app, namespace).get(role) or []
+    if len(names) != 1:
+        raise ValueError(f"app {app!r} has {len(names)} {role} actors in {namespace!r}")
+    return ray.get_actor(names[0], namespace=namespace)
 
 
 @ray.remote(num_cpus=0)
@@ -161,31 +196,66 @@ class TrafficWriter:
                 "root": str(self.core.root)}
 
 
-def _get_or_create(cls: Any, name: str, namespace: str, *args: Any) -> Any:
+def _get_or_create(cls: Any, app: str, role: str, namespace: str, *args: Any) -> Any:
+    """The app's `role` actor built from exactly `args` (created, or found by its
+    fingerprinted name); a live one of the same role built from other args is retired."""
+    name = actor_name(app, role, config_fingerprint(role, args))
+    for stale in app_actors(app, namespace).get(role, []):
+        if stale != name:
+            log.warning("retiring %s: built for another config of app %r", stale, app)
+            _retire(stale, namespace, role, timeout_s=30.0)
     return cls.options(name=name, namespace=namespace, get_if_exists=True,
                        lifetime="detached", max_restarts=-1, max_task_retries=-1).remote(*args)
 
 
 def limits_actor(app: str, namespace: str, per_key: Mapping[str, Mapping[str, Any]],
                  default: Mapping[str, Any], state_path: str | None = None) -> Any:
-    return _get_or_create(KeyLimitsActor, actor_names(app)["limits"], namespace, dict(per_key),
+    return _get_or_create(KeyLimitsActor, app, "key_limits", namespace, dict(per_key),
                           dict(default), state_path)
 
 
 def traffic_actor(app: str, namespace: str, root: str, max_rows: int, flush_s: float) -> Any:
-    return _get_or_create(TrafficWriter, actor_names(app)["traffic"], namespace, root,
-                          max_rows, flush_s)
+    return _get_or_create(TrafficWriter, app, "traffic", namespace, root, max_rows, flush_s)
+
+
+def _retire(name: str, namespace: str, role: str, timeout_s: float) -> dict[str, Any]:
+    """Close (a traffic writer: write what it holds), then kill one named actor; the
+    writer's last stats."""
+    try:
+        handle = ray.get_actor(name, namespace=namespace)
+    except ValueError:  # already gone
+        return {}
+    stats: dict[str, Any] = {}
+    if role == "traffic":
+        try:
+            stats = ray.get(handle.close.remote(), timeout=timeout_s)
+        except Exception as e:  # noqa: BLE001 - it is removed all the same
+            log.warning("traffic writer %s did not flush (%s); rows it buffered are lost",
+                        name, type(e).__name__)
+    ray.kill(handle, no_restart=True)
+    return stats
+
+
+def flush_app_traffic(app: str, namespace: str, timeout_s: float) -> dict[str, Any]:
+    """Flush the app's traffic writer now (it stays); its stats, {} when it did not answer."""
+    for name in app_actors(app, namespace).get("traffic", []):
+        try:
+            handle = ray.get_actor(name, namespace=namespace)
+            ray.get(handle.flush.remote(), timeout=timeout_s)
+            return ray.get(handle.stats.remote(), timeout=max(0.2, timeout_s / 4))
+        except Exception as e:  # noqa: BLE001 - the stop goes on
+            log.warning("traffic writer %s did not flush (%s)", name, type(e).__name__)
+    return {}
 
 
 def close_app_actors(app: str, namespace: str, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Flush the traffic log, then stop both actors; returns the writer's last stats."""
+    """Flush the app's traffic log, then remove every named actor of the app (stale ones
+    included), within about `timeout_s`; returns the traffic writer's last stats."""
+    end = time.monotonic() + timeout_s
     out: dict[str, Any] = {}
-    for role, name in actor_names(app).items():
-        try:
-            handle = ray.get_actor(name, namespace=namespace)
-        except ValueError:  # never created, or already gone
-            continue
-        if role == "traffic":
-            out = ray.get(handle.close.remote(), timeout=timeout_s)
-        ray.kill(handle, no_restart=True)
+    found = app_actors(app, namespace)
+    for role in sorted(found, key=lambda r: r != "traffic"):  # flush first
+        for name in found[role]:
+            stats = _retire(name, namespace, role, max(0.2, end - time.monotonic()))
+            out = stats or out
     return out

@@ -7,6 +7,12 @@ The app is deployed declaratively (`deploy`: what `serve deploy` sends to the co
 that a new `user_config` is a lightweight update: `swap_policy` points the ingress (and, for
 an LM conductor, the planner) at another policy version and `rollback_policy` steps a
 registry back, both without restarting a replica.
+
+Where the app is built (`prepare`), its outputs (the traffic log, the key limits' state) and
+the policy references it serves are resolved under `storage` (`ray_conductor.storage`), so
+every replica reads and writes absolute paths whatever its own working directory; a model
+that serves an empty registry gets its `seed` policy published there first, and a reference
+that names nothing fails the build (`serve status` says why).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from ray_conductor.serve.config import (
 
 IMPORT_PATH = "ray_conductor.serve.app:app_builder"
 PLANNER, INGRESS = "Planner", "Ingress"
+SHUTDOWN_WAIT_LOOP_S = 0.5  # a deleted replica checks this often whether requests are done
+SERVE_OUTPUTS = ("log_dir", "limits.state_file", "demo.eval_out")  # under storage
+SERVE_INPUTS = ("policy", "policies", "seed")  # policy references, absolute
 
 
 def pool_config(cfg: ServeConfig) -> dict[str, Any]:
@@ -43,18 +52,96 @@ def pool_config(cfg: ServeConfig) -> dict[str, Any]:
     return asdict(worker_pool_config(cfg, data))
 
 
+def place_serve(cfg: ServeConfig) -> Any:
+    """Resolve the config's storage, traffic log and policy references in place (absolute
+    paths); the `Storage`."""
+    from ray_conductor.storage import place
+
+    return place(cfg, SERVE_OUTPUTS, SERVE_INPUTS, remote_ok=False,
+                 command="serving (its traffic log)").storage
+
+
 def prepare(cfg: Any, keys: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """What both deployments are built from: the config without API keys, the worker pool
-    config, the key records (digests, never keys; None: read them from the config's file and
-    variable where the app runs), and the planner's first user_config (pinned versions)."""
+    """What both deployments are built from: the config without API keys (its paths resolved
+    under storage), the worker pool config, the key records (digests, never keys; None: read
+    them from the config's file and variable where the app runs), and the first user_config
+    (pinned versions; a seeded model follows its registry)."""
     from ray_conductor.serve.policies import pin
 
     cfg = as_serve_config(cfg)
+    place_serve(cfg)
     policies = served_policies(cfg)
     if not policies:
         raise ConfigError("serve needs at least one policy: policies={conductor: knn}")
+    seed_registries(cfg.seed, policies)
+    for name, ref in policies.items():
+        check_reference(name, ref)
+    # a seeded model follows its registry: each replica resolves the promoted version when
+    # it starts, so a redeploy or a new cluster (a RayService upgrade) keeps the promotions
+    refs = {n: r if n in cfg.seed else pin(r) for n, r in policies.items()}
     return {"config": to_plain(cfg), "pool_config": pool_config(cfg), "keys": keys,
-            "user_config": {"policies": {n: pin(r) for n, r in policies.items()}}}
+            "user_config": {"policies": refs}}
+
+
+def check_reference(model: str, ref: str) -> None:
+    """Refuse, where the app is built, a reference that names a file or version that is not
+    there (a `serve deploy` with it fails with this reason, in `serve status`); what cannot
+    be checked without loading (an LM conductor) is left to the replicas."""
+    from pathlib import Path
+
+    from ray_conductor.policy.registry import resolve_policy
+
+    kind, _, path = ref.partition(":")
+    if kind == "registry":
+        resolve_policy(ref)  # a missing registry, version or promoted pointer: ConfigError
+    elif kind == "lite" and path != "default" and not Path(path).is_dir():
+        raise ConfigError(f"policies.{model}={ref}: no lite policy directory at {path} (paths "
+                          "are under storage; train one with `ray-conductor train-lite`)")
+    elif kind == "scripted" and not Path(path).is_file():
+        raise ConfigError(f"policies.{model}={ref}: no plan file at {path}")
+
+
+def seed_registries(seed: dict[str, str], policies: dict[str, str]) -> list[str]:
+    """Publish and promote `seed[model]` into the registry `model` serves, where that
+    registry holds no version yet; the models seeded."""
+    from ray_conductor.policy.registry import PolicyRegistry
+
+    done = []
+    for model, ref in (seed or {}).items():
+        served = policies.get(model, "")
+        if not served.startswith("registry:") or "@" in served:
+            raise ConfigError(f"seed.{model}={ref}: a seed goes into the registry a model "
+                              f"serves unpinned (policies.{model}=registry:DIR); {model!r} "
+                              f"serves {served or 'nothing'!r}")
+        reg = PolicyRegistry(served[len("registry:"):])
+        if reg.versions():
+            continue
+        path, kind = _seed_source(ref)
+        pv = reg.publish(path, kind=kind, meta={"source": ref, "seeded_by": "serve"})
+        reg.promote(pv.version, reason=f"seeded from {ref}: the registry held no version")
+        done.append(model)
+    return done
+
+
+def _seed_source(ref: str) -> tuple[str, str]:
+    """(directory, kind) of a seed policy: lite:DIR (lite:default), registry:DIR[@N], or an
+    LM conductor directory."""
+    from pathlib import Path
+
+    from ray_conductor.policy.registry import resolve_policy
+
+    if ref.startswith("lite:"):
+        from ray_conductor.lite import default_policy_dir
+
+        path = ref[len("lite:"):]
+        return (str(default_policy_dir()) if path == "default" else path), "lite"
+    if ref.startswith("registry:"):
+        path, pv = resolve_policy(ref)
+        return path, pv.kind if pv else "lm"
+    if (Path(ref) / "config.json").is_file():
+        return ref, "lm"
+    raise ConfigError(f"seed policy {ref!r}: give lite:DIR, registry:DIR[@N] or an LM "
+                      "conductor directory")
 
 
 def lm_policies(user_config: dict[str, Any]) -> dict[str, str]:
@@ -78,6 +165,7 @@ def build_app(cfg: Any, settings: dict[str, Any] | None = None) -> Any:
     ing = cfg.ingress
     return Ingress.options(
         max_ongoing_requests=ing.max_ongoing_requests,
+        graceful_shutdown_wait_loop_s=SHUTDOWN_WAIT_LOOP_S,
         autoscaling_config={"min_replicas": ing.min_replicas, "max_replicas": ing.max_replicas,
                             "target_ongoing_requests": ing.target_ongoing_requests},
         ray_actor_options={"num_cpus": ing.num_cpus},
@@ -98,7 +186,8 @@ def _planner_deployment(cfg: ServeConfig, settings: dict[str, Any], lm: dict[str
         resources["runtime_env"] = {"env_vars": {TORCH_THREADS_ENV: str(role.torch_threads)}}
     return Planner.options(
         num_replicas=role.count, max_ongoing_requests=role.max_concurrency,
-        ray_actor_options=resources, user_config={"policies": lm}).bind(settings)
+        ray_actor_options=resources, user_config={"policies": lm},
+        graceful_shutdown_wait_loop_s=SHUTDOWN_WAIT_LOOP_S).bind(settings)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -194,18 +283,21 @@ def swap_policy(app: str, model: str, ref: str, timeout_s: float = 600.0) -> str
     no replica restarts; requests already planning finish on the version they started on).
     Returns the new version. A reference that fails to load leaves the live version serving,
     puts the config back, and raises `ConfigError` with the reason."""
-    from ray_conductor.serve.policies import pin
-
     from ray import serve
+
+    from ray_conductor.serve.policies import pin
+    from ray_conductor.storage import resolve_reference, resolve_storage
 
     apps = _declarative_apps()
     if app not in apps:
         raise ConfigError(f"no declaratively deployed serve app {app!r} is running "
                           f"(running: {sorted(apps)})")
     before = apps[app]
-    pinned = pin(ref)
+    storage = as_serve_config((before.get("args") or {}).get("config") or {}).storage
+    pinned = pin(resolve_reference(ref, resolve_storage(storage)))
     try:
-        after = _with_policy(before, model, pinned)
+        after = _with_policy(before, model, pinned, lambda: {
+            n: str(d["policy"]) for n, d in served(app).items()})
     except ConfigError as e:
         raise ConfigError(f"policy {pinned!r} could not be loaded, still serving the previous "
                           f"version: {e.message}") from None
@@ -226,9 +318,12 @@ def swap_policy(app: str, model: str, ref: str, timeout_s: float = 600.0) -> str
     raise ConfigError(f"app {app!r} did not load {pinned!r} within {timeout_s:g}s")
 
 
-def _with_policy(schema: dict[str, Any], model: str, ref: str) -> dict[str, Any]:
+def _with_policy(schema: dict[str, Any], model: str, ref: str,
+                 live: Any = dict) -> dict[str, Any]:
     """`schema` serving `ref` as `model`: in the ingress's policies, and in the planner's
-    when it is an LM conductor (an app without a planner cannot take one)."""
+    when it is an LM conductor (an app without a planner cannot take one). The other models
+    as the schema names them, or as `live()` serves them when it names none (a hand-written
+    Serve config leaves the user_config to the app builder)."""
     from ray_conductor.serve.policies import policy_kind
 
     out = dict(schema)
@@ -251,7 +346,9 @@ def _with_policy(schema: dict[str, Any], model: str, ref: str) -> dict[str, Any]
         if d is None:
             continue
         uc = dict(d.get("user_config") or {})
-        policies = {k: v for k, v in dict(uc.get("policies") or {}).items() if k != model}
+        named = dict(uc.get("policies") or {}) or {
+            k: v for k, v in live().items() if d is ingress or policy_kind(v) == "lm"}
+        policies = {k: v for k, v in named.items() if k != model}
         uc["policies"] = {**policies, model: ref} if keep else policies
         d["user_config"] = uc
     out["deployments"] = deps

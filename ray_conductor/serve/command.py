@@ -7,11 +7,19 @@ With live workers (`workers=FILE`) and the default policies, which were trained 
 pool's workers, the app serves a pinned default workflow instead: the strongest worker (by
 price), named in the banner. A policy that cannot be served on the workers is a one-line
 error before Ray starts (`check_policies`).
+
+Stopping harms nobody else on the cluster: only this app is deleted (`serve.delete(name)`,
+never `serve.shutdown()`, which removes every app), then its named actors (traffic writer,
+key limits) are flushed and removed, and Ray is shut down only if this process started it.
+As a Ray job (`ray job stop`: SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S, 3 s by
+default) all of it fits in that window; a job that needs longer sets that variable in its
+runtime env (`env_vars`), which Ray's job supervisor reads, and the stop uses what it gives.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import time
@@ -127,7 +135,7 @@ def start(cfg: Any) -> Running:
         host = LOOPBACK
         notices.append("no API keys configured: listening on 127.0.0.1 only (set api_keys, "
                        "api_keys_file or RAY_CONDUCTOR_API_KEYS to serve other machines)")
-    started = not ray.is_initialized()
+    started = not ray.is_initialized() and cfg.ray.address in ("local", "", None)
     init_ray(cfg.ray)
     settings = prepare(cfg, keys=[r.to_dict() for r in records])
     spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
@@ -135,7 +143,7 @@ def start(cfg: Any) -> Running:
         spec.check_resources(["planner"])
     build_worker_proxies(spec, settings["pool_config"])  # a bad worker config fails here
     port = cfg.port or free_port()
-    serve.start(http_options={"host": host, "port": port})
+    _start_serve({"host": host, "port": port})
     apply({cfg.app_name: app_schema(cfg, settings)})
     wait_running(cfg.app_name)
     http = serve.context._get_global_client().http_config
@@ -144,20 +152,62 @@ def start(cfg: Any) -> Running:
                    started)
 
 
-def stop(running: Running, shutdown_ray: bool | None = None) -> dict[str, Any]:
-    """Delete the app (its replicas hand their last rows to the writer), flush and stop its
-    traffic writer and key limits; with `shutdown_ray` (default: when `start` started Ray)
-    stop Serve and Ray too. Returns the writer's last counts."""
+JOB_STOP_ENV = "RAY_JOB_STOP_WAIT_TIME_S"  # Ray's job supervisor: SIGTERM, then SIGKILL
+_IN_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in a submitted job's driver
+
+
+def stop_budget_s(env: Any = None) -> float:
+    """How long stopping may take: inside a Ray job, the job's stop window less a second
+    for the process to exit (at least 1 s); elsewhere 60 s."""
+    env = os.environ if env is None else env
+    if not env.get(_IN_JOB_ENV):
+        return 60.0
+    try:
+        window = float(env.get(JOB_STOP_ENV) or 3)
+    except ValueError:
+        window = 3.0
+    return max(1.0, window - 1.0)
+
+
+def _start_serve(http_options: dict[str, Any]) -> None:
+    """`serve.start`; two apps starting at once race to create Serve's controller, and the
+    one that loses joins the winner's."""
+    from ray import serve
+    from ray.exceptions import ActorAlreadyExistsError
+
+    for attempt in range(3):
+        try:
+            serve.start(http_options=http_options)
+            return
+        except ActorAlreadyExistsError:
+            if attempt == 2:
+                raise
+            time.sleep(2.0)
+
+
+def stop(running: Running, shutdown_ray: bool | None = None,
+         budget_s: float | None = None) -> dict[str, Any]:
+    """Delete this app only, then flush and remove its named actors, within `budget_s`
+    (default `stop_budget_s()`); with `shutdown_ray` (default: when `start` started a local
+    Ray) shut Ray down too. Returns the traffic writer's last stats."""
     import ray
     from ray import serve
 
-    from ray_conductor.serve.actors import close_app_actors
+    from ray_conductor.serve.actors import close_app_actors, flush_app_traffic
 
-    cfg = running.cfg
-    serve.delete(cfg.app_name)
-    stats = close_app_actors(cfg.app_name, cfg.ray.namespace)
+    cfg, ns = running.cfg, running.cfg.ray.namespace
+    end = time.monotonic() + (stop_budget_s() if budget_s is None else budget_s)
+    serve.delete(cfg.app_name, _blocking=False)
+    # what the writer holds now first: the window may end before the replicas are gone
+    stats = flush_app_traffic(cfg.app_name, ns, timeout_s=max(0.3, (end - time.monotonic())
+                                                              / 2))
+    while time.monotonic() < end - 0.5:  # the replicas hand their last rows to the writer
+        if cfg.app_name not in serve.status().applications:
+            break
+        time.sleep(0.1)
+    stats = close_app_actors(cfg.app_name, ns,
+                             timeout_s=max(0.3, end - time.monotonic())) or stats
     if running.started_ray if shutdown_ray is None else shutdown_ray:
-        serve.shutdown()
         ray.shutdown()
     return stats
 
@@ -183,6 +233,7 @@ def banner(running: Running, question: str) -> str:
     served = ", ".join(f"{n} = {r}" for n, r in served_policies(running.cfg).items())
     lines = [f"ray-conductor serve: {running.cfg.app_name!r} is listening on {running.url}",
              f"  models: {served} (and each worker by name)",
+             f"  traffic log: {running.cfg.log_dir} (storage {running.cfg.storage})",
              *[f"  note: {n}" for n in running.notices],
              "", "Try it with curl:", "",
              (f"  curl {running.base_url}/chat/completions -H 'Content-Type: application/json'"
@@ -215,18 +266,24 @@ def run_serve(cfg: Any) -> Running:
     """`ray-conductor serve`: start, print the banner, serve until Ctrl-C (`blocking=false`:
     return the running app instead), then stop cleanly."""
     cfg = as_serve_config(cfg)
-    running = start(cfg)
-    print(banner(running, example_question(cfg)), flush=True)
     if not cfg.blocking:
+        running = start(cfg)
+        print(banner(running, example_question(cfg)), flush=True)
         return running
-    _stop_on_sigterm()
+    _stop_on_sigterm()  # from here on: a stop while starting cleans up as well
+    running = Running(cfg, "", False)
     try:
+        running = start(cfg)
+        print(banner(running, example_question(cfg)), flush=True)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("\nstopping: flushing the traffic log ...", flush=True)
     finally:
-        print(shutdown_line(stop(running), cfg.log_dir), flush=True)
+        import ray
+
+        print(shutdown_line(stop(running) if ray.is_initialized() else {}, cfg.log_dir),
+              flush=True)
     return running
 
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ray_conductor.config import RayConfig, default_data_dir, opt
+from ray_conductor.config import RayConfig, default_data_dir, opt, storage_opt
 from ray_conductor.graph import GraphConfig
 
 
@@ -66,6 +66,11 @@ class ServeConfig:
     policies: dict[str, str] = opt(
         factory=lambda: dict(DEFAULT_POLICIES),
         help="served model name -> policy reference (lite:default: the shipped demo policy)")
+    seed: dict[str, str] = opt(
+        factory=dict, help="served model name -> a policy published and promoted into the "
+                           "registry that model serves (registry:DIR) while it holds no "
+                           "version; the model then follows the registry: its promoted "
+                           "version is served, so promotions survive a redeploy")
     conductor: dict[str, Any] = opt(factory=dict, help="LM ConductorConfig overrides")
     plan_temperature: float = opt(0.0, "sampling temperature of planning (0: greedy)", min=0)
     plan_batch_size: int = opt(16, "planning requests batched into one engine call", min=1)
@@ -84,7 +89,8 @@ class ServeConfig:
     max_prompt_chars: int = opt(200_000, "longest prompt (413 above)", min=1)
     call_timeout_s: float | None = opt(None, "one worker call's deadline; null: the pool's",
                                        gt=0)
-    log_dir: str = opt("reports/traffic", "traffic log (Parquet, partitioned by date)")
+    storage: str | None = storage_opt()
+    log_dir: str = opt("traffic/{app_name}", "traffic log (Parquet, partitioned by date)")
     log_flush_s: float = opt(5.0, "seconds between traffic-log flushes", gt=0)
     log_buffer_rows: int = opt(2000, "rows the traffic writer buffers at most", min=1)
     orchestration_input_price_per_mtok: float = opt(
