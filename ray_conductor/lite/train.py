@@ -312,7 +312,7 @@ def _skeleton(fit: LiteTable, cfg: LiteTrainConfig, selector: Selector, featuriz
     w = len(fit.workers)
     obs_dim = proj.dim + (w if cfg.prior else 0) + state_dim(w, cfg.max_calls)
     net = LiteNet(obs_dim, n_actions(w), cfg.ppo.hidden)
-    fmt = "mc" if fit.comparable else "label"
+    fmt = fit.answer_format
     return LiteConductor(fit.workers, fit.strength, proj, net=net,
                          prior=selector if cfg.prior else None, max_calls=cfg.max_calls,
                          cost_scale=default_cost_scale(fit), comparable=fit.comparable,
