@@ -1,0 +1,102 @@
+"""The questions file of `ray-conductor record`: JSONL, CSV or Parquet (by extension), one
+row per question with `query`, `answer_format` (mc | number | math | code) and `reference`
+(the gold answer; for code the tests, or a `tests` column), and optionally `query_id`
+(default: a hash of `query`, as for records), `task` and `entry_point` (code: the tests
+define `check(candidate)`, HumanEval-style, and are run as `check(entry_point)`).
+
+Every question must be judgeable when its answers arrive, so a `label` question (nothing
+can judge a new answer to it) or a gold answer that is not of its format is refused here,
+before any call, with the file, line and column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ray_conductor.data.records import SUFFIXES, cell_text, default_query_id, read_rows
+from ray_conductor.data.table import files_under
+from ray_conductor.errors import DataError
+from ray_conductor.verify.answers import reference_answer
+
+FORMATS = ("mc", "number", "math", "code")
+REQUIRED = ("query", "answer_format", "reference")
+WHAT = ("a questions file (.jsonl, .csv or .parquet) with the columns query, answer_format and "
+        "reference (or tests)")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question to ask; `reference` is the gold answer, for code the whole test script."""
+
+    query_id: str
+    query: str
+    task: str
+    answer_format: str
+    reference: str
+
+    @property
+    def key(self) -> str:
+        """What the workers see, hashed: the answer store's question key (an edited question
+        is a new question)."""
+        return hashlib.sha256(self.query.encode()).hexdigest()[:20]
+
+
+def _code_tests(row: dict[str, Any], where: str) -> str:
+    tests = (cell_text(row, "tests", where) or cell_text(row, "reference", where) or "").strip()
+    if not tests:
+        raise DataError(f"{where}, column 'reference': a code question needs its tests (in "
+                        f"`reference` or a `tests` column), so its answers can be run")
+    ep = (cell_text(row, "entry_point", where) or "").strip()
+    if ep and not ep.isidentifier():
+        raise DataError(f"{where}, column 'entry_point': {ep[:40]!r} is not a Python name")
+    return f"{tests}\n\ncheck({ep})\n" if ep else tests
+
+
+def parse_question(where: str, row: dict[str, Any]) -> Question:
+    for col in REQUIRED:
+        if col not in row and not (col == "reference" and "tests" in row):
+            raise DataError(f"{where}: no column {col!r}; a questions file needs "
+                            f"{list(REQUIRED)}")
+    query = cell_text(row, "query", where)
+    if not query or not query.strip():
+        raise DataError(f"{where}, column 'query': empty; every question needs its text")
+    fmt = (cell_text(row, "answer_format", where) or "").strip()
+    if fmt not in FORMATS:
+        why = (": no verifier can judge a new answer to a label question"
+               if fmt == "label" else "")
+        raise DataError(f"{where}, column 'answer_format': cannot record format {fmt!r}{why}; "
+                        f"use one of {', '.join(FORMATS)}")
+    if fmt == "code":
+        ref = _code_tests(row, where)
+    else:
+        ref = (cell_text(row, "reference", where, allow_number=True) or "").strip()
+        if reference_answer(ref, fmt) is None:
+            raise DataError(f"{where}, column 'reference': {ref[:40]!r} is not a {fmt} answer, "
+                            f"so no answer to it could be judged; give the gold answer")
+    qid = (cell_text(row, "query_id", where, allow_number=True) or "").strip()
+    task = (cell_text(row, "task", where) or "").strip()
+    return Question(qid or default_query_id(query), query, task or "records", fmt, ref)
+
+
+def read_questions(paths: Sequence[str | Path]) -> tuple[list[Question], int]:
+    """The questions in file order, and how many identical repeats were skipped; a query_id
+    used twice for different questions is a `DataError` naming both rows."""
+    out: dict[str, tuple[str, Question]] = {}
+    repeats = 0
+    for f in files_under(paths, SUFFIXES, WHAT):
+        for where, row in read_rows(f, REQUIRED, WHAT):
+            q = parse_question(where, row)
+            first = out.get(q.query_id)
+            if first is None:
+                out[q.query_id] = (where, q)
+            elif first[1] == q:
+                repeats += 1
+            else:
+                raise DataError(f"{where}: query_id {q.query_id!r} names another question at "
+                                f"{first[0]}; give each question its own query_id")
+    if not out:
+        raise DataError(f"{', '.join(map(str, paths))}: no questions ({WHAT})")
+    return [q for _, q in out.values()], repeats
