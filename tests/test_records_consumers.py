@@ -194,3 +194,37 @@ def test_online_anchors_and_rerolls_on_number_records(data):
         for a in range(3):  # equal codes exactly where both are right (wrong ones all differ)
             for b in range(a + 1, 3):
                 assert (codes[a] == codes[b]) == (oks[a] and oks[b])
+
+
+@pytest.mark.slow
+def test_train_lite_on_a_records_pool_votes_live_as_offline(ray_cluster, tmp_path):
+    """`train-lite pool=records:...` end to end (the real encoder, RLlib PPO): the policy
+    knows its format, and its live runs score what its offline rollouts predict."""
+    from ray_conductor.config import load
+    from ray_conductor.lite.conductor import LiteConductor
+    from ray_conductor.lite.train import LiteTrainConfig, pool_table, train_lite
+
+    path = tmp_path / "numbers.jsonl"
+    with open(path, "w") as f:
+        for i in range(160):
+            for w, cost in WORKERS.items():
+                got = 2 * i if right(w, i) else wrong_answer(w, i)
+                f.write(json.dumps({"query_id": f"n/{i}", "query": f"What is {i} + {i}?",
+                                    "model": w, "response": f"#### {got}", "cost": cost,
+                                    "answer_format": "number", "reference": 2 * i}) + "\n")
+    spec, run_dir = f"records:{path}", tmp_path / "run"
+    train_lite(load(LiteTrainConfig, [
+        f"pool={spec}", f"run_dir={run_dir}", "iterations=1", "progress=false",
+        "bc_steps=50", "cost_penalty=0", "selector.k=20", "ppo.train_batch_size=128",
+        "ppo.minibatch_size=64", "ppo.num_epochs=1", "ppo.hidden=[16]", "projection_dim=4",
+        "ppo.num_envs_per_env_runner=2", "val_fraction=0.2", "check_rows=40"]))
+    data = load_pool(spec, cache_dir=tmp_path / "cache")
+    for kind in ("policy", "selector"):
+        policy = LiteConductor.load(run_dir / kind, data.worker_infos())
+        assert policy.comparable and policy.info["answer_format"] == "number"
+        queries = data.queries("test")
+        live = asyncio.run(policy.run_batch(queries, ReplayPool(data)))
+        offline = policy.rollout(pool_table(data, "test", policy.featurizer))
+        for i, (q, (wf, trace)) in enumerate(zip(queries, live)):
+            assert data.judge(q.query_id, trace.answer) == offline.correct[i]
+            assert trace.cost == pytest.approx(offline.cost[i])

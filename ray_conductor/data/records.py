@@ -1,7 +1,7 @@
 """Importer for a team's own recordings (`records:PATH[,PATH...]`): JSONL, CSV or Parquet
 files (by extension, or directories of them), one row per (question, model).
 
-Columns (README "Records"):
+Columns (README "Your own workload"):
 - required: `query` (the question as a worker saw it), `model`, `response` (null: no answer
   recorded, a hole; in CSV an empty cell), `answer_format` (mc | number | math | code |
   label), `reference` (the gold answer: a letter, a number, a MATH expression; for code the
@@ -49,7 +49,7 @@ REQUIRED = ("query", "model", "response", "answer_format", "reference")
 OPTIONAL = ("query_id", "task", "answer", "correct", "input_tokens", "output_tokens", "cost",
             "tests", "error")  # error: why a hole is one (`record` writes it); not imported
 WHAT = ("records files (.jsonl, .csv or .parquet) with the columns query, model, response, "
-        "answer_format and reference (README: Records)")
+        "answer_format and reference (README: Your own workload)")
 _TRUE, _FALSE = ("true", "1", "yes", "1.0"), ("false", "0", "no", "0.0")
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # answers are single cells of many KB
@@ -178,7 +178,8 @@ def _check_columns(f: Path, names: Sequence[str], required: Sequence[str]) -> No
                                                                   in names)]
     if missing:
         raise DataError(f"{f}: missing the required column{'s' * (len(missing) > 1)} "
-                        f"{missing}; this file needs {list(required)} (README: Records)")
+                        f"{missing}; this file needs {list(required)} (README: Your own "
+                        f"workload)")
 
 
 # -- one row ----------------------------------------------------------------------------------
@@ -350,11 +351,9 @@ def import_records(paths: Sequence[str | Path], prices: dict[str, Any] | None = 
     for m in models:
         report.model(m)
     for qid, q in got.questions.items():
-        gold = reference_answer(q.references.most_common(1)[0][0], q.answer_format) \
-            if q.references else None
         for m in models:
-            r = got.rows.get((qid, m))
-            disagree += _add_row(out, qid, q, m, r, gold, q_tokens, price_of.get(m), report)
+            disagree += _add_row(out, qid, q, m, got.rows.get((qid, m)), q_tokens,
+                                 price_of.get(m), report)
     report.models = {m: report.models[m] for m in models}
     report.queries = len(got.questions)
     report.reference_conflicts = sum(len(q.references) > 1 for q in got.questions.values())
@@ -396,10 +395,11 @@ def _prices(got: _Collector, models: list[str], report: ImportReport,
 
 
 def _add_row(out: TableBuilder, qid: str, q: _Question, model: str, r: Row | None,
-             gold: str | None, q_tokens: dict[str, int], price: pricing.Price | None,
-             report: ImportReport) -> bool:
+             q_tokens: dict[str, int], price: pricing.Price | None, report: ImportReport
+             ) -> bool:
     """Append the (question, model) row (a hole when `r` is None); True when a recorded
-    `correct` differs from what the verifier says."""
+    `correct` differs from what the verifier says. A row is judged against its own
+    `reference` (as MMLU-Pro's rows are against their file's answer key)."""
     mrep = report.model(model)
     mrep.rows += 1
     fmt = q.answer_format

@@ -40,7 +40,8 @@ from ray_conductor.lite.table import LiteTable, build_table
 
 @dataclass
 class LiteTrainConfig:
-    pool: str = opt("demo", "demo | mmlu_pro:PATH | routerbench:CSV[,CSV] | parquet:PATH")
+    pool: str = opt("demo", "demo | mmlu_pro:PATH | routerbench:CSV[,CSV] | records:PATH[,PATH] "
+                    "| parquet:PATH")
     split: str = opt("train", "the rows to fit on (never test)", choices=("train", "all"))
     data_dir: str = opt(factory=default_data_dir, help="where bare pool names are looked up")
     run_dir: str = opt("runs/lite", "where the policy, selector and metrics go")

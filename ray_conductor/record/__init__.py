@@ -1,5 +1,6 @@
 """Recording a workload: ask live workers every question of a questions file, judge their
-answers, and write a records table (`records:PATH` pools read it; README "Records").
+answers, and write a records table (`records:PATH` pools read it; README "Your own
+workload").
 
 Owns: the questions file (`questions`), the resumable answer store and the dollar estimate
 (`store`), the recorder, a pure asyncio core over any `WorkerPool` that keeps to a budget and

@@ -1,5 +1,5 @@
-"""The records `record` writes: one row per (question, worker) in the records format
-(README "Records"), judged, as JSONL, CSV or Parquet by the output's extension.
+"""The records `record` writes: one row per (question, worker) in the records format (README
+"Your own workload"), judged, as JSONL, CSV or Parquet by the output's extension.
 
 Multiple choice, number and math answers are judged like the replay judge judges them
 (`verify.answers`: the canonical answer against the canonical reference). Code answers are
