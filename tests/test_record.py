@@ -23,9 +23,9 @@ from ray_conductor.data.replay import ReplayData
 from ray_conductor.errors import ConfigError, DataError, RunFailed
 from ray_conductor.record.command import check_budget
 from ray_conductor.record.output import judge_code, record_rows, write_records
-from ray_conductor.record.questions import Question, read_questions
+from ray_conductor.record.questions import RecordQuestion, read_questions
 from ray_conductor.record.recorder import Recorder, messages_for
-from ray_conductor.record.store import Answer, AnswerStore, Pricer, answer_key
+from ray_conductor.record.store import RecordedAnswer, AnswerStore, Pricer, answer_key
 from ray_conductor.workers.base import Attempt, Completion, WorkerInfo
 
 BENCH = Path(default_data_dir()) / "benchmarks"
@@ -71,7 +71,7 @@ def test_questions_of_every_recordable_format(tmp_path):
         "code", "mc"]
     assert qs[4].reference.endswith("\n\ncheck(has_close_elements)\n")  # HumanEval's harness
     assert qs[5].query_id.startswith("records/") and qs[5].task == "records"
-    assert qs[0].key == Question("other id", qs[0].query, "t", "number", "1").key  # by text
+    assert qs[0].key == RecordQuestion("other id", qs[0].query, "t", "number", "1").key  # by text
 
 
 @pytest.mark.parametrize("change, message", [
@@ -104,13 +104,13 @@ def test_one_query_id_for_two_questions_is_refused(tmp_path):
 
 def test_the_store_keeps_settled_answers_and_survives_a_torn_line(tmp_path):
     store = AnswerStore(tmp_path / "a.answers")
-    store.put("k1", Answer("hello", 3, 4, 0.5))
-    store.put("k2", Answer(None, error="timeout", error_code="timeout", settled=False))
-    store.put("k3", Answer(None, error="400", error_code="worker_failed"))  # settled hole
+    store.put("k1", RecordedAnswer("hello", 3, 4, 0.5))
+    store.put("k2", RecordedAnswer(None, error="timeout", error_code="timeout", settled=False))
+    store.put("k3", RecordedAnswer(None, error="400", error_code="worker_failed"))  # settled hole
     with open(tmp_path / "a.answers", "a") as f:
         f.write('{"k": "k4", "a": {"text": "cut sh')  # a crash mid-write
     again = AnswerStore(tmp_path / "a.answers")
-    assert again.get("k1") == Answer("hello", 3, 4, 0.5) and again.get("k2") is None
+    assert again.get("k1") == RecordedAnswer("hello", 3, 4, 0.5) and again.get("k2") is None
     assert again.get("k3").text is None and again.torn == 1 and len(again) == 2
 
 
@@ -120,13 +120,14 @@ def test_a_failure_is_settled_only_when_a_second_call_would_repeat_it():
     outage = Completion("w", error="x", error_code="worker_failed",
                         attempts=[Attempt("m", "server_error", 0.0, 503)])
     fallback = Completion("w", text="hi", served_by="other")
-    assert Answer.of(bad_request, "w").settled and not Answer.of(outage, "w").settled
-    a = Answer.of(fallback, "w")
+    assert RecordedAnswer.of(bad_request, "w").settled
+    assert not RecordedAnswer.of(outage, "w").settled
+    a = RecordedAnswer.of(fallback, "w")
     assert a.text is None and not a.settled and a.error_code == "served_by_fallback"
 
 
-def question(i: int, text: str = "What is 2+2?") -> Question:
-    return Question(f"q{i}", f"{text} ({i})", "t", "number", "4")
+def question(i: int, text: str = "What is 2+2?") -> RecordQuestion:
+    return RecordQuestion(f"q{i}", f"{text} ({i})", "t", "number", "4")
 
 
 def test_the_estimate_is_prompt_tokens_and_assumed_outputs_at_list_prices():
@@ -176,7 +177,7 @@ class Pool:
         return Completion(worker, text="#### 4", input_tokens=10, output_tokens=2, cost=0.01)
 
 
-def key(q: Question, w: str) -> str:
+def key(q: RecordQuestion, w: str) -> str:
     return answer_key(q, w, "fp")
 
 
@@ -248,7 +249,7 @@ def test_code_is_judged_in_the_sandbox_once(tmp_path):
     qs, _ = read_questions([path])
     store = AnswerStore(tmp_path / "s")
     for q in qs:  # the worker always writes problem 0's solution: right once, wrong once
-        store.put(key(q, "coder"), Answer(f"```python\n{probs[0]['_solution']}\n```"))
+        store.put(key(q, "coder"), RecordedAnswer(f"```python\n{probs[0]['_solution']}\n```"))
     assert judge_code(qs, ["coder"], store, key) == 2
     rows = record_rows(qs, ["coder"], store, key)
     assert [r["correct"] for r in rows] == [True, False]
@@ -260,8 +261,8 @@ def test_written_records_read_back_as_a_records_pool(tmp_path, ext):
     qs = [question(i) for i in range(3)]
     store = AnswerStore(tmp_path / "s")
     for i, q in enumerate(qs):
-        store.put(key(q, "a"), Answer(f"#### {4 if i else 5}", 10, 2, 0.01))
-    store.put(key(qs[0], "b"), Answer(None, error="gone", error_code="missing_answer"))
+        store.put(key(q, "a"), RecordedAnswer(f"#### {4 if i else 5}", 10, 2, 0.01))
+    store.put(key(qs[0], "b"), RecordedAnswer(None, error="gone", error_code="missing_answer"))
     out = write_records(record_rows(qs, ["a", "b"], store, key), tmp_path / f"r.{ext}")
     table, rep = import_records([out])
     data = ReplayData(table, rep)

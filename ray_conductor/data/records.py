@@ -56,7 +56,7 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # answers are single cells of
 
 
 @dataclass
-class Row:
+class RecordRow:
     """One usable row, typed; `where` is "file:line" for messages."""
 
     where: str
@@ -73,7 +73,7 @@ class Row:
     output_tokens: int | None
     cost: float | None
 
-    def same_as(self, other: "Row") -> bool:
+    def same_as(self, other: "RecordRow") -> bool:
         return all(getattr(self, f) == getattr(other, f) for f in (
             "query", "task", "answer_format", "reference", "response", "answer", "correct",
             "input_tokens", "output_tokens", "cost"))
@@ -229,8 +229,8 @@ def _count(row: dict[str, Any], col: str, where: str) -> int | None:
     return None if n is None else int(n)
 
 
-def parse_row(where: str, row: dict[str, Any]) -> Row:
-    """A typed `Row`, or a `DataError` naming the row and column."""
+def parse_row(where: str, row: dict[str, Any]) -> RecordRow:
+    """A typed `RecordRow`, or a `DataError` naming the row and column."""
     for col in REQUIRED:
         if col not in row and not (col == "reference" and "tests" in row):
             raise DataError(f"{where}: no column {col!r}; records need {list(REQUIRED)}")
@@ -250,7 +250,7 @@ def parse_row(where: str, row: dict[str, Any]) -> Row:
         ref = tests
     qid = cell_text(row, "query_id", where, allow_number=True)
     task = cell_text(row, "task", where)
-    return Row(where, qid.strip() if qid and qid.strip() else default_query_id(query), query,
+    return RecordRow(where, qid.strip() if qid and qid.strip() else default_query_id(query), query,
                task.strip() if task and task.strip() else SOURCE, fmt, (ref or "").strip(),
                model.strip(), cell_text(row, "response", where), cell_text(row, "answer", where,
                                                                    allow_number=True),
@@ -276,7 +276,7 @@ class _Collector:
     def __init__(self, report: ImportReport):
         self.report = report
         self.questions: dict[str, _Question] = {}
-        self.rows: dict[tuple[str, str], Row] = {}
+        self.rows: dict[tuple[str, str], RecordRow] = {}
         self.unknown: Counter[str] = Counter()
 
     def add(self, where: str, raw: dict[str, Any]) -> None:
@@ -303,7 +303,7 @@ class _Collector:
         self.rows[key] = r
 
     @staticmethod
-    def _agrees(q: _Question, r: Row) -> None:
+    def _agrees(q: _Question, r: RecordRow) -> None:
         for col, have, got in (("query", q.query, r.query), ("task", q.task, r.task),
                                ("answer_format", q.answer_format, r.answer_format)):
             if have != got:
@@ -312,7 +312,7 @@ class _Collector:
                                 f"here; one question has one {col}")
 
 
-def _check_judgeable(r: Row) -> None:
+def _check_judgeable(r: RecordRow) -> None:
     """A row the replay judge could never score is refused (holes never need judging)."""
     if r.response is None:
         return
@@ -394,7 +394,7 @@ def _prices(got: _Collector, models: list[str], report: ImportReport,
     return out
 
 
-def _add_row(out: TableBuilder, qid: str, q: _Question, model: str, r: Row | None,
+def _add_row(out: TableBuilder, qid: str, q: _Question, model: str, r: RecordRow | None,
              q_tokens: dict[str, int], price: pricing.Price | None, report: ImportReport
              ) -> bool:
     """Append the (question, model) row (a hole when `r` is None); True when a recorded

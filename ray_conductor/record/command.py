@@ -25,9 +25,10 @@ from ray_conductor.config import RayConfig, check, opt, read_yaml, resolve_confi
 from ray_conductor.errors import ConfigError, DataError, RunFailed
 from ray_conductor.graph import GraphConfig
 from ray_conductor.record.output import SUFFIXES, judge_code, record_rows, write_records
-from ray_conductor.record.questions import Question, read_questions
+from ray_conductor.record.questions import RecordQuestion, read_questions
 from ray_conductor.record.recorder import RecordStats, Recorder, messages_for
-from ray_conductor.record.store import Answer, AnswerStore, Pricer, answer_key, call_fingerprint
+from ray_conductor.record.store import (
+    AnswerStore, Pricer, RecordedAnswer, answer_key, call_fingerprint)
 
 
 @dataclass
@@ -62,11 +63,11 @@ class RecordConfig:
 
 
 @dataclass
-class Plan:
+class RecordPlan:
     """Everything checked before any call: what to ask, of whom, and where it goes."""
 
     out: Path
-    questions: list[Question]
+    questions: list[RecordQuestion]
     repeats: int
     pool: Any  # the WorkerPoolConfig the proxies are built from
     workers: list[str]  # the workers asked
@@ -74,10 +75,10 @@ class Plan:
     keys: dict[str, str]  # worker -> call fingerprint
     params: dict[str, Any]
 
-    def key(self, q: Question, worker: str) -> str:
+    def key(self, q: RecordQuestion, worker: str) -> str:
         return answer_key(q, worker, self.keys[worker])
 
-    def todo(self) -> list[tuple[Question, str]]:
+    def todo(self) -> list[tuple[RecordQuestion, str]]:
         return [(q, w) for q in self.questions for w in self.workers
                 if self.store.get(self.key(q, w)) is None]
 
@@ -86,8 +87,8 @@ def _paths(spec: str) -> list[Path]:
     return [Path(p.strip()).expanduser() for p in str(spec).split(",") if p.strip()]
 
 
-def plan_record(cfg: Any) -> Plan:
-    """Every check that needs no call, in order; the `Plan` of the run."""
+def plan_record(cfg: Any) -> RecordPlan:
+    """Every check that needs no call, in order; the `RecordPlan` of the run."""
     from ray_conductor.data.files import check_output, check_readable
     from ray_conductor.data.table import files_under
     from ray_conductor.record.questions import WHAT
@@ -124,11 +125,11 @@ def plan_record(cfg: Any) -> Plan:
         Path(".cache/record") / f"{out.name}.answers"
     if cache.resolve() == out.resolve() or cache.resolve() in {p.resolve() for p in inputs}:
         raise ConfigError(f"cache={cache} is the output or an input: give another cache=")
-    return Plan(out, questions, repeats, pool, list(dict.fromkeys(asked)), AnswerStore(cache),
-                keys, params)
+    return RecordPlan(out, questions, repeats, pool, list(dict.fromkeys(asked)),
+                      AnswerStore(cache), keys, params)
 
 
-def _prices(plan: Plan) -> dict[str, tuple[float | None, float | None]]:
+def _prices(plan: RecordPlan) -> dict[str, tuple[float | None, float | None]]:
     from ray_conductor.workers.proxy import list_price
 
     return {w.name: list_price(w) for w in plan.pool.workers if w.name in plan.workers}
@@ -149,7 +150,7 @@ def check_budget(est: Any, max_dollars: float | None) -> None:
                           f"max_tokens")
 
 
-def _sandbox_ready(plan: Plan) -> None:
+def _sandbox_ready(plan: RecordPlan) -> None:
     if any(q.answer_format == "code" for q in plan.questions):
         from ray_conductor.verify.sandbox import run_untrusted
 
@@ -179,8 +180,8 @@ def run_record(cfg: RecordConfig) -> dict[str, Any]:
     return _report(plan, out, stats, ran, est, time.perf_counter() - t0)
 
 
-def _ask(cfg: RecordConfig, plan: Plan, todo: list[tuple[Question, str]], pricer: Pricer
-         ) -> tuple[RecordStats, dict[str, Answer]]:
+def _ask(cfg: RecordConfig, plan: RecordPlan, todo: list[tuple[RecordQuestion, str]],
+         pricer: Pricer) -> tuple[RecordStats, dict[str, RecordedAnswer]]:
     """The calls, through the proxies at rollout priority, with Ctrl-C as a clean stop."""
     from tqdm.auto import tqdm
 
@@ -209,7 +210,7 @@ def _ask(cfg: RecordConfig, plan: Plan, todo: list[tuple[Question, str]], pricer
     return stats, recorder.failures
 
 
-async def _run_with_sigint(recorder: Recorder, todo: list[tuple[Question, str]]
+async def _run_with_sigint(recorder: Recorder, todo: list[tuple[RecordQuestion, str]]
                            ) -> RecordStats:
     """The first Ctrl-C stops cleanly (calls in flight are stored); a second one aborts."""
     loop = asyncio.get_running_loop()
@@ -233,7 +234,7 @@ async def _run_with_sigint(recorder: Recorder, todo: list[tuple[Question, str]]
             pass
 
 
-def _stopped(plan: Plan, stats: RecordStats) -> None:
+def _stopped(plan: RecordPlan, stats: RecordStats) -> None:
     why = {"interrupted": "interrupted", "budget": "stopped at max_dollars"}[stats.stopped]
     raise RunFailed(f"{why} after {stats.calls} calls (${stats.spent:.4f}); {stats.left} calls "
                     f"not made, nothing written to {plan.out}; the {len(plan.store)} answers "
@@ -241,8 +242,8 @@ def _stopped(plan: Plan, stats: RecordStats) -> None:
                     f"only the rest")
 
 
-def _report(plan: Plan, out: Path, stats: RecordStats, judged: int, est: Any, wall_s: float
-            ) -> dict[str, Any]:
+def _report(plan: RecordPlan, out: Path, stats: RecordStats, judged: int, est: Any,
+            wall_s: float) -> dict[str, Any]:
     """Read the table back as a pool would (the records importer), print it, return it."""
     from ray_conductor.data.commands import format_report
     from ray_conductor.data.records import import_records

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_conductor.data.files import atomic_path
-from ray_conductor.record.questions import Question
-from ray_conductor.record.store import Answer, AnswerStore
+from ray_conductor.record.questions import RecordQuestion
+from ray_conductor.record.store import AnswerStore, RecordedAnswer
 from ray_conductor.verify.answers import answers_match, extract_answer, reference_answer
 
 COLUMNS = ("query_id", "query", "task", "model", "response", "answer_format", "reference",
@@ -32,14 +32,14 @@ SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS[:8]] + [
     ("cost", pa.float64()), ("error", pa.string())])
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 
-Key = Callable[[Question, str], str]
+Key = Callable[[RecordQuestion, str], str]
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def judge_code(questions: Sequence[Question], workers: Sequence[str], store: AnswerStore,
+def judge_code(questions: Sequence[RecordQuestion], workers: Sequence[str], store: AnswerStore,
                key: Key, *, timeout_s: float = 10.0, parallel: int = 2,
                on_done: Callable[[], None] | None = None) -> int:
     """Run every stored code answer without a verdict for its question's tests in the
@@ -56,7 +56,7 @@ def judge_code(questions: Sequence[Question], workers: Sequence[str], store: Ans
                     (a.verdict or {}).get("tests") != _sha(q.reference):
                 todo.append((q, w, a))
 
-    def run(item: tuple[Question, str, Answer]) -> None:
+    def run(item: tuple[RecordQuestion, str, RecordedAnswer]) -> None:
         q, w, a = item
         text = a.text or ""
         ok = run_tests(extract_code(text, _entry_point(q)), q.reference, timeout_s=timeout_s)
@@ -70,7 +70,7 @@ def judge_code(questions: Sequence[Question], workers: Sequence[str], store: Ans
     return len(todo)
 
 
-def _entry_point(q: Question) -> str | None:
+def _entry_point(q: RecordQuestion) -> str | None:
     """The function a HumanEval-style test script checks (its last line `check(NAME)`)."""
     last = q.reference.strip().rsplit("\n", 1)[-1].strip()
     if last.startswith("check(") and last.endswith(")") and last[6:-1].isidentifier():
@@ -78,8 +78,9 @@ def _entry_point(q: Question) -> str | None:
     return None
 
 
-def record_rows(questions: Sequence[Question], workers: Sequence[str], store: AnswerStore,
-                key: Key, failures: Mapping[str, Answer] | None = None) -> list[dict[str, Any]]:
+def record_rows(questions: Sequence[RecordQuestion], workers: Sequence[str], store: AnswerStore,
+                key: Key, failures: Mapping[str, RecordedAnswer] | None = None
+                ) -> list[dict[str, Any]]:
     """Every (question, worker) as a records row, questions in order; a pair with neither a
     stored answer nor a failure of this run is a hole saying it was not asked."""
     failures = failures or {}
@@ -93,7 +94,8 @@ def record_rows(questions: Sequence[Question], workers: Sequence[str], store: An
     return out
 
 
-def _row(q: Question, worker: str, a: Answer | None, gold: str | None) -> dict[str, Any]:
+def _row(q: RecordQuestion, worker: str, a: RecordedAnswer | None, gold: str | None
+         ) -> dict[str, Any]:
     row: dict[str, Any] = {"query_id": q.query_id, "query": q.query, "task": q.task,
                            "model": worker, "response": None, "answer_format": q.answer_format,
                            "reference": q.reference, "answer": None, "correct": None,

@@ -28,7 +28,7 @@ WHAT = ("a questions file (.jsonl, .csv or .parquet) with the columns query, ans
 
 
 @dataclass(frozen=True)
-class Question:
+class RecordQuestion:
     """One question to ask; `reference` is the gold answer, for code the whole test script."""
 
     query_id: str
@@ -55,7 +55,7 @@ def _code_tests(row: dict[str, Any], where: str) -> str:
     return f"{tests}\n\ncheck({ep})\n" if ep else tests
 
 
-def parse_question(where: str, row: dict[str, Any]) -> Question:
+def parse_question(where: str, row: dict[str, Any]) -> RecordQuestion:
     for col in REQUIRED:
         if col not in row and not (col == "reference" and "tests" in row):
             raise DataError(f"{where}: no column {col!r}; a questions file needs "
@@ -78,13 +78,13 @@ def parse_question(where: str, row: dict[str, Any]) -> Question:
                             f"so no answer to it could be judged; give the gold answer")
     qid = (cell_text(row, "query_id", where, allow_number=True) or "").strip()
     task = (cell_text(row, "task", where) or "").strip()
-    return Question(qid or default_query_id(query), query, task or "records", fmt, ref)
+    return RecordQuestion(qid or default_query_id(query), query, task or "records", fmt, ref)
 
 
-def read_questions(paths: Sequence[str | Path]) -> tuple[list[Question], int]:
+def read_questions(paths: Sequence[str | Path]) -> tuple[list[RecordQuestion], int]:
     """The questions in file order, and how many identical repeats were skipped; a query_id
     used twice for different questions is a `DataError` naming both rows."""
-    out: dict[str, tuple[str, Question]] = {}
+    out: dict[str, tuple[str, RecordQuestion]] = {}
     repeats = 0
     for f in files_under(paths, SUFFIXES, WHAT):
         for where, row in read_rows(f, REQUIRED, WHAT):

@@ -16,16 +16,16 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from ray_conductor.record.questions import Question
-from ray_conductor.record.store import Answer, AnswerStore
+from ray_conductor.record.questions import RecordQuestion
+from ray_conductor.record.store import AnswerStore, RecordedAnswer
 from ray_conductor.workers.base import Message, WorkerPool
 from ray_conductor.workflow.executor import call_worker, step_messages
 from ray_conductor.workflow.model import ROUTER_SUBTASK, Step
 
-Call = tuple[Question, str]  # a question and the worker to ask
+Call = tuple[RecordQuestion, str]  # a question and the worker to ask
 
 
-def messages_for(q: Question) -> list[Message]:
+def messages_for(q: RecordQuestion) -> list[Message]:
     """What a worker is sent for `q`: the question as a router's one-step plan sends it."""
     return step_messages(q.query, Step("worker", ROUTER_SUBTASK, ()), [])
 
@@ -42,9 +42,12 @@ class RecordStats:
 
 
 class Recorder:
-    def __init__(self, pool: WorkerPool, store: AnswerStore, key: Callable[[Question, str], str],
-                 *, params: Mapping[str, Any] | None = None,
-                 price: Callable[[Question, str], float] = lambda q, w: 0.0,
+    """Asks for the calls `run` is given; see the module docstring."""
+
+    def __init__(self, pool: WorkerPool, store: AnswerStore,
+                 key: Callable[[RecordQuestion, str], str], *,
+                 params: Mapping[str, Any] | None = None,
+                 price: Callable[[RecordQuestion, str], float] = lambda q, w: 0.0,
                  max_dollars: float | None = None, concurrency: int = 16,
                  timeout_s: float | None = None,
                  on_answer: Callable[[RecordStats], None] | None = None):
@@ -53,7 +56,7 @@ class Recorder:
         self.max_dollars, self.concurrency, self.timeout_s = max_dollars, concurrency, timeout_s
         self.on_answer = on_answer
         self.stats = RecordStats()
-        self.failures: dict[str, Answer] = {}  # unsettled failures of this run, by key
+        self.failures: dict[str, RecordedAnswer] = {}  # unsettled failures of this run, by key
         self._stopping = False
         self._in_flight = 0.0  # upper-bound dollars of the calls running now
 
@@ -81,7 +84,8 @@ class Recorder:
         return (self.max_dollars is not None
                 and self.stats.spent + self._in_flight + bound > self.max_dollars)
 
-    async def _ask(self, q: Question, worker: str, bound: float, sem: asyncio.Semaphore) -> None:
+    async def _ask(self, q: RecordQuestion, worker: str, bound: float,
+                   sem: asyncio.Semaphore) -> None:
         params = {**self.params, "metadata": {"query_id": q.query_id, "question": q.query,
                                               "answer_format": q.answer_format}}
         try:
@@ -89,7 +93,7 @@ class Recorder:
         finally:
             self._in_flight -= bound
             sem.release()
-        a, key = Answer.of(c, worker), self.key(q, worker)
+        a, key = RecordedAnswer.of(c, worker), self.key(q, worker)
         self.store.put(key, a)
         s = self.stats
         s.calls += 1

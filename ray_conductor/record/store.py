@@ -26,12 +26,12 @@ from typing import Any, Iterable, Mapping
 
 from ray_conductor.data import pricing
 from ray_conductor.errors import DataError
-from ray_conductor.record.questions import Question
+from ray_conductor.record.questions import RecordQuestion
 from ray_conductor.workers.base import Completion, Message, permanent_failure
 
 
 @dataclass
-class Answer:
+class RecordedAnswer:
     """One worker's answer to one question (`text` None: the call failed)."""
 
     text: str | None
@@ -44,7 +44,7 @@ class Answer:
     verdict: dict[str, Any] | None = None  # code: {"tests": sha, "correct": bool}
 
     @classmethod
-    def of(cls, c: Completion, worker: str) -> "Answer":
+    def of(cls, c: Completion, worker: str) -> "RecordedAnswer":
         """A call's outcome. An answer a fallback gave is not `worker`'s: a failure, asked
         again next run (when `worker` may be back)."""
         if c.error is None and c.served_by not in (None, worker):
@@ -62,7 +62,7 @@ def call_fingerprint(worker_fingerprint: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def answer_key(q: Question, worker: str, fingerprint: str) -> str:
+def answer_key(q: RecordQuestion, worker: str, fingerprint: str) -> str:
     return f"{q.key}|{worker}|{fingerprint}"
 
 
@@ -71,7 +71,7 @@ class AnswerStore:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._d: dict[str, Answer] = {}
+        self._d: dict[str, RecordedAnswer] = {}
         self.torn = 0  # lines that could not be read (a crash mid-write)
         if self.path.is_dir():
             raise DataError(f"cache={self.path} is a directory: give a file path (JSONL)")
@@ -79,7 +79,7 @@ class AnswerStore:
             self._load()
 
     def _load(self) -> None:
-        known = {f.name for f in fields(Answer)}
+        known = {f.name for f in fields(RecordedAnswer)}
         try:
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as e:
@@ -88,15 +88,15 @@ class AnswerStore:
         for line in lines:
             try:
                 row = json.loads(line)
-                self._d[str(row["k"])] = Answer(**{k: v for k, v in row["a"].items()
+                self._d[str(row["k"])] = RecordedAnswer(**{k: v for k, v in row["a"].items()
                                                    if k in known})
             except (ValueError, KeyError, TypeError, AttributeError):
                 self.torn += 1
 
-    def get(self, key: str) -> Answer | None:
+    def get(self, key: str) -> RecordedAnswer | None:
         return self._d.get(key)
 
-    def put(self, key: str, answer: Answer) -> None:
+    def put(self, key: str, answer: RecordedAnswer) -> None:
         """Keep `answer` (settled ones only) and append it to the file, flushed."""
         if not answer.settled:
             return
@@ -144,7 +144,7 @@ class Pricer:
         self.prices, self.output_tokens = dict(prices), int(output_tokens)
         self._prompt: dict[str, int] = {}
 
-    def prompt_tokens(self, q: Question, messages: list[Message]) -> int:
+    def prompt_tokens(self, q: RecordQuestion, messages: list[Message]) -> int:
         if q.key not in self._prompt:  # the chat format adds a few tokens per message
             self._prompt[q.key] = sum(pricing.count_tokens(m["content"]) + 4 for m in messages)
         return self._prompt[q.key]
@@ -152,14 +152,14 @@ class Pricer:
     def known(self, worker: str) -> bool:
         return None not in self.prices.get(worker, (None, None))
 
-    def call(self, q: Question, worker: str, messages: list[Message]) -> float:
+    def call(self, q: RecordQuestion, worker: str, messages: list[Message]) -> float:
         """At most what one call costs (0 for a worker without a known price)."""
         pin, pout = self.prices.get(worker, (None, None))
         if pin is None or pout is None:
             return 0.0
         return (self.prompt_tokens(q, messages) * pin + self.output_tokens * pout) / 1e6
 
-    def estimate(self, todo: Iterable[tuple[Question, str, list[Message]]], cached: int
+    def estimate(self, todo: Iterable[tuple[RecordQuestion, str, list[Message]]], cached: int
                  ) -> Estimate:
         est = Estimate(cached=cached)
         unpriced: set[str] = set()
