@@ -255,7 +255,7 @@ def test_files_that_are_not_records(tmp_path):
     with pytest.raises(DataError, match=r"k.jsonl:1: no column 'response'"):
         import_records([tmp_path / "k.jsonl"])
     (tmp_path / "d.csv").write_text("query,model,model,response,answer_format,reference\n")
-    with pytest.raises(DataError, match=r"names \['model'\] more than once"):
+    with pytest.raises(DataError, match=r"the column 'model' appears 2 times"):
         import_records([tmp_path / "d.csv"])
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"notes.txt: unknown file type '.txt'"):

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_conductor.data import pricing
+from ray_conductor.data.checks import check_columns, plain_id
 from ray_conductor.data.files import brief
 from ray_conductor.data.table import ImportReport, TableBuilder, files_under
 from ray_conductor.errors import DataError
@@ -138,10 +139,7 @@ def _csv(f: Path, required: Sequence[str], what: str) -> Iterator[tuple[str, dic
         if header is None:
             raise DataError(f"{f}: empty file; expected a header row and {what}")
         header = [h.strip() for h in header]
-        twice = sorted({h for h in header if header.count(h) > 1})
-        if twice:
-            raise DataError(f"{f}: the header names {twice} more than once; keep one column "
-                            f"of each name")
+        check_columns(header, str(f))
         _check_columns(f, header, required)
         line = reader.line_num + 1
         for cells in reader:
@@ -161,6 +159,7 @@ def _parquet(f: Path, required: Sequence[str], what: str
         names = pf.schema_arrow.names
     except (pa.ArrowException, OSError, ValueError) as e:
         raise DataError(f"{f}: not a readable Parquet file ({brief(e)}); expected {what}") from None
+    check_columns(names, str(f))
     _check_columns(f, names, required)
     n = 0
     try:
@@ -229,6 +228,15 @@ def _count(row: dict[str, Any], col: str, where: str) -> int | None:
     return None if n is None else int(n)
 
 
+def row_id(row: dict[str, Any], where: str) -> str | None:
+    """A given `query_id` (text or an integer: `checks.plain_id`), None when absent or
+    empty (the default is then a hash of the query)."""
+    v = row.get("query_id")
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    return plain_id(v, f"{where}, column 'query_id'", "query_id").strip()
+
+
 def parse_row(where: str, row: dict[str, Any]) -> RecordRow:
     """A typed `RecordRow`, or a `DataError` naming the row and column."""
     for col in REQUIRED:
@@ -248,9 +256,9 @@ def parse_row(where: str, row: dict[str, Any]) -> RecordRow:
     tests = cell_text(row, "tests", where)
     if fmt == "code" and not (ref or "").strip():
         ref = tests
-    qid = cell_text(row, "query_id", where, allow_number=True)
+    qid = row_id(row, where)
     task = cell_text(row, "task", where)
-    return RecordRow(where, qid.strip() if qid and qid.strip() else default_query_id(query), query,
+    return RecordRow(where, qid or default_query_id(query), query,
                task.strip() if task and task.strip() else SOURCE, fmt, (ref or "").strip(),
                model.strip(), cell_text(row, "response", where), cell_text(row, "answer", where,
                                                                    allow_number=True),
@@ -362,7 +370,7 @@ def import_records(paths: Sequence[str | Path], prices: dict[str, Any] | None = 
     report.token_counter = pricing.token_counter_name() if counted else \
         "none: every answered row carries input_tokens and output_tokens"
     _notes(report, got, disagree)
-    return out.table(), report
+    return out.table(report.where(), report), report
 
 
 def _prices(got: _Collector, models: list[str], report: ImportReport,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ray_conductor.data.records import SUFFIXES, cell_text, default_query_id, read_rows
+from ray_conductor.data.records import (
+    SUFFIXES, cell_text, default_query_id, read_rows, row_id)
 from ray_conductor.data.table import files_under
 from ray_conductor.errors import DataError
 from ray_conductor.verify.answers import reference_answer
@@ -76,7 +77,7 @@ def parse_question(where: str, row: dict[str, Any]) -> RecordQuestion:
         if reference_answer(ref, fmt) is None:
             raise DataError(f"{where}, column 'reference': {ref[:40]!r} is not a {fmt} answer, "
                             f"so no answer to it could be judged; give the gold answer")
-    qid = (cell_text(row, "query_id", where, allow_number=True) or "").strip()
+    qid = row_id(row, where)
     task = (cell_text(row, "task", where) or "").strip()
     return RecordQuestion(qid or default_query_id(query), query, task or "records", fmt, ref)
 
