@@ -69,7 +69,8 @@ def test_questions_of_every_recordable_format(tmp_path):
     qs, repeats = read_questions([write_jsonl(tmp_path / "q.jsonl", rows + rows[:1])])
     assert repeats == 1 and [q.answer_format for q in qs] == ["number"] * 2 + ["math"] * 2 + [
         "code", "mc"]
-    assert qs[4].reference.endswith("\n\ncheck(has_close_elements)\n")  # HumanEval's harness
+    assert qs[4].entry_point == "has_close_elements" and "def check(" in qs[4].reference
+    assert qs[4].prompt == ""  # the query is the prompt
     assert qs[5].query_id.startswith("records/") and qs[5].task == "records"
     assert qs[0].key == RecordQuestion("other id", qs[0].query, "t", "number", "1").key  # by text
 
@@ -80,6 +81,8 @@ def test_questions_of_every_recordable_format(tmp_path):
     ({"answer_format": "code", "reference": ""}, "a code question needs its tests"),
     ({"answer_format": "code", "reference": "assert f()", "entry_point": "f()"},
      "column 'entry_point': 'f()' is not a Python name"),
+    ({"answer_format": "code", "reference": "assert f()", "entry_point": "f"},
+     "column 'tests': with an entry_point the tests define check(candidate)"),
 ])
 def test_questions_that_cannot_be_judged_are_refused(tmp_path, change, message):
     rows = gsm8k(2)
@@ -243,16 +246,26 @@ def test_ctrl_c_is_a_clean_stop(tmp_path):
 # -- judging and writing ----------------------------------------------------------------------
 
 
-def test_code_is_judged_in_the_sandbox_once(tmp_path):
-    probs = humaneval(2)
+def test_code_is_judged_by_the_hardened_checkers_once(tmp_path):
+    probs = humaneval(2) + [
+        {"query": "Write add(a, b).", "answer_format": "code", "query_id": "mbpp/1",
+         "tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0"},
+        {"query": "Write one().", "answer_format": "code", "query_id": "mbpp/2",
+         "tests": "assert one() == 1"}]
     path = write_jsonl(tmp_path / "q.jsonl", probs)
     qs, _ = read_questions([path])
     store = AnswerStore(tmp_path / "s")
-    for q in qs:  # the worker always writes problem 0's solution: right once, wrong once
+    for q in qs[:2]:  # the worker always writes problem 0's solution: right once, wrong once
         store.put(key(q, "coder"), RecordedAnswer(f"```python\n{probs[0]['_solution']}\n```"))
-    assert judge_code(qs, ["coder"], store, key) == 2
+    store.put(key(qs[2], "coder"), RecordedAnswer("def add(a, b):\n    return a + b"))
+    # an object that says it equals anything does not pass once the value crosses over
+    store.put(key(qs[3], "coder"), RecordedAnswer(
+        "class Yes:\n    def __eq__(self, other):\n        return True\n"
+        "def one():\n    return Yes()"))
+    assert judge_code(qs, ["coder"], store, key) == 4
     rows = record_rows(qs, ["coder"], store, key)
-    assert [r["correct"] for r in rows] == [True, False]
+    assert [r["correct"] for r in rows] == [True, False, True, False]
+    assert rows[0]["entry_point"] == "has_close_elements" and rows[2]["entry_point"] is None
     assert judge_code(qs, ["coder"], AnswerStore(tmp_path / "s"), key) == 0  # stored verdicts
 
 

@@ -48,7 +48,10 @@ SUFFIXES = (".jsonl", ".csv", ".parquet")
 FORMATS = ("mc", "number", "math", "code", "label")
 REQUIRED = ("query", "model", "response", "answer_format", "reference")
 OPTIONAL = ("query_id", "task", "answer", "correct", "input_tokens", "output_tokens", "cost",
-            "tests", "error")  # error: why a hole is one (`record` writes it); not imported
+            "tests",
+            # written by `record`, kept in the files, not imported: why a hole is one, and how
+            # a code question's tests call the answer
+            "error", "entry_point", "prompt")
 WHAT = ("records files (.jsonl, .csv or .parquet) with the columns query, model, response, "
         "answer_format and reference (README: Your own workload)")
 _TRUE, _FALSE = ("true", "1", "yes", "1.0"), ("false", "0", "no", "0.0")

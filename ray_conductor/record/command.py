@@ -151,10 +151,15 @@ def check_budget(est: Any, max_dollars: float | None) -> None:
 
 
 def _sandbox_ready(plan: RecordPlan) -> None:
+    """With code questions, judge one tiny program both ways code is judged (across the
+    value boundary, and in one process) before any call: a machine without a working
+    sandbox fails here with the sandbox's one-line `SandboxError`."""
     if any(q.answer_format == "code" for q in plan.questions):
-        from ray_conductor.verify.sandbox import run_untrusted
+        from ray_conductor.verify.code import humaneval_correct, mbpp_correct
 
-        run_untrusted("pass", tests="pass")  # a machine without a sandbox fails here
+        mbpp_correct("def f():\n    return 1\n", "assert f() == 1")
+        humaneval_correct("    return 1\n", {"prompt": "def f():\n", "entry_point": "f",
+                                               "test": "def check(c):\n    assert c() == 1\n"})
 
 
 def run_record(cfg: RecordConfig) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 
 Multiple choice, number and math answers are judged like the replay judge judges them
 (`verify.answers`: the canonical answer against the canonical reference). Code answers are
-run against their tests in the sandbox (`verify.code.run_tests`), once per answer and test
-script: the verdict is stored with the answer, so a re-run does not run it again. A call that
-failed is a hole (`response` null) with its `error`.
+run against their tests by the hardened checkers (`verify.code.mbpp_correct` for assert
+lines, `humaneval_correct` with an entry point: the program and the tests in two sandboxes,
+only plain values between them), once per answer and test script: the verdict is stored with
+the answer, so a re-run does not run it again. A call that failed is a hole (`response` null)
+with its `error`.
 """
 
 from __future__ import annotations
@@ -26,26 +28,38 @@ from ray_conductor.record.store import AnswerStore, RecordedAnswer
 from ray_conductor.verify.answers import answers_match, extract_answer, reference_answer
 
 COLUMNS = ("query_id", "query", "task", "model", "response", "answer_format", "reference",
-           "answer", "correct", "input_tokens", "output_tokens", "cost", "error")
+           "answer", "correct", "input_tokens", "output_tokens", "cost", "error", "entry_point",
+           "prompt")
 SCHEMA = pa.schema([(c, pa.string()) for c in COLUMNS[:8]] + [
     ("correct", pa.bool_()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
-    ("cost", pa.float64()), ("error", pa.string())])
+    ("cost", pa.float64())] + [(c, pa.string()) for c in COLUMNS[12:]])
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 Key = Callable[[RecordQuestion, str], str]
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _tests_key(q: RecordQuestion) -> str:
+    """What a code verdict depends on besides the answer: the tests and how they call it."""
+    return hashlib.sha256(json.dumps([q.reference, q.entry_point, q.prompt]).encode()
+                          ).hexdigest()[:16]
+
+
+def code_correct(q: RecordQuestion, text: str, timeout_s: float = 10.0) -> bool:
+    """A code answer against its question's tests, by the hardened checkers."""
+    from ray_conductor.verify.code import humaneval_correct, mbpp_correct
+
+    if q.entry_point:
+        problem = {"prompt": q.prompt or q.query, "test": q.reference,
+                   "entry_point": q.entry_point}
+        return humaneval_correct(text, problem, timeout_s=timeout_s)
+    return mbpp_correct(text, q.reference, timeout_s=timeout_s)
 
 
 def judge_code(questions: Sequence[RecordQuestion], workers: Sequence[str], store: AnswerStore,
                key: Key, *, timeout_s: float = 10.0, parallel: int = 2,
                on_done: Callable[[], None] | None = None) -> int:
-    """Run every stored code answer without a verdict for its question's tests in the
-    sandbox, `parallel` at a time, and store the verdicts; how many ran."""
-    from ray_conductor.verify.code import extract_code, run_tests
-
+    """Judge every stored code answer without a verdict for its question's tests
+    (`code_correct`), `parallel` at a time, and store the verdicts; how many ran."""
     todo = []
     for q in questions:
         if q.answer_format != "code":
@@ -53,14 +67,13 @@ def judge_code(questions: Sequence[RecordQuestion], workers: Sequence[str], stor
         for w in workers:
             a = store.get(key(q, w))
             if a is not None and a.text is not None and \
-                    (a.verdict or {}).get("tests") != _sha(q.reference):
+                    (a.verdict or {}).get("tests") != _tests_key(q):
                 todo.append((q, w, a))
 
     def run(item: tuple[RecordQuestion, str, RecordedAnswer]) -> None:
         q, w, a = item
-        text = a.text or ""
-        ok = run_tests(extract_code(text, _entry_point(q)), q.reference, timeout_s=timeout_s)
-        a.verdict = {"tests": _sha(q.reference), "correct": bool(ok)}
+        ok = code_correct(q, a.text or "", timeout_s)
+        a.verdict = {"tests": _tests_key(q), "correct": bool(ok)}
         store.put(key(q, w), a)
         if on_done is not None:
             on_done()
@@ -68,14 +81,6 @@ def judge_code(questions: Sequence[RecordQuestion], workers: Sequence[str], stor
     with ThreadPoolExecutor(max(1, parallel)) as pool:
         list(pool.map(run, todo))
     return len(todo)
-
-
-def _entry_point(q: RecordQuestion) -> str | None:
-    """The function a HumanEval-style test script checks (its last line `check(NAME)`)."""
-    last = q.reference.strip().rsplit("\n", 1)[-1].strip()
-    if last.startswith("check(") and last.endswith(")") and last[6:-1].isidentifier():
-        return last[6:-1]
-    return None
 
 
 def record_rows(questions: Sequence[RecordQuestion], workers: Sequence[str], store: AnswerStore,
@@ -99,7 +104,8 @@ def _row(q: RecordQuestion, worker: str, a: RecordedAnswer | None, gold: str | N
     row: dict[str, Any] = {"query_id": q.query_id, "query": q.query, "task": q.task,
                            "model": worker, "response": None, "answer_format": q.answer_format,
                            "reference": q.reference, "answer": None, "correct": None,
-                           "input_tokens": 0, "output_tokens": 0, "cost": 0.0, "error": None}
+                           "input_tokens": 0, "output_tokens": 0, "cost": 0.0, "error": None,
+                           "entry_point": q.entry_point or None, "prompt": q.prompt or None}
     if a is None:
         row["error"] = "not asked (the run stopped before this call)"
         return row
@@ -108,8 +114,9 @@ def _row(q: RecordQuestion, worker: str, a: RecordedAnswer | None, gold: str | N
         row["error"] = f"{a.error_code or 'failed'}: {a.error or ''}".strip()[:500]
         return row
     row["response"] = a.text
-    if q.answer_format == "code":
-        row["correct"] = (a.verdict or {}).get("correct")
+    if q.answer_format == "code":  # a verdict for other tests is no verdict
+        v = a.verdict or {}
+        row["correct"] = v.get("correct") if v.get("tests") == _tests_key(q) else None
     else:
         row["answer"] = extract_answer(a.text, q.answer_format)
         row["correct"] = answers_match(row["answer"], gold, q.answer_format)

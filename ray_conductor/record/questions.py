@@ -1,8 +1,10 @@
 """The questions file of `ray-conductor record`: JSONL, CSV or Parquet (by extension), one
 row per question with `query`, `answer_format` (mc | number | math | code) and `reference`
 (the gold answer; for code the tests, or a `tests` column), and optionally `query_id`
-(default: a hash of `query`, as for records), `task` and `entry_point` (code: the tests
-define `check(candidate)`, HumanEval-style, and are run as `check(entry_point)`).
+(default: a hash of `query`, as for records) and `task`. Code tests come in two shapes:
+assert lines (MBPP) or, with `entry_point`, a `check(candidate)` function (HumanEval) whose
+`prompt` (the code the answer completes: imports, helpers, the signature) is the query unless
+a `prompt` column gives it.
 
 Every question must be judgeable when its answers arrive, so a `label` question (nothing
 can judge a new answer to it) or a gold answer that is not of its format is refused here,
@@ -30,13 +32,16 @@ WHAT = ("a questions file (.jsonl, .csv or .parquet) with the columns query, ans
 
 @dataclass(frozen=True)
 class RecordQuestion:
-    """One question to ask; `reference` is the gold answer, for code the whole test script."""
+    """One question to ask; `reference` is the gold answer, for code the tests (HumanEval:
+    with `entry_point` and the `prompt` they run against, "" for the query)."""
 
     query_id: str
     query: str
     task: str
     answer_format: str
     reference: str
+    entry_point: str = ""
+    prompt: str = ""
 
     @property
     def key(self) -> str:
@@ -45,7 +50,8 @@ class RecordQuestion:
         return hashlib.sha256(self.query.encode()).hexdigest()[:20]
 
 
-def _code_tests(row: dict[str, Any], where: str) -> str:
+def _code(row: dict[str, Any], where: str) -> tuple[str, str, str]:
+    """(tests, entry point, prompt) of a code question."""
     tests = (cell_text(row, "tests", where) or cell_text(row, "reference", where) or "").strip()
     if not tests:
         raise DataError(f"{where}, column 'reference': a code question needs its tests (in "
@@ -53,7 +59,10 @@ def _code_tests(row: dict[str, Any], where: str) -> str:
     ep = (cell_text(row, "entry_point", where) or "").strip()
     if ep and not ep.isidentifier():
         raise DataError(f"{where}, column 'entry_point': {ep[:40]!r} is not a Python name")
-    return f"{tests}\n\ncheck({ep})\n" if ep else tests
+    if ep and "def check(" not in tests:
+        raise DataError(f"{where}, column 'tests': with an entry_point the tests define "
+                        f"check(candidate) (HumanEval); give assert lines without entry_point")
+    return tests, ep, (cell_text(row, "prompt", where) or "") if ep else ""
 
 
 def parse_question(where: str, row: dict[str, Any]) -> RecordQuestion:
@@ -70,8 +79,9 @@ def parse_question(where: str, row: dict[str, Any]) -> RecordQuestion:
                if fmt == "label" else "")
         raise DataError(f"{where}, column 'answer_format': cannot record format {fmt!r}{why}; "
                         f"use one of {', '.join(FORMATS)}")
+    ep = prompt = ""
     if fmt == "code":
-        ref = _code_tests(row, where)
+        ref, ep, prompt = _code(row, where)
     else:
         ref = (cell_text(row, "reference", where, allow_number=True) or "").strip()
         if reference_answer(ref, fmt) is None:
@@ -79,7 +89,8 @@ def parse_question(where: str, row: dict[str, Any]) -> RecordQuestion:
                             f"so no answer to it could be judged; give the gold answer")
     qid = row_id(row, where)
     task = (cell_text(row, "task", where) or "").strip()
-    return RecordQuestion(qid or default_query_id(query), query, task or "records", fmt, ref)
+    return RecordQuestion(qid or default_query_id(query), query, task or "records", fmt, ref,
+                          ep, prompt)
 
 
 def read_questions(paths: Sequence[str | Path]) -> tuple[list[RecordQuestion], int]:
