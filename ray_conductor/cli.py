@@ -59,7 +59,17 @@ COMMANDS: dict[str, Command] = {
                           "ray-conductor import pool=mmlu_pro:../shared/data/mmlu_pro "
                           "out=reports/mmlu_pro.parquet",
                           "ray-conductor import pool=routerbench:a.csv,b.csv out=rb.parquet "
-                          "overwrite=true"), outputs=("out",)),
+                          "overwrite=true",
+                          "ray-conductor import pool=records:my_records.jsonl "
+                          "out=data/pool.parquet"), outputs=("out",)),
+    "record": Command("ray_conductor.record.command:RecordConfig",
+                      "ray_conductor.record.command:run_record",
+                      "ask live workers every question of a file; write a records table", (
+                          "ray-conductor record questions=questions.jsonl "
+                          "workers=workers_example out=data/records.parquet max_dollars=5",
+                          "ray-conductor record questions=q.csv workers=my_workers.yaml "
+                          "models=[gpt-5] limit=100 out=data/records.jsonl"),
+                      outputs=("out", "cache"), remote_ok=False),
     "train": Command("ray_conductor.rl.trainer:TrainConfig", "ray_conductor.rl.trainer:train",
                      "train the conductor with GRPO on Ray: config=train_cpu key=value ...", (
                          "ray-conductor train config=train_cpu iterations=20 "

@@ -125,6 +125,9 @@ def test_lower_floors_never_import_upper_ones():
         "ray_conductor.lite": ("ray_conductor.rl", "ray_conductor.eval", "ray_conductor.serve",
                                "ray_conductor.online"),
         "ray_conductor.serve": ("ray_conductor.rl", "ray_conductor.online"),
+        "ray_conductor.record": ("ray_conductor.rl", "ray_conductor.lite",
+                                 "ray_conductor.policy", "ray_conductor.serve",
+                                 "ray_conductor.online", "ray_conductor.eval"),
         "ray_conductor.online": ("ray_conductor.cli",),  # rl: the LM tier's GRPO (lm_trainer)
     }
     bad = []

@@ -19,7 +19,8 @@ from ray_conductor.errors import DataError
 @dataclass
 class ImportConfig:
     pool: str = field(default="mmlu_pro", metadata={
-        "help": "mmlu_pro[:PATH,...] | routerbench[:PATH,...] | parquet:PATH | demo"})
+        "help": "mmlu_pro[:PATH,...] | routerbench[:PATH,...] | records:PATH[,...] | "
+                "parquet:PATH | demo"})
     storage: str | None = field(default=None, metadata={"help": STORAGE_HELP})
     out: str = field(default="data/pool.parquet", metadata={"help": "the Parquet table written"})
     overwrite: bool = field(default=False, metadata={

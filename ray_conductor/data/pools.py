@@ -1,10 +1,12 @@
 """Pool specs -> canonical tables -> `ReplayData`, with an on-disk cache of imports.
 
 A spec names a format and its files: "demo", "mmlu_pro:PATH[,PATH...]",
-"routerbench:PATH[,PATH...]" or "parquet:PATH". A bare "mmlu_pro" or "routerbench" reads that
-folder of the data directory. Importing twelve MMLU-Pro models (a few hundred MB of JSON) takes
-a while, so the imported table is cached as Parquet, keyed by a hash of the files' paths,
-sizes and mtimes, of the price file and of litellm's version: changing any of them re-imports.
+"routerbench:PATH[,PATH...]", "records:PATH[,PATH...]" (a team's own recordings: JSONL, CSV
+or Parquet, `data.records`) or "parquet:PATH" (a canonical table). A bare "mmlu_pro" or
+"routerbench" reads that folder of the data directory. Importing twelve MMLU-Pro models (a
+few hundred MB of JSON) takes a while, so the imported table is cached as Parquet, keyed by a
+hash of the files' paths, sizes and mtimes, of the price file and of litellm's version:
+changing any of them re-imports.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ray_conductor.data import pricing
 from ray_conductor.data.files import brief
 from ray_conductor.data.mmlu_pro import WHAT as MMLU_WHAT
 from ray_conductor.data.mmlu_pro import import_mmlu_pro
+from ray_conductor.data.records import SUFFIXES as RECORDS_SUFFIXES
+from ray_conductor.data.records import WHAT as RECORDS_WHAT
+from ray_conductor.data.records import import_records
 from ray_conductor.data.replay import ReplayData, ReplayPool
 from ray_conductor.data.routerbench import WHAT as RB_WHAT
 from ray_conductor.data.routerbench import import_routerbench
@@ -32,13 +37,15 @@ from ray_conductor.data.table import (
 from ray_conductor.errors import DataError
 
 DEMO_PATH = Path(__file__).resolve().parents[1] / "assets" / "demo_pool" / "mmlu_pro_demo.parquet"
-KNOWN = ("demo", "mmlu_pro:PATH[,PATH...]", "routerbench:PATH[,PATH...]", "parquet:PATH")
+KNOWN = ("demo", "mmlu_pro:PATH[,PATH...]", "routerbench:PATH[,PATH...]",
+         "records:PATH[,PATH...]", "parquet:PATH")
 CACHE_VERSION = "2"  # bump when an importer's output changes for the same files (2: answer)
 log = logging.getLogger(__name__)
 Importer = Callable[[list[Path]], tuple[pa.Table, ImportReport]]
 IMPORTERS: dict[str, tuple[Importer, tuple[str, ...], str]] = {
     "mmlu_pro": (import_mmlu_pro, (".zip", ".json"), MMLU_WHAT),
     "routerbench": (import_routerbench, (".csv",), RB_WHAT),
+    "records": (import_records, RECORDS_SUFFIXES, RECORDS_WHAT),
 }
 
 
@@ -50,8 +57,9 @@ def parse_spec(spec: str, data_dir: str | None = None) -> tuple[str, list[Path]]
     if fmt not in (*IMPORTERS, "parquet"):
         raise DataError(f"unknown pool {spec!r}: use one of {', '.join(KNOWN)}", code="bad_pool")
     if not rest:
-        if fmt == "parquet":
-            raise DataError("pool 'parquet' needs a path: parquet:PATH", code="bad_pool")
+        if fmt in ("parquet", "records"):
+            form = "parquet:PATH" if fmt == "parquet" else "records:PATH[,PATH...]"
+            raise DataError(f"pool {fmt!r} needs a path: {form}", code="bad_pool")
         return fmt, [Path(data_dir or default_data_dir()) / fmt]
     paths = [Path(p.strip()).expanduser() for p in rest.split(",") if p.strip()]
     if fmt == "parquet" and len(paths) != 1:

@@ -19,6 +19,8 @@ from ray_conductor.data.pricing import fit_prices
 from ray_conductor.data.splits import select
 from ray_conductor.data.table import COLUMNS, ImportReport, conform
 from ray_conductor.errors import DataError, PoolError
+from ray_conductor.verify.answers import (
+    answers_match, comparable, extract_answer, reference_answer)
 from ray_conductor.verify.checkers import extract_choice
 from ray_conductor.workers.base import Completion, Message, WorkerInfo, failed
 
@@ -30,8 +32,8 @@ class Query:
     query_id: str
     query: str
     task: str = ""
-    reference: str = ""  # MC letter (the most common answer key among the files); "" for labels
-    answer_format: str = "mc"  # "mc" | "label" | ...
+    reference: str = ""  # the gold answer (the most common among the rows); "" for labels
+    answer_format: str = "mc"  # "mc" | "number" | "math" | "code" | "label"
 
     @property
     def question(self) -> str:
@@ -76,7 +78,9 @@ class ReplayData:
         self.test_fraction = test_fraction
         self._queries: dict[str, Query] = {}
         self._records: dict[tuple[str, str], Record] = {}
-        self._labels: dict[str, dict[str, bool]] = {}  # label format: response text -> correct
+        self._labels: dict[str, dict[str, bool]] = {}  # label, code: response text -> correct
+        self._recorded: dict[str, dict[str, str | None]] = {}  # number, math: text -> answer
+        self._gold: dict[str, str | None] = {}  # comparable formats: the canonical reference
         self._by_text: dict[str, str] = {}
         self._splits: dict[str, list[Query]] = {}
         if isinstance(table, pa.Table):
@@ -96,14 +100,24 @@ class ReplayData:
                 first.setdefault(qid, (query, task, fmt))
                 refs.setdefault(qid, Counter())[ref] += resp is not None
                 self._records[(qid, model)] = Record(model, resp, ok, tin, tout, cost, src, ans)
-                if fmt == "label" and resp is not None:
-                    seen = self._labels.setdefault(qid, {})
-                    seen[resp.strip()] = seen.get(resp.strip(), False) or bool(ok)
+                if resp is not None:
+                    self._remember(qid, fmt, resp, ok, ans)
         for qid, (query, task, fmt) in first.items():
             ref = refs[qid].most_common(1)[0][0]
             self._queries[qid] = Query(qid, query, task, ref, fmt)
             self._by_text.setdefault(query, qid)
+            if comparable(fmt):
+                self._gold[qid] = reference_answer(ref, fmt)
         return list(models)
+
+    def _remember(self, qid: str, fmt: str, resp: str, ok: bool | None, ans: str | None) -> None:
+        """What the judge needs of a recorded answer: its verdict (label, code: nothing else
+        can judge the text) or its recorded extracted answer (number, math)."""
+        if fmt in ("label", "code"):
+            seen = self._labels.setdefault(qid, {})
+            seen[resp.strip()] = seen.get(resp.strip(), False) or bool(ok)
+        elif fmt in ("number", "math"):
+            self._recorded.setdefault(qid, {}).setdefault(resp.strip(), ans)
 
     def queries(self, split: str = "all") -> list[Query]:
         """The split's queries in table order (the split is a hash of the query id)."""
@@ -127,15 +141,25 @@ class ReplayData:
         return self._records.get((query_id, model))
 
     def judge(self, query_id: str, text: str) -> bool:
-        """MC: the letter MMLU-Pro's extractor finds equals the reference. Label: the text is a
-        recorded response to this query, and the recording was labelled correct."""
+        """MC: the letter MMLU-Pro's extractor finds equals the reference. Number, math: the
+        answer (the recorded one when `text` is a recorded response, else extracted from it)
+        equals the reference in canonical form (`verify.answers`: 0.5 and \\frac{1}{2} agree).
+        Label, code: the text is a recorded response to this query whose recording was
+        judged correct (code was judged in the sandbox when it was recorded)."""
         q = self._queries.get(query_id)
         if q is None:
             raise DataError(f"cannot judge unknown query {query_id!r}: not in this pool")
-        if q.answer_format == "mc":
-            return extract_choice(text) == q.reference
-        if q.answer_format == "label":
-            return self._labels.get(query_id, {}).get((text or "").strip(), False)
+        fmt, text = q.answer_format, text or ""
+        if fmt == "mc":
+            got = extract_choice(text)
+            return got is not None and got == self._gold.get(query_id)
+        if fmt in ("label", "code"):
+            return self._labels.get(query_id, {}).get(text.strip(), False)
+        if fmt in ("number", "math"):
+            known = self._recorded.get(query_id, {})
+            key = text.strip()
+            answer = known[key] if key in known else extract_answer(text, fmt)
+            return answers_match(answer, self._gold.get(query_id), fmt)
         return False
 
     def matrix(self, split: str = "all") -> Matrix:
@@ -152,8 +176,9 @@ class ReplayData:
 
     def answers(self, split: str = "all") -> np.ndarray:
         """answer[q, m], aligned with `matrix(split)`: each recorded answer's extracted form
-        (an MMLU-Pro letter), None for holes, unextracted answers and label sources. For votes
-        and agreement computed from the data rather than re-parsed from the texts."""
+        (an MMLU-Pro letter, a canonical number or MATH answer), None for holes, unextracted
+        answers and label or code sources. For votes and agreement computed from the data
+        rather than re-parsed from the texts."""
         qs = self.queries(split)
         out = np.full((len(qs), len(self.models)), None, dtype=object)
         for i, q in enumerate(qs):

@@ -27,8 +27,8 @@ SCHEMA = pa.schema([
     pa.field("query_id", pa.string(), nullable=False),  # "<source>/<id>", e.g. "mmlu_pro/70"
     pa.field("query", pa.string(), nullable=False),  # the full text a worker would see
     pa.field("task", pa.string(), nullable=False),  # e.g. "mmlu_pro/math", "routerbench/mbpp"
-    pa.field("answer_format", pa.string(), nullable=False),  # "mc" | "label"
-    pa.field("reference", pa.string(), nullable=False),  # MC letter; "" for labelled sources
+    pa.field("answer_format", pa.string(), nullable=False),  # mc|number|math|code|label
+    pa.field("reference", pa.string(), nullable=False),  # gold answer (code: tests); "" label
     pa.field("model", pa.string(), nullable=False),
     pa.field("response", pa.string()),  # null: the model has no recorded answer (a hole)
     # the recorded answer's extracted form (MMLU-Pro: the publisher's `pred` letter); null for

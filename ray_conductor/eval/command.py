@@ -26,9 +26,11 @@ from ray_conductor.config import (
 from ray_conductor.data.splits import SPLITS
 from ray_conductor.errors import ConfigError
 from ray_conductor.graph import GraphConfig
+from ray_conductor.workers.base import WorkerInfo
 
 DEFAULT_POLICIES = ["singles", "cheapest", "random", "knn", "oracle"]
-POLICY_FORMS = ("singles, single:NAME, cheapest, random, oracle, knn, lite:DIR (lite:default), "
+POLICY_FORMS = ("singles, single:NAME, cheapest, random, oracle, knn, lite:DIR (a policy or "
+                "train-lite run dir; lite:default), scripted:FILE (a pinned workflow), "
                 "conductor:PATH")
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -37,8 +39,8 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 class EvalConfig:
     """Evaluate policies on a replay pool's split: a table, a JSON report and a plot."""
 
-    pool: str = opt("demo", "demo | mmlu_pro:PATH[,PATH] | routerbench:CSV[,CSV] | parquet:PATH",
-                    nonempty=True)
+    pool: str = opt("demo", "demo | mmlu_pro:PATH[,PATH] | routerbench:CSV[,CSV] | "
+                    "records:PATH[,PATH] | parquet:PATH", nonempty=True)
     split: str = opt("test", "which questions (by hashed query id)", choices=SPLITS)
     policies: list[str] = opt(DEFAULT_POLICIES, POLICY_FORMS + " (a model dir, run dir or "
                               "registry:DIR)", nonempty=True)
@@ -174,6 +176,10 @@ def check_policies(names: Sequence[str], data: Any, workers: Sequence[str]) -> N
             from ray_conductor.lite import LiteConductor, default_policy_dir
 
             LiteConductor.load(default_policy_dir() if arg == "default" else arg, workers)
+        elif kind == "scripted" and arg:
+            from ray_conductor.policy.runner import check_script, scripted_conductor
+
+            check_script(scripted_conductor(arg), [WorkerInfo(w) for w in workers])
         else:
             raise ConfigError(f"unknown policy {name!r}; use {POLICY_FORMS} (a model dir, run "
                               "dir or registry:DIR)")

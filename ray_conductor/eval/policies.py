@@ -145,8 +145,9 @@ class KNNRouter:
 def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, seed: int = 0,
                   knn_k: int = 40, embed=None) -> list[Policy]:
     """Policies from their command-line names: `singles` (every worker), `single:NAME`,
-    `cheapest`, `random`, `oracle`, `knn`, `lite:DIR` (a lite conductor; `lite:default` the
-    shipped demo policy), `conductor:PATH` (a trained LM conductor)."""
+    `cheapest`, `random`, `oracle`, `knn`, `lite:DIR` (a lite conductor, or a `train-lite`
+    run directory; `lite:default` the shipped demo policy), `scripted:FILE` (a pinned
+    workflow), `conductor:PATH` (a trained LM conductor)."""
     known = {w.name for w in workers}
     out: list[Policy] = []
     for name in names:
@@ -174,11 +175,13 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
 
             conductor, tag = load_conductor(name.split(":", 1)[1])
             out.append(ConductorPolicy.local(f"conductor:{tag}", conductor))
+        elif name.startswith("scripted:"):
+            out.append(ConductorPolicy.scripted(name.split(":", 1)[1], workers))
         else:
             raise ConfigError(
                 f"unknown policy {name!r}; use singles, single:NAME, cheapest, random, oracle, "
-                "knn, lite:DIR (or lite:default), conductor:PATH (a model dir, run dir or "
-                "registry:DIR)"
+                "knn, lite:DIR (a policy or train-lite run dir; lite:default), scripted:FILE "
+                "(a pinned workflow), conductor:PATH (a model dir, run dir or registry:DIR)"
             )
     return out
 
@@ -200,6 +203,18 @@ class ConductorPolicy:
             return await run_conductor(conductor, queries, pool, params=params)
 
         return cls(name, run)
+
+    @classmethod
+    def scripted(cls, path: str, workers: Sequence[WorkerInfo]) -> "ConductorPolicy":
+        """A pinned workflow (a plan script, `policy.scripted_engine`) judged beside the
+        learned policies; every plan in it must parse over `workers`."""
+        from pathlib import Path
+
+        from ray_conductor.policy.runner import check_script, scripted_conductor
+
+        conductor = scripted_conductor(path)
+        check_script(conductor, workers)
+        return cls.local(f"scripted:{Path(path).name}", conductor)
 
     async def run_batch(self, queries, pool, params: dict | None = None
                         ) -> list[tuple[Plan, object]]:
@@ -228,7 +243,7 @@ class LitePolicy:
         from ray_conductor.lite import LiteConductor, default_policy_dir
 
         path = default_policy_dir() if ref == "default" else Path(ref)
-        return cls(f"lite:{ref if ref == 'default' else path.name}",
+        return cls(f"lite:{ref if ref == 'default' else path.resolve().name}",
                    LiteConductor.load(path, workers))
 
     async def run_batch(self, queries, pool, params: dict | None = None

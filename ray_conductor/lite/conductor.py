@@ -30,6 +30,7 @@ from ray_conductor.lite.net import LiteNet, Projection
 from ray_conductor.lite.schema import check_policy
 from ray_conductor.lite.selector import Selector
 from ray_conductor.lite.table import NO_ANSWER, LiteTable
+from ray_conductor.verify.answers import COMPARABLE
 from ray_conductor.workers.base import WorkerInfo, WorkerPool
 from ray_conductor.workflow.executor import (
     StepTrace, Trace, call_worker, record_call, step_messages)
@@ -162,7 +163,7 @@ class LiteConductor:
         else:
             emb = np.reshape(embedding, (1, -1))
         feats = self.features_for(emb)
-        ep = self.new_episode(self.comparable and answer_format == "mc")
+        ep = self.new_episode(self.comparable and answer_format in COMPARABLE)
         call_params = dict(params or {})
         call_params["metadata"] = {**call_params.get("metadata", {}), "query_id": query_id,
                                    "question": query_text}
@@ -256,11 +257,13 @@ class LiteConductor:
     @classmethod
     def load(cls, path: str | os.PathLike, workers: Sequence[WorkerInfo] | Sequence[str] | None
              = None) -> "LiteConductor":
-        """A saved policy; `workers` (the pool it will run on) must have the same names."""
-        path = Path(path)
+        """A saved policy (its directory, or a `train-lite` run directory: its `policy/`);
+        `workers` (the pool it will run on) must have the same names."""
+        path = policy_dir(path)
         if not (path / META_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise ConfigError(f"{path} is not a lite policy (no {META_FILE} and {WEIGHTS_FILE}); "
-                              f"train one with `ray-conductor train-lite run_dir=...`")
+            raise ConfigError(f"{path} is not a lite policy (no {META_FILE} and {WEIGHTS_FILE}) "
+                              f"nor a train-lite run directory (no {path / 'policy'}); train "
+                              f"one with `ray-conductor train-lite run_dir=...`")
         try:
             meta = json.loads((path / META_FILE).read_text())
             weights = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
@@ -304,6 +307,15 @@ class LiteConductor:
                 f"this lite policy was trained on a different pool: the pool lacks {missing} "
                 f"and adds {extra}; train a lite policy on this pool "
                 f"(ray-conductor train-lite pool=...)")
+
+
+def policy_dir(path: str | os.PathLike) -> Path:
+    """A lite policy's directory: `path` itself, or the `policy/` a `train-lite` run
+    directory holds (what `conductor:RUN_DIR` does for LM runs)."""
+    path = Path(path)
+    if not (path / META_FILE).is_file() and (path / "policy" / META_FILE).is_file():
+        return path / "policy"
+    return path
 
 
 def prior_features(prior: Selector, emb: np.ndarray, leave_one_out: bool = False) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ray_conductor.data.splits import unit_hash
 from ray_conductor.errors import DataError
-from ray_conductor.verify.checkers import extract_choice
+from ray_conductor.verify.answers import comparable as comparable_format
+from ray_conductor.verify.answers import extract_answer
 
 NO_ANSWER = -1
 
@@ -32,7 +33,8 @@ class LiteTable:
     responded: np.ndarray  # [Q, W] bool: a recorded text exists (False: a hole, a failed call)
     workers: list[str]
     strength: np.ndarray  # [W] plurality tie-break (the worker's list price)
-    comparable: bool  # answers can be voted on (multiple choice); False for label pools
+    comparable: bool  # answers can be voted on (mc, number, math); False for label, code
+    answer_format: str = "mc"
 
     def __post_init__(self) -> None:
         q, w = self.answers.shape
@@ -50,7 +52,7 @@ class LiteTable:
         return LiteTable([self.query_ids[i] for i in rows], self.features[rows],
                          self.answers[rows], self.correct[rows], self.cost[rows],
                          self.responded[rows], list(self.workers), self.strength,
-                         self.comparable)
+                         self.comparable, self.answer_format)
 
     def with_features(self, features: np.ndarray) -> "LiteTable":
         return replace(self, features=np.asarray(features, np.float32))
@@ -79,14 +81,14 @@ def worker_strength(workers) -> np.ndarray:
 
 
 def recorded_answer(record, answer_format: str) -> str | None:
-    """The record's extracted answer: `Record.answer` where the data has it, else the letter
-    MMLU-Pro's extractor finds in the response (multiple choice only)."""
+    """The record's extracted answer: `Record.answer` where the data has it, else the one
+    `verify.answers` finds in the response (None for formats without comparable answers)."""
     if record is None or record.response is None:
         return None
     answer = getattr(record, "answer", None)
     if answer is not None:
         return answer or None
-    return extract_choice(record.response) if answer_format == "mc" else None
+    return extract_answer(record.response, answer_format)
 
 
 def answer_codes(answers: Sequence[str | None]) -> np.ndarray:
@@ -111,13 +113,14 @@ def build_table(data, split: str, featurize: Callable[[list[str]], np.ndarray],
     names = [w.name for w in workers]
     correct, cost, responded = _matrix(data, queries, names)
     answers = np.full(correct.shape, NO_ANSWER, dtype=np.int32)
-    if fmt == "mc":  # label pools: answers are not comparable, nothing to vote on
+    voting = comparable_format(fmt)  # label, code: answers are not comparable, no votes
+    if voting:
         for i, q in enumerate(queries):
             answers[i] = answer_codes([recorded_answer(data.record(q.query_id, m), fmt)
                                        for m in names])
     feats = np.asarray(featurize([q.query for q in queries]), dtype=np.float32)
     return LiteTable([q.query_id for q in queries], feats, answers, correct, cost, responded,
-                     names, worker_strength(workers), fmt == "mc")
+                     names, worker_strength(workers), voting, fmt)
 
 
 def _matrix(data, queries, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

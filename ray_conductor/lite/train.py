@@ -40,7 +40,8 @@ from ray_conductor.lite.table import LiteTable, build_table
 
 @dataclass
 class LiteTrainConfig:
-    pool: str = opt("demo", "demo | mmlu_pro:PATH | routerbench:CSV[,CSV] | parquet:PATH")
+    pool: str = opt("demo", "demo | mmlu_pro:PATH | routerbench:CSV[,CSV] | records:PATH[,PATH] "
+                    "| parquet:PATH")
     split: str = opt("train", "the rows to fit on (never test)", choices=("train", "all"))
     data_dir: str = opt(factory=default_data_dir, help="where bare pool names are looked up")
     storage: str | None = storage_opt()
@@ -313,7 +314,7 @@ def _skeleton(fit: LiteTable, cfg: LiteTrainConfig, selector: Selector, featuriz
     w = len(fit.workers)
     obs_dim = proj.dim + (w if cfg.prior else 0) + state_dim(w, cfg.max_calls)
     net = LiteNet(obs_dim, n_actions(w), cfg.ppo.hidden)
-    fmt = "mc" if fit.comparable else "label"
+    fmt = fit.answer_format
     return LiteConductor(fit.workers, fit.strength, proj, net=net,
                          prior=selector if cfg.prior else None, max_calls=cfg.max_calls,
                          cost_scale=default_cost_scale(fit), comparable=fit.comparable,

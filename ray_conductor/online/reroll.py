@@ -34,24 +34,11 @@ import numpy as np
 from ray_conductor.lite.table import NO_ANSWER, LiteTable, answer_codes
 from ray_conductor.online.rewards import LoggedRow, Verifier
 from ray_conductor.verify.answers import comparable
-from ray_conductor.workers.base import Completion, WorkerPool
+from ray_conductor.workers.base import WorkerPool, permanent_failure
 from ray_conductor.workflow.executor import StepTrace, call_worker, record_call, step_messages
 from ray_conductor.workflow.model import ROUTER_SUBTASK, Step
 
-PERMANENT = ("missing_answer", "unknown_query")  # failures a second call would repeat
-# a worker's answer to this request, not a passing fault: a second call would get it again
-# (a replay pool's hole comes through a proxy as a 404; 401/403 are credentials, which a
-# worker's fingerprint does not cover, so they are asked again)
-DETERMINISTIC_STATUS = (400, 404, 413, 422)
-
-
-def permanent(c: Completion) -> bool:
-    """Whether a failed call says something about the worker on this question (cache it as
-    no answer) rather than about the moment (leave the question for the next round)."""
-    if c.error_code in PERMANENT:
-        return True
-    last = c.attempts[-1] if c.attempts else None
-    return last is not None and last.outcome == "error" and last.status in DETERMINISTIC_STATUS
+permanent = permanent_failure  # cache it as no answer, or leave it for the next round
 
 
 @dataclass(frozen=True)
@@ -229,7 +216,7 @@ def build_table(rows: Sequence[LoggedRow], answers: Mapping[str, Mapping[str, An
         responded[j] = [a.responded for a in got]
     feats = np.asarray(features, np.float32)[np.array(keep, dtype=np.int64)]
     return LiteTable([rows[i].key for i in keep], feats, codes, correct, cost, responded,
-                     list(workers), np.asarray(strength, np.float64), voting)
+                     list(workers), np.asarray(strength, np.float64), voting, fmt)
 
 
 def judgeable(rows: Sequence[LoggedRow]) -> list[LoggedRow]:

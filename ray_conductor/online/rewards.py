@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ray_conductor.data.splits import unit_hash
-from ray_conductor.verify.answers import comparable, extract_answer
+from ray_conductor.verify.answers import (
+    answers_match, comparable, extract_answer, reference_answer)
 
 FEEDBACK, LABEL, VERIFIER = "feedback", "label", "verifier"
 
@@ -55,19 +56,22 @@ class Judge:
             if verifier is None or self.query_id is None:
                 raise ValueError("a verifier judgement needs the verifier and a query id")
             return bool(verifier.judge(self.query_id, text))
-        return canonical(text, self.answer_format, whole=False) == self.reference
+        got = canonical(text, self.answer_format, whole=False)
+        if not comparable(self.answer_format):
+            return got == self.reference
+        return answers_match(got, self.reference, self.answer_format)
 
 
 def canonical(text: str, answer_format: str, whole: bool = True) -> str | None:
-    """An answer's comparable form: a label as given ("B", "(b)", "The answer is (B)") or an
-    answer extracted from a worker's text (`whole=False`); for formats without comparable
-    answers, the text itself, case and spacing folded."""
+    """An answer's comparable form: a label as given ("B", "(b)", "The answer is (B)", "1/2"
+    for a number) or an answer extracted from a worker's text (`whole=False`); for formats
+    without comparable answers, the text itself, case and spacing folded."""
     s = " ".join(str(text).split())
     if not comparable(answer_format):
         return s.casefold() or None
-    if whole and answer_format == "mc" and len(s.strip("()")) == 1:
-        return s.strip("()").upper()
-    return extract_answer(s, answer_format) or (s if whole and answer_format != "mc" else None)
+    if whole:
+        return reference_answer(s, answer_format) or (s if answer_format != "mc" else None)
+    return extract_answer(s, answer_format)
 
 
 def query_key(query_id: str | None, question: str | None) -> str:

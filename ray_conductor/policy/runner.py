@@ -5,7 +5,8 @@ policies=[conductor:PATH]` and the checkpoint benchmark all call `run_conductor`
 
 Also: where a conductor comes from (`load_conductor`): a model name or directory, a policy
 registry (`registry:DIR[@N]`), or a training run directory (its registry's promoted version,
-with the conductor settings the run trained with).
+with the conductor settings the run trained with); and a pinned workflow as a conductor
+(`scripted_conductor`: a plan script, judged by the same machinery as learned policies).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from ray_conductor.errors import ConfigError
+from ray_conductor.errors import ConfigError, WorkflowError
 from ray_conductor.policy.conductor import Conductor, ConductorConfig, PlanResult
-from ray_conductor.workers.base import WorkerPool
-from ray_conductor.workflow import Trace, execute
+from ray_conductor.workers.base import WorkerInfo, WorkerPool
+from ray_conductor.workflow import Trace, execute, parse
+
+SCRIPTED_MAX_STEPS = 10  # a pinned pipeline may be longer than a learned plan
 
 
 def with_recursion(pool: WorkerPool, conductor: Conductor) -> WorkerPool:
@@ -94,3 +97,31 @@ def load_conductor(ref: str, **overrides: Any) -> tuple[Conductor, str]:
     model, settings, tag = locate_conductor(ref)
     cfg = ConductorConfig(**{**settings, **overrides, "model": model})
     return Conductor(build_engine(cfg), cfg), tag
+
+
+def scripted_conductor(path: str, **overrides: Any) -> Conductor:
+    """A conductor that writes the fixed plans of a script (`policy.scripted_engine`): a
+    team's pinned workflow (a vote, a cascade). It is offered the vote worker and never calls
+    itself, unless `overrides` (`ConductorConfig` fields) say otherwise."""
+    from ray_conductor.policy.conductor import build_engine
+
+    if not Path(path).is_file():
+        raise ConfigError(f"scripted policy {path!r}: no such file (a plan script: one plan, "
+                          "or JSON, see policy/scripted_engine.py)")
+    cfg = ConductorConfig(**{"programs": True, "recursion_depth": 0, "max_resamples": 0,
+                             "max_steps": SCRIPTED_MAX_STEPS, **overrides,
+                             "engine": "scripted", "model": str(path)})
+    return Conductor(build_engine(cfg), cfg)
+
+
+def check_script(conductor: Conductor, workers: Sequence[WorkerInfo]) -> None:
+    """Every plan of a scripted conductor parses over `workers`, else a `ConfigError` naming
+    the plan: a pinned workflow with a typo must not quietly become the fallback plan."""
+    names = [w.name for w in conductor.offered(workers)]
+    plans = conductor.engine.plans()  # type: ignore[attr-defined]
+    for i, text in enumerate(plans, 1):
+        try:
+            parse(text, names, max_steps=conductor.cfg.max_steps, allow_empty=i < len(plans))
+        except WorkflowError as e:
+            raise ConfigError(f"scripted policy {conductor.cfg.model}: plan {i} of {len(plans)}"
+                              f" does not parse over this pool's workers {names}: {e}") from None

@@ -7,6 +7,8 @@ graph deterministically; users can use it to pin a known-good workflow.
 `{"rules": [{"match": "substring of the prompt", "plan": "model_id = [...] ..."}, ...],
 "default": "plan text"}`; the first rule whose `match` occurs in the prompt's last message
 wins (e.g. match "An earlier workflow already ran" for the inner plan of a recursive call).
+Any other file (`.txt`, `.py`) is one plan, the three lists as the conductor writes them,
+used for every question: a team's pinned workflow as it is written down.
 Token ids are the UTF-8 bytes of the text, log-probs 0: enough for trajectories, not for
 learning. Plain Python: no torch.
 """
@@ -37,12 +39,20 @@ class ScriptedEngine:
     @classmethod
     def from_file(cls, path: str) -> "ScriptedEngine":
         try:
-            spec = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
+            if not path.endswith(".json") and "model_id" in text:
+                return cls([], text)  # one plan, for every question
+            spec = json.loads(text)
             rules = [(r["match"], r["plan"]) for r in spec.get("rules", [])]
             return cls(rules, spec["default"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigError(f"scripted engine {path!r}: expected JSON with 'default' and "
-                              f"'rules': [{{'match', 'plan'}}] ({type(e).__name__}: {e})") from None
+                              f"'rules': [{{'match', 'plan'}}], or a file holding one plan "
+                              f"(model_id = [...] ...) ({type(e).__name__}: {e})") from None
+
+    def plans(self) -> list[str]:
+        """Every plan text the script can write (rules first, then the default)."""
+        return [plan for _, plan in self.rules] + [self.default]
 
     def _text(self, prompt: Prompt) -> str:
         last = prompt if isinstance(prompt, str) else (prompt[-1]["content"] if prompt else "")

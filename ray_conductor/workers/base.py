@@ -83,3 +83,19 @@ class WorkerPool(Protocol):
 def failed(worker: str, error: str, code: str = "worker_failed", **kw: Any) -> Completion:
     """A failed `Completion`, for pools that catch an error and must report it as data."""
     return Completion(worker=worker, error=error, error_code=code, **kw)
+
+
+PERMANENT = ("missing_answer", "unknown_query")  # failures a second call would repeat
+# a worker's answer to this request, not a passing fault: a second call would get it again
+# (a replay pool's hole comes through a proxy as a 404; 401/403 are credentials, which a
+# worker's fingerprint does not cover, so they are asked again)
+DETERMINISTIC_STATUS = (400, 404, 413, 422)
+
+
+def permanent_failure(c: Completion) -> bool:
+    """Whether a failed call says something about the worker on this question (a cache may
+    keep it as no answer) rather than about the moment (ask again later)."""
+    if c.error_code in PERMANENT:
+        return True
+    last = c.attempts[-1] if c.attempts else None
+    return last is not None and last.outcome == "error" and last.status in DETERMINISTIC_STATUS

@@ -485,6 +485,19 @@ def worker_info(cfg: WorkerConfig) -> WorkerInfo:
     return WorkerInfo(cfg.name, cfg.description, float(inp), float(out))
 
 
+def list_price(cfg: WorkerConfig) -> tuple[float | None, float | None]:
+    """$/1M input and output tokens of a worker as its calls are charged: the config's prices
+    when it sets either (the other is 0), else litellm's cost map for its model; None where
+    neither knows."""
+    inp, out = cfg.input_price_per_mtok, cfg.output_price_per_mtok
+    if inp is not None or out is not None:
+        return float(inp or 0.0), float(out or 0.0)
+    entry = _cost_map_entry(cfg.model)
+    prices = [entry.get(k) for k in ("input_cost_per_token", "output_cost_per_token")]
+    pin, pout = (float(p) * 1e6 if isinstance(p, (int, float)) else None for p in prices)
+    return pin, pout
+
+
 def _cost_map_entry(model: str) -> dict[str, Any]:
     cost_map = litellm_module().model_cost
     bare = model.split("/", 1)[1] if "/" in model else model
