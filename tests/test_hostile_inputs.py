@@ -310,6 +310,15 @@ def test_unreadable_traffic_and_feedback_parts_are_quarantined_and_the_rest_read
     assert len(read_traffic(root).attrs["quarantined"]) == 0  # moved once, read again clean
 
 
+def test_a_feedback_owner_lookup_skips_an_unreadable_part(tmp_path):
+    root = traffic(tmp_path)
+    day = next((root / "requests").iterdir())
+    (day / "part-9999999999999-zero0000.parquet").write_bytes(b"")  # sorts first (newest)
+    log = TrafficLog(root)
+    assert log.owner_on_disk("r1") == (True, None)
+    assert log.owner_on_disk("nope") == (False, None)
+
+
 def test_the_loop_logs_quarantined_parts_and_ignores_out_of_range_rewards(tmp_path):
     """A logged reward of 1e9 must not keep a worse version past its live watch."""
     from test_online_loop import kinds, setup

@@ -274,3 +274,22 @@ async def test_blocking_plans_are_batched_off_the_event_loop(tmp_path):
     assert (await host.plan(PlanRequest("gone", "q", []))).errors == ["unknown_model"]
     with pytest.raises(ConfigError, match="planner deployment"):
         host.update({"m": "HuggingFaceTB/SmolLM2-135M-Instruct"})  # an LM, and no planner
+
+
+def test_a_train_lite_run_directory_is_served_from_its_policy(tmp_path):
+    from ray_conductor.serve.policies import _check_lite
+
+    (tmp_path / "run" / "policy").mkdir(parents=True)
+    (tmp_path / "run" / "policy" / "lite.json").write_text(json.dumps({"workers": ["a", "b"]}))
+    _check_lite(str(tmp_path / "run"), ["a", "b"])  # RUN_DIR, as eval's lite:RUN_DIR
+    with pytest.raises(ConfigError, match="trained on other workers"):
+        _check_lite(str(tmp_path / "run"), ["a", "c"])
+
+
+def test_a_worker_is_shown_at_the_prices_it_is_charged():
+    from ray_conductor.workers.config import WorkerConfig
+    from ray_conductor.workers.proxy import list_price, worker_info
+
+    w = WorkerConfig(name="w", model="openai/gpt-4o", input_price_per_mtok=1.0)
+    info = worker_info(w)
+    assert (info.input_price_per_mtok, info.output_price_per_mtok) == list_price(w) == (1.0, 0.0)

@@ -88,9 +88,6 @@ class KeyLimitsActor:
     def usage(self, key_id: str) -> dict[str, float]:
         return self.core.usage(key_id)
 
-    def usage(self, key_id: str) -> dict[str, float]:
-        return self.core.usage(key_id)
-
 
 @ray.remote(num_cpus=0)
 class TrafficWriter:

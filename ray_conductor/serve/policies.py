@@ -259,17 +259,20 @@ def _baseline(ref: str, ctx: LoadContext) -> RouterPolicy:
 
 
 def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> ConductorPolicy:
-    from ray_conductor.policy.conductor import Conductor, ConductorConfig, build_engine
+    """A team's pinned workflow (a vote, a cascade), as `eval` judges it: offered the vote
+    worker, every plan checked against the pool's workers before it serves. Served plans may
+    call the conductor itself (recursion, as an LM conductor's may), unless
+    `conductor.recursion_depth=0`."""
+    from ray_conductor.policy.conductor import ConductorConfig
+    from ray_conductor.policy.runner import check_script, scripted_conductor
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"scripted policy {path!r}: no such file (a JSON plan script, see "
-                          "policy/scripted_engine.py)")
-    known = set(ConductorConfig.__dataclass_fields__)
-    overrides = {k: v for k, v in ctx.conductor.items() if k in known}
-    cfg = ConductorConfig(**{**overrides, "engine": "scripted", "model": str(p)})
-    return ConductorPolicy(Conductor(build_engine(cfg), cfg),
-                           version or f"scripted-{_sha8(p.read_bytes())}", ctx.temperature)
+    known = set(ConductorConfig.__dataclass_fields__) - {"engine", "model"}
+    overrides = {"recursion_depth": ConductorConfig().recursion_depth,
+                 **{k: v for k, v in ctx.conductor.items() if k in known}}
+    conductor = scripted_conductor(path, **overrides)
+    check_script(conductor, ctx.workers)
+    return ConductorPolicy(conductor, version or f"scripted-{_sha8(Path(path).read_bytes())}",
+                           ctx.temperature)
 
 
 def _lite(path: str, ctx: LoadContext, version: str | None = None) -> InteractivePolicy:
@@ -379,6 +382,8 @@ def _check_lite(path: str, workers: Sequence[str]) -> None:
     if path == "default":  # lite.default_policy_dir, without importing torch with the package
         path = str(Path(__file__).resolve().parents[1] / "assets" / "lite_demo")
     meta = Path(path) / "lite.json"
+    if not meta.is_file() and (Path(path) / "policy" / "lite.json").is_file():
+        meta = Path(path) / "policy" / "lite.json"  # a train-lite run directory
     try:
         trained = json.loads(meta.read_text())["workers"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -177,17 +177,21 @@ class TrafficLog:
         return self.owner_on_disk(request_id)
 
     def owner_on_disk(self, request_id: str) -> tuple[bool, str | None]:
-        """(known, key id) of a logged request from the written parts only."""
+        """(known, key id) of a logged request from the written parts only (newest first; a
+        part that cannot be read is skipped here and quarantined by the next `read_traffic`)."""
         path = self.root / REQUESTS
-        if not path.is_dir():
-            return False, None
-        import pyarrow.dataset as ds
-
-        table = ds.dataset(path, format="parquet", partitioning="hive").to_table(
-            columns=["key_id"], filter=ds.field("request_id") == request_id)
-        if table.num_rows == 0:
-            return False, None
-        return True, table.column("key_id")[0].as_py()
+        parts = sorted(path.rglob("part-*.parquet"), reverse=True) if path.is_dir() else []
+        for f in parts:
+            try:
+                table = pq.read_table(f, columns=["request_id", "key_id"],
+                                      filters=[("request_id", "==", request_id)])
+            except (pa.ArrowException, OSError, ValueError, TypeError, KeyError) as e:
+                log.warning("traffic log: unreadable part %s skipped: %s", f,
+                            str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                continue
+            if table.num_rows:
+                return True, table.column("key_id")[0].as_py()
+        return False, None
 
     def flush(self) -> int:
         """Write what is buffered; returns the rows written. A row that cannot be converted

@@ -475,14 +475,10 @@ class WorkerProxyCore:
 
 
 def worker_info(cfg: WorkerConfig) -> WorkerInfo:
-    """A worker as the conductor sees it: description and prices (the config's, else
-    litellm's cost map)."""
-    inp, out = cfg.input_price_per_mtok, cfg.output_price_per_mtok
-    if inp is None or out is None:
-        entry = _cost_map_entry(cfg.model)
-        inp = inp if inp is not None else entry.get("input_cost_per_token", 0.0) * 1e6
-        out = out if out is not None else entry.get("output_cost_per_token", 0.0) * 1e6
-    return WorkerInfo(cfg.name, cfg.description, float(inp), float(out))
+    """A worker as the conductor sees it: description and the prices its calls are charged
+    at (`list_price`; 0 where nothing knows one)."""
+    inp, out = list_price(cfg)
+    return WorkerInfo(cfg.name, cfg.description, float(inp or 0.0), float(out or 0.0))
 
 
 def list_price(cfg: WorkerConfig) -> tuple[float | None, float | None]:
