@@ -160,6 +160,8 @@ cli.COMMANDS["slow"] = cli.Command(C, run, "sleep mid-checkpoint")
 sys.exit(cli.main(["slow"]))
 """
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    assert first.startswith("ray-conductor slow: outputs under"), first  # where outputs go
     assert p.stdout.readline().strip() == "writing"
     assert any(x.name.startswith(".tmp_iter") for x in (tmp_path / "checkpoints").iterdir())
     os.kill(p.pid, 15)

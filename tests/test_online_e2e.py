@@ -140,19 +140,24 @@ def retrain_config(tmp):
     return cfg
 
 
-def metric(name, kind, timeout_s=60.0):
-    """The value of Ray's Prometheus series `name` for decision `kind` on this node."""
+def metric(name, kind, timeout_s=60.0, at_least=None):
+    """The value of Ray's Prometheus series `name` for decision `kind` on this node (waiting
+    for it to reach `at_least`: the node exports every few seconds). The series is the
+    node's, so other tests' loops on the shared cluster count in it too: compare deltas."""
     import ray
 
     port = ray._private.worker.global_worker.node.metrics_export_port
     end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
+    seen = None
+    while True:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         for line in text.decode().splitlines():
             if line.startswith(f"ray_{name}") and f'kind="{kind}"' in line:
-                return float(line.rsplit(" ", 1)[1])
+                seen = float(line.rsplit(" ", 1)[1])
+        if (seen is not None and (at_least is None or seen >= at_least)) \
+                or time.monotonic() >= end:
+            return seen
         time.sleep(2.0)
-    return None
 
 
 def models(running):
@@ -174,6 +179,7 @@ def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
     # one round: the trigger (100 rewarded rows) fires; train, evaluate, promote by hot-swap,
     # while two clients keep asking the same model
     cfg = retrain_config(tmp)
+    promoted_before = metric("conductor_online_decisions_total", "promoted", timeout_s=0) or 0
     loop = build(cfg)
     with Load(running, qs[160:200]) as load:
         time.sleep(1.0)
@@ -193,7 +199,8 @@ def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
     assert ask(running, qs[0])[1] == "v2"
     on_disk = [d["kind"] for d in loop.decisions.read()]
     assert on_disk == ["trained", "evaluated", "promoted"]
-    assert metric("conductor_online_decisions_total", "promoted") == 1.0
+    want = promoted_before + 1
+    assert metric("conductor_online_decisions_total", "promoted", at_least=want) == want
 
     # the promoted version's live reward drops (forced by feedback): the actor beside the app
     # runs the next round from the same state, finds the drop and rolls back

@@ -270,7 +270,12 @@ def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> Conduc
     overrides = {"recursion_depth": ConductorConfig().recursion_depth,
                  **{k: v for k, v in ctx.conductor.items() if k in known}}
     conductor = scripted_conductor(path, **overrides)
-    check_script(conductor, ctx.workers)
+    workers = list(ctx.workers)
+    if conductor.cfg.recursion_depth > 0:  # top-level plans may name the conductor itself
+        from ray_conductor.policy.recursion import SELF_DESCRIPTION
+
+        workers.append(WorkerInfo(conductor.cfg.self_name, SELF_DESCRIPTION))
+    check_script(conductor, workers)
     return ConductorPolicy(conductor, version or f"scripted-{_sha8(Path(path).read_bytes())}",
                            ctx.temperature)
 
