@@ -12,7 +12,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP ?= True
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test install eval-full bench clean
+.PHONY: demo test test-slow install eval-full bench clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m venv $(VENV)
@@ -29,10 +29,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ray-conductor demo
 
-# The `cluster` tests start their own Ray head node and submit jobs: .ci/run runs them after
-# this (`pytest -m cluster`), beside its own cluster jobs.
+# `make test` runs every test but the `slow` ones (each over ~5 s: Ray clusters, model training,
+# the whole sandboxed HumanEval) and the `cluster` ones (each starts its own Ray head node and
+# submits jobs). `make test-slow` runs the slow ones; .ci/run runs all three groups.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not cluster"
+	$(BIN)/python -m pytest -q -m "not slow and not cluster"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not cluster"
 
 # Not part of the two set-up commands: the full MMLU-Pro evaluation from ../shared/data.
 eval-full: $(STAMP)
