@@ -16,7 +16,7 @@ from ray_conductor.serve import protocol as api
 from ray_conductor.serve.gateway import Gateway, GatewaySettings
 from ray_conductor.serve.host import PolicyHost
 from ray_conductor.serve.keys import KeyRecord, KeyRing, key_id, load_keys
-from ray_conductor.serve.limits import KeyLimiter, Limits
+from ray_conductor.serve.limits import KeyLimiter, KeyLimits
 from ray_conductor.serve.policies import (
     LoadContext,
     PlanRequest,
@@ -164,7 +164,7 @@ def test_the_key_ring_refuses_missing_and_unknown_keys():
 
 def test_key_limits_slide_per_minute_and_reset_the_budget_each_utc_day():
     now = [datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()]
-    lim = KeyLimiter({"a": Limits(2, None)}, Limits(None, 1.0), clock=lambda: now[0])
+    lim = KeyLimiter({"a": KeyLimits(2, None)}, KeyLimits(None, 1.0), clock=lambda: now[0])
     assert lim.admit("a") is None and lim.admit("a") is None
     assert "2 requests per minute" in lim.admit("a")
     now[0] += 61
@@ -339,8 +339,8 @@ def gateway(tmp_path, demo):
     host.update({"conductor": f"scripted:{script(tmp_path, plan)}", "cheap": "cheapest"})
     keys = KeyRing([KeyRecord.of("sk-test-key-1"),
                     KeyRecord.of("sk-tight-key-1", requests_per_minute=1)])
-    limits = KeyLimiter({r.key_id: Limits(r.requests_per_minute, r.dollars_per_day)
-                         for r in keys.records()}, Limits(100, 10.0))
+    limits = KeyLimiter({r.key_id: KeyLimits(r.requests_per_minute, r.dollars_per_day)
+                         for r in keys.records()}, KeyLimits(100, 10.0))
     log = TrafficLog(tmp_path / "traffic")
     replay = frozenset(w.name for w in workers)
     gw = Gateway(GatewaySettings("demo", replay, max_body_bytes=50_000, max_prompt_chars=20_000),
@@ -548,7 +548,7 @@ def test_an_lm_conductor_loads_from_a_registry_and_counts_its_tokens(tmp_path, d
     from ray_conductor.data.replay import ReplayPool
     from ray_conductor.policy.loading import tiny_smollm2_checkpoint
     from ray_conductor.policy.registry import PolicyRegistry
-    from ray_conductor.serve.policies import ConductorPolicy, pin
+    from ray_conductor.serve.policies import ServedConductor, pin
 
     reg = PolicyRegistry(tmp_path / "reg")
     reg.publish(tiny_smollm2_checkpoint(), kind="lm")
@@ -557,7 +557,7 @@ def test_an_lm_conductor_loads_from_a_registry_and_counts_its_tokens(tmp_path, d
     workers = list(ReplayPool(demo).workers())
     ctx = LoadContext(workers, conductor={"max_new_tokens": 8, "max_resamples": 0, "seed": 0})
     policy = load_policy(pin(ref), ctx)
-    assert isinstance(policy, ConductorPolicy) and policy.version == "v1"
+    assert isinstance(policy, ServedConductor) and policy.version == "v1"
     assert policy.recursion_depth == 1  # the default: it may call itself
     (reply,) = policy.plan([PlanRequest("conductor", demo.queries("test")[0].query, workers)])
     assert reply.workflow is not None and len(reply.workflow) >= 1  # parsed, or the fallback

@@ -220,9 +220,10 @@ class GraphSpec:
             where = f"graph.{r.role}"
             least = 0 if r.kind == "rllib" else 1
             if r.num_cpus < 0 or r.num_gpus < 0 or r.count < least or r.max_concurrency < 1:
-                raise ConfigError(f"{where}: num_cpus and num_gpus must be >= 0, count >= "
-                                  f"{least} and max_concurrency >= 1 (got {r.num_cpus}, {r.num_gpus}, "
-                                  f"{r.count}, {r.max_concurrency})")
+                counts = ("count and max_concurrency >= 1" if least else
+                          "count >= 0 and max_concurrency >= 1")
+                raise ConfigError(f"{where}: num_cpus and num_gpus must be >= 0, {counts} (got "
+                                  f"{r.num_cpus}, {r.num_gpus}, {r.count}, {r.max_concurrency})")
             if r.max_restarts < -1 or r.max_task_retries < -1:
                 raise ConfigError(f"{where}: max_restarts and max_task_retries are -1 (forever) "
                                   "or >= 0")

@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from ray_conductor.serve.limits import KeyLimiter, Limits
+from ray_conductor.serve.limits import KeyLimiter, KeyLimits
 from ray_conductor.serve.traffic import TrafficLog
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def app_actor(app: str, role: str, namespace: str) -> Any:
 class KeyLimitsActor:
     def __init__(self, per_key: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any],
                  state_path: str | None = None):
-        self.core = KeyLimiter({k: Limits(**v) for k, v in per_key.items()}, Limits(**default),
+        self.core = KeyLimiter({k: KeyLimits(**v) for k, v in per_key.items()}, KeyLimits(**default),
                                state_path=state_path)
 
     def reserve(self, key_id: str, dollars: float) -> tuple[str | None, str | None, float]:

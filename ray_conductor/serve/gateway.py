@@ -32,7 +32,7 @@ from ray_conductor.serve import protocol as api
 from ray_conductor.serve.keys import KeyRecord, KeyRing
 from ray_conductor.serve.limits import prompt_bound, worst_case
 from ray_conductor.serve.policies import PlanReply, PlanRequest
-from ray_conductor.serve.ports import Limits, Planner, PlannerClient, TrafficSink
+from ray_conductor.serve.ports import LimitsPort, PlannerClient, PlannerPort, TrafficSink
 from ray_conductor.serve.questions import QuestionIndex
 from ray_conductor.serve.results import (
     Run,
@@ -133,8 +133,8 @@ class ObservedPool:
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, *, planner: Planner, pool: WorkerPool,
-                 keys: KeyRing, limits: Limits | None, traffic: TrafficSink,
+    def __init__(self, settings: GatewaySettings, *, planner: PlannerPort, pool: WorkerPool,
+                 keys: KeyRing, limits: LimitsPort | None, traffic: TrafficSink,
                  questions: QuestionIndex | None = None,
                  clock: Callable[[], float] = time.time):
         self.s, self.planner, self.pool, self.keys = settings, planner, pool, keys
