@@ -3,7 +3,7 @@ planner holds (swapped atomically on a hot-swap). Pure: no Ray.
 
 References (the values of `policies: {served name: reference}`):
 
-- `knn`, `cheapest`, `random`, `single:WORKER`: the baselines of `eval.policies`, fit on the
+- `knn`, `cheapest`, `random`, `single:WORKER`: the baselines of `policy.baselines`, fit on the
   replay pool's train split where they learn (kNN);
 - `scripted:FILE`: a fixed plan script (`policy.scripted_engine`), e.g. a pinned workflow;
 - `pinned:WORKER`: one worker answers every request (the default with live workers and no
@@ -234,7 +234,7 @@ class _Embedder:
 
 
 def _baseline(ref: str, ctx: LoadContext) -> RouterPolicy:
-    from ray_conductor.eval.policies import make_policies
+    from ray_conductor.policy.baselines import make_policies
 
     needs_data = ref == "knn"
     if needs_data and ctx.data is None:
