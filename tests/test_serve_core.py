@@ -13,6 +13,7 @@ import pytest
 
 from ray_conductor.errors import ConfigError, ServeError
 from ray_conductor.serve import protocol as api
+from ray_conductor.serve import wire
 from ray_conductor.serve.gateway import Gateway, GatewaySettings
 from ray_conductor.serve.host import PolicyHost
 from ray_conductor.serve.keys import KeyRecord, KeyRing, key_id, load_keys
@@ -93,9 +94,9 @@ def test_bodies_parse_as_the_official_clients_types():
     from openai.types.responses import Response, ResponseStreamEvent
     from pydantic import TypeAdapter
 
-    usage = api.Usage(100, 20, 30, 5, 0.002, 0.0001)
+    usage = wire.Usage(100, 20, 30, 5, 0.002, 0.0001)
     ext = {"workflow": "model_id = ['a']", "policy_version": "v1"}
-    body = ChatCompletion.model_validate(api.chat_body("chatcmpl-1", "conductor", 1, "answer",
+    body = ChatCompletion.model_validate(wire.chat_body("chatcmpl-1", "conductor", 1, "answer",
                                                        usage, "conductor-v1", ext))
     dumped = body.model_dump()
     assert dumped["usage"]["total_tokens"] == 155 and dumped["usage"]["prompt_tokens"] == 130
@@ -103,26 +104,26 @@ def test_bodies_parse_as_the_official_clients_types():
     assert dumped["usage"]["completion_tokens_details"]["orchestration_output_tokens"] == 5
     assert dumped["usage"]["cost"] == pytest.approx(0.0021) and dumped["conductor"] == ext
     text = "The answer is (B) because of a long and winding explanation " * 3
-    chunks = [ChatCompletionChunk.model_validate(c) for c in api.chat_chunks(
+    chunks = [ChatCompletionChunk.model_validate(c) for c in wire.chat_chunks(
         "chatcmpl-1", "conductor", 1, text, usage, "fp", ext, include_usage=True)]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert len(chunks) > 4 and chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 155
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-2].model_dump()["conductor"] == ext
-    resp = Response.model_validate(api.responses_body("resp_1", "conductor", 1, "ok", usage, ext))
+    resp = Response.model_validate(wire.responses_body("resp_1", "conductor", 1, "ok", usage, ext))
     assert resp.output_text == "ok" and resp.usage.input_tokens == 130
     events = [TypeAdapter(ResponseStreamEvent).validate_python(e)
-              for e in api.responses_events("resp_1", "conductor", 1, text, usage, ext)]
+              for e in wire.responses_events("resp_1", "conductor", 1, text, usage, ext)]
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == text
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    assert api.sse("[DONE]") == b"data: [DONE]\n\n"
-    assert api.sse({"a": 1}, "e").startswith(b"event: e\ndata: ")
+    assert wire.sse("[DONE]") == b"data: [DONE]\n\n"
+    assert wire.sse({"a": 1}, "e").startswith(b"event: e\ndata: ")
 
 
 def test_pieces_rebuild_the_text_exactly():
     for text in ["", "one", "  lead and trail  ", "a\n\nb  c\td " * 40]:
-        assert "".join(api.pieces(text, 10)) == text
+        assert "".join(wire.pieces(text, 10)) == text
 
 
 # -- keys and limits ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from ray_conductor.errors import ConfigError, ServeError
 from ray_conductor.serve import protocol as api
+from ray_conductor.serve import wire
 from ray_conductor.serve.limits import KeyLimiter, KeyLimits, prompt_bound, worst_case
 from ray_conductor.serve.traffic import (
     DEAD_LETTER,
@@ -89,7 +90,7 @@ def test_text_is_valid_unicode_at_the_door_and_conversations_stay_whole():
     assert req.question == "What did I say?"
     assert [m["content"] for m in req.context] == ["Be brief.", req.messages[1]["content"],
                                                    "ok"]
-    assert api.dumps({"text": "\ud800"}) == b'{"text":"\\ud800"}'  # a worker's bad text
+    assert wire.dumps({"text": "\ud800"}) == b'{"text":"\\ud800"}'  # a worker's bad text
 
 
 # -- budgets -----------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_conductor.errors import ServeError
-from ray_conductor.serve.gateway import Gateway, GatewaySettings, Reply
+from ray_conductor.serve.gateway import Gateway
+from ray_conductor.serve.reply import GatewaySettings, Reply
 from ray_conductor.serve.planner import limit_threads
-from ray_conductor.serve.protocol import dumps, error_body
+from ray_conductor.serve.wire import dumps, error_body
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="ray_conductor", docs_url=None, redoc_url=None, openapi_url=None)
