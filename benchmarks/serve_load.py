@@ -190,8 +190,7 @@ def _measure(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from ray_conductor.data.pools import load_pool
-    from ray_conductor.demo import demo_questions
-    from ray_conductor.serve.command import free_port, start, stop
+    from ray_conductor.serve.command import demo_questions, free_port, start, stop
     from ray_conductor.serve.config import ServeConfig
     from ray_conductor.testing import FaultProcess
 

@@ -10,6 +10,7 @@ from typing import Any
 from ray_conductor.errors import ConfigError
 from ray_conductor.serve.command import (
     banner,
+    demo_questions,
     example_question,
     free_port,
     shutdown_line,
@@ -17,20 +18,6 @@ from ray_conductor.serve.command import (
     stop,
 )
 from ray_conductor.serve.config import as_serve_config, served_policies
-
-
-def demo_questions(data: Any, n: int) -> list[Any]:
-    """The first `n` test questions (by id) that every worker has a recorded answer to."""
-    from ray_conductor.data.selection import select_queries
-
-    out = []
-    for q in select_queries(data, "test"):
-        recs = [data.record(q.query_id, m) for m in data.models]
-        if all(r is not None and r.response is not None for r in recs):
-            out.append(q)
-        if len(out) == n:
-            break
-    return out
 
 
 def _show(i: int, n: int, q: Any, answer: str, ext: dict[str, Any], usage: dict[str, Any],

@@ -260,7 +260,7 @@ def test_retrain_promotes_on_the_deployed_shipped_serve_config(head, tmp_path):
 
     from ray_conductor.data.pools import load_pool
     from ray_conductor.policy.registry import PolicyRegistry
-    from ray_conductor.demo import demo_questions
+    from ray_conductor.serve.command import demo_questions
     from ray_conductor.serve.traffic import read_traffic
 
     # a registry that already holds a weak version (so one round has something to gain):

@@ -302,3 +302,17 @@ def shutdown_line(stats: dict[str, Any], log_dir: str) -> str:
 
 
 # -- make demo ---------------------------------------------------------------------------------
+
+
+def demo_questions(data: Any, n: int) -> list[Any]:
+    """The first `n` test questions (by id) that every worker has a recorded answer to."""
+    from ray_conductor.data.selection import select_queries
+
+    out = []
+    for q in select_queries(data, "test"):
+        recs = [data.record(q.query_id, m) for m in data.models]
+        if all(r is not None and r.response is not None for r in recs):
+            out.append(q)
+        if len(out) == n:
+            break
+    return out
