@@ -170,14 +170,19 @@ def test_rllib_reads_its_runners_and_learners_from_the_spec():
 
 
 def _running() -> list[dict]:
-    """Every live actor on the cluster, as dicts (class_name, name, ray_namespace,
-    required_resources)."""
-    from dataclasses import asdict
+    """Every live actor on the cluster, read from the GCS actor table (this test cluster has
+    no dashboard for `ray.util.state`): class_name, name, ray_namespace, required_resources."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
 
-    from ray.util.state import list_actors
-
-    return [asdict(a) for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000,
-                                           detail=True)]
+    accessor = state._connect_and_get_accessor()
+    out = []
+    for raw in accessor.get_actor_table(None, "ALIVE"):
+        a = gcs_pb2.ActorTableData.FromString(raw)
+        out.append({"class_name": a.class_name, "name": a.name,
+                    "ray_namespace": a.ray_namespace,
+                    "required_resources": dict(a.required_resources)})
+    return out
 
 
 @pytest.mark.ray
