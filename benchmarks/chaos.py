@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from typing import Any
 
@@ -35,43 +30,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REQ_ID = re.compile(r"\[(chaos-\d+)\]")
-
-
-class Provider:
-    """The fault server with a fault mix, in its own process (`requests()` reads its log)."""
-
-    def __init__(self, rate_429: float, rate_5xx: float, rate_hang: float, seed: int,
-                 latency_s: float = 0.05, retry_after_s: float = 0.2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.root, self.url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ray_conductor.testing.fault_server", "--port", str(port),
-             "--seed", str(seed), "--latency-s", str(latency_s), "--rate-429", str(rate_429),
-             "--rate-5xx", str(rate_5xx), "--rate-hang", str(rate_hang),
-             "--retry-after-s", str(retry_after_s)], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/models", timeout=1).read()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError(f"the fault server on port {port} did not start")
-                time.sleep(0.1)
-
-    def requests(self) -> list[dict[str, Any]]:
-        return json.loads(urllib.request.urlopen(f"{self.root}/_log", timeout=60).read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:  # hung handlers hold its shutdown up
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def workers(url: str, n: int, timeout_s: float) -> list[Any]:
@@ -164,9 +122,11 @@ async def run_chaos(a: argparse.Namespace) -> dict[str, Any]:
         make_ray_pool,
         stop_worker_proxies,
     )
+    from ray_conductor.testing import FaultProcess
     from ray_conductor.workers.config import WorkerPoolConfig
 
-    provider = Provider(a.rate_429, a.rate_5xx, a.rate_hang, a.seed)
+    provider = FaultProcess(latency_s=0.05, seed=a.seed, timeout_s=30, rate_429=a.rate_429,
+                            rate_5xx=a.rate_5xx, rate_hang=a.rate_hang, retry_after_s=0.2)
     ns = f"bench_chaos_{os.getpid()}"
     try:
         spec = GraphSpec.from_config(GraphConfig(workers_per_proxy=2), ns)

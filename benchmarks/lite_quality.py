@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import ENV, environment, write_report
+from _bench import ENV, environment, local_ray, write_report
 
 for _k, _v in ENV.items():
     os.environ.setdefault(_k, _v)
@@ -493,15 +493,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     pools = args.pools
     ratio = args.main_ratio or shipped_ratio(overrides)
     lm = lm_conductor(Path(args.lm_result))
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=300 * 1024 * 1024)
-    try:
+    with local_ray(num_cpus=2) if not ray.is_initialized() else contextlib.nullcontext():
         results = {pool_tag(s): bench_pool(s, args, overrides, ratio, lm) for s in pools}
-    finally:
-        if started:
-            ray.shutdown()
     out = Path(args.out)
     for tag, res in results.items():
         res["plot"] = str(plot_pool(res, out.with_name(f"{out.stem}_{tag}.png")))

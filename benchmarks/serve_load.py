@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import ENV, environment, write_report
+from _bench import ENV, environment, local_ray, write_report
 
 for _k, _v in ENV.items():
     os.environ.setdefault(_k, _v)
@@ -182,7 +182,11 @@ def _median(rows: list[dict], key: str) -> float | None:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    import ray
+    with local_ray(num_cpus=args.num_cpus):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from ray_conductor.data.pools import load_pool
@@ -193,8 +197,6 @@ def measure(args: argparse.Namespace) -> dict:
     data = load_pool("demo")
     qs = demo_questions(data, 400)
     tmp = Path(tempfile.mkdtemp(prefix="serve_load_"))
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             log_to_driver=False, object_store_memory=300 * 1024 * 1024)
     faults = FaultProcess(latency_s=args.worker_latency_s, timeout_s=120)
     try:
         cfg = ServeConfig(port=free_port(), blocking=False, workers=str(_workers_yaml(
@@ -213,7 +215,7 @@ def measure(args: argparse.Namespace) -> dict:
             chain = run_client(url, chain_bodies, args.chain_concurrency, 2)
             serve.delete("bare_echo")
         finally:
-            stop(running, shutdown_ray=True)
+            stop(running, shutdown_ray=False)
     finally:
         faults.stop()
     return {"summary": summarize(rounds, chain, args), "rounds": rounds, "critical_path": chain,

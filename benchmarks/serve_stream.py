@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import ENV, environment, write_report
+from _bench import ENV, environment, local_ray, write_report
 
 for _k, _v in ENV.items():
     os.environ.setdefault(_k, _v)
@@ -88,7 +88,11 @@ def one_request(client, shape: str, i: int) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    import ray
+    with local_ray(num_cpus=args.num_cpus):
+        return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> dict:
     from openai import OpenAI
 
     from ray_conductor.serve.command import free_port, start, stop
@@ -97,8 +101,6 @@ def measure(args: argparse.Namespace) -> dict:
 
     reply = " ".join(f"tok{k}" for k in range(args.tokens))
     tmp = Path(tempfile.mkdtemp(prefix="serve_stream_"))
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             log_to_driver=False, object_store_memory=300 * 1024 * 1024)
     faults = FaultProcess(latency_s=args.first_token_s, timeout_s=120, reply=reply,
                           token_delay_s=args.token_delay_s)
     rows: list[dict] = []
@@ -117,7 +119,7 @@ def measure(args: argparse.Namespace) -> dict:
                     rows += list(pool.map(lambda i: one_request(client, shape, i),
                                           range(args.requests)))
         finally:
-            stop(running, shutdown_ray=True)
+            stop(running, shutdown_ray=False)
     finally:
         faults.stop()
     return {"summary": summarize(rows, args), "per_request": rows,

@@ -100,7 +100,7 @@ COMMANDS: dict[str, Command] = {
                          "api_keys=[k1,k2] host=0.0.0.0"),
                      defaults="serve", outputs=("log_dir",), inputs=("policy", "policies"),
                      remote_ok=False),
-    "demo": Command("ray_conductor.serve.config:ServeConfig", "ray_conductor.serve.command:demo",
+    "demo": Command("ray_conductor.serve.config:ServeConfig", "ray_conductor.demo:demo",
                     "start the server, ask it recorded questions, evaluate, shut down", (
                         "ray-conductor demo demo.questions=3",
                         "ray-conductor demo port=8100 policy=lite:runs/my_lite/policy"),

@@ -434,7 +434,7 @@ def test_every_claim_is_declared_in_volumes_yaml():
     assert used == set(claims)
 
 
-def test_the_serve_config_pins_proxies_and_builds_a_small_retrainable_app(tmp_path):
+def test_the_serve_config_pins_proxies_and_builds_a_small_retrainable_app(ray_cluster, tmp_path):
     """The shipped Serve config: worker proxies ask for the head's `proxy` resource; built
     (as `serve deploy` builds it, storage from the environment) it seeds the registry model
     `conductor` follows with the lite policy, resolves the traffic log under storage, and
@@ -454,7 +454,18 @@ def test_the_serve_config_pins_proxies_and_builds_a_small_retrainable_app(tmp_pa
     assert not any("user_config" in d for d in app["deployments"])  # the builder's
     args = copy.deepcopy(app["args"])
     args["config"]["storage"] = str(tmp_path)
-    built = serve_build(app_builder(args), name=app["name"]).deployments
+    # the builder creates the app's actors through the graph: on this test's cluster, which
+    # has no `proxy` resource, and in a namespace of its own
+    args["config"]["graph"]["worker_proxy"]["resources"] = {}
+    args["config"]["ray"] = {"namespace": "test_kuberay_build"}
+    try:
+        built = serve_build(app_builder(args), name=app["name"]).deployments
+    finally:
+        from ray_conductor.graph import stop_worker_proxies
+        from ray_conductor.serve.actors import close_app_actors
+
+        close_app_actors(config.get("app_name", "conductor"), "test_kuberay_build", timeout_s=30)
+        stop_worker_proxies("test_kuberay_build")
     assert [d.name for d in built] == ["Ingress"]
     [ingress] = built
     assert 0 < ingress.ray_actor_options["num_cpus"] < 1

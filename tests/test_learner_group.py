@@ -29,7 +29,7 @@ def group(ray_cluster):
     from ray_conductor.rl.learner_group import LearnerGroup
 
     spec = GraphSpec.from_config(GraphConfig(learner=RoleConfig(num_cpus=1, count=2)))
-    g = LearnerGroup(CFG, spec.role("learner"))
+    g = LearnerGroup(CFG, spec)
     yield g
     g.shutdown()
 

@@ -18,11 +18,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster" / "serve" / "conductor.yaml"
 
 
+NS = "test_serve_config"
+
+
+def cleanup(app):
+    """The actors `build_app` created (it builds them through the graph)."""
+    from ray_conductor.graph import stop_worker_proxies
+    from ray_conductor.serve.actors import close_app_actors
+
+    close_app_actors(app, NS, timeout_s=30)
+    stop_worker_proxies(NS)
+
+
 def _deployment(app, name):
     return next(d for d in app.deployments if d.name == name)
 
 
-def test_the_cluster_serve_config_validates_and_builds():
+@pytest.mark.ray
+def test_the_cluster_serve_config_validates_and_builds(ray_cluster):
     from ray.serve import Application
     from ray.serve.schema import ServeDeploySchema
 
@@ -33,7 +46,13 @@ def test_the_cluster_serve_config_validates_and_builds():
     assert app.import_path == "ray_conductor.serve.app:app_builder"
     assert [d.name for d in app.deployments] == ["Ingress"]  # lite and kNN plan in the ingress
     assert "user_config" not in app.deployments[0].model_fields_set  # the builder sets it
-    built = app_builder(app.args)
+    args = dict(app.args)  # the builder creates the app's actors: on this cluster, which has
+    args["config"] = {**args["config"], "graph": {},  # no `proxy` resource for its proxies
+                      "ray": {"namespace": NS}}
+    try:
+        built = app_builder(args)
+    finally:
+        cleanup(args["config"].get("app_name", "conductor"))
     assert isinstance(built, Application)
 
 
@@ -69,7 +88,8 @@ def test_a_deploy_carries_key_digests_and_pinned_versions_only(tmp_path):
     ServeDeploySchema.model_validate(deploy)
 
 
-def test_an_lm_conductor_plans_in_a_planner_with_the_graphs_resources(tmp_path):
+@pytest.mark.ray
+def test_an_lm_conductor_plans_in_a_planner_with_the_graphs_resources(ray_cluster, tmp_path):
     from ray.serve._private.build_app import build_app as serve_build
 
     from ray_conductor.serve.app import app_schema, build_app, prepare
@@ -77,8 +97,12 @@ def test_an_lm_conductor_plans_in_a_planner_with_the_graphs_resources(tmp_path):
     graph = {"planner": {"num_cpus": 2, "num_gpus": 1, "count": 2, "max_concurrency": 8}}
     lm = str(tmp_path / "my_conductor_run")  # a run directory: an LM conductor
     cfg = as_serve_config({"graph": graph, "ingress": {"max_ongoing_requests": 300},
-                           "policies": {"conductor": lm, "router": "cheapest"}})
-    built = serve_build(build_app(cfg, prepare(cfg)), name="x")
+                           "policies": {"conductor": lm, "router": "cheapest"},
+                           "ray": {"namespace": NS}})
+    try:
+        built = serve_build(build_app(cfg, prepare(cfg)), name="x")
+    finally:
+        cleanup(cfg.app_name)
     planner, ingress = _deployment(built, "Planner"), _deployment(built, "Ingress")
     assert planner.num_replicas == 2 and planner.max_ongoing_requests == 8
     assert planner.ray_actor_options["num_gpus"] == 1
@@ -90,8 +114,12 @@ def test_an_lm_conductor_plans_in_a_planner_with_the_graphs_resources(tmp_path):
     assert ingress._deployment_config.autoscaling_config.max_replicas == 4
     names = [d["name"] for d in app_schema(cfg, prepare(cfg))["deployments"]]
     assert names == ["Ingress", "Planner"]
-    local = as_serve_config({"graph": graph, "policies": {"conductor": "cheapest"}})
-    built = serve_build(build_app(local, prepare(local)), name="y")
+    local = as_serve_config({"graph": graph, "policies": {"conductor": "cheapest"},
+                             "ray": {"namespace": NS}})
+    try:
+        built = serve_build(build_app(local, prepare(local)), name="y")
+    finally:
+        cleanup(local.app_name)
     assert [d.name for d in built.deployments] == ["Ingress"]  # no LM: no planner, no GPU
 
 

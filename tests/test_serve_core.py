@@ -13,10 +13,11 @@ import pytest
 
 from ray_conductor.errors import ConfigError, ServeError
 from ray_conductor.serve import protocol as api
+from ray_conductor.serve import wire
 from ray_conductor.serve.gateway import Gateway, GatewaySettings
 from ray_conductor.serve.host import PolicyHost
 from ray_conductor.serve.keys import KeyRecord, KeyRing, key_id, load_keys
-from ray_conductor.serve.limits import KeyLimiter, Limits
+from ray_conductor.serve.limits import KeyLimiter, KeyLimits
 from ray_conductor.serve.policies import (
     LoadContext,
     PlanRequest,
@@ -93,9 +94,9 @@ def test_bodies_parse_as_the_official_clients_types():
     from openai.types.responses import Response, ResponseStreamEvent
     from pydantic import TypeAdapter
 
-    usage = api.Usage(100, 20, 30, 5, 0.002, 0.0001)
+    usage = wire.Usage(100, 20, 30, 5, 0.002, 0.0001)
     ext = {"workflow": "model_id = ['a']", "policy_version": "v1"}
-    body = ChatCompletion.model_validate(api.chat_body("chatcmpl-1", "conductor", 1, "answer",
+    body = ChatCompletion.model_validate(wire.chat_body("chatcmpl-1", "conductor", 1, "answer",
                                                        usage, "conductor-v1", ext))
     dumped = body.model_dump()
     assert dumped["usage"]["total_tokens"] == 155 and dumped["usage"]["prompt_tokens"] == 130
@@ -103,26 +104,26 @@ def test_bodies_parse_as_the_official_clients_types():
     assert dumped["usage"]["completion_tokens_details"]["orchestration_output_tokens"] == 5
     assert dumped["usage"]["cost"] == pytest.approx(0.0021) and dumped["conductor"] == ext
     text = "The answer is (B) because of a long and winding explanation " * 3
-    chunks = [ChatCompletionChunk.model_validate(c) for c in api.chat_chunks(
+    chunks = [ChatCompletionChunk.model_validate(c) for c in wire.chat_chunks(
         "chatcmpl-1", "conductor", 1, text, usage, "fp", ext, include_usage=True)]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert len(chunks) > 4 and chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 155
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-2].model_dump()["conductor"] == ext
-    resp = Response.model_validate(api.responses_body("resp_1", "conductor", 1, "ok", usage, ext))
+    resp = Response.model_validate(wire.responses_body("resp_1", "conductor", 1, "ok", usage, ext))
     assert resp.output_text == "ok" and resp.usage.input_tokens == 130
     events = [TypeAdapter(ResponseStreamEvent).validate_python(e)
-              for e in api.responses_events("resp_1", "conductor", 1, text, usage, ext)]
+              for e in wire.responses_events("resp_1", "conductor", 1, text, usage, ext)]
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == text
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    assert api.sse("[DONE]") == b"data: [DONE]\n\n"
-    assert api.sse({"a": 1}, "e").startswith(b"event: e\ndata: ")
+    assert wire.sse("[DONE]") == b"data: [DONE]\n\n"
+    assert wire.sse({"a": 1}, "e").startswith(b"event: e\ndata: ")
 
 
 def test_pieces_rebuild_the_text_exactly():
     for text in ["", "one", "  lead and trail  ", "a\n\nb  c\td " * 40]:
-        assert "".join(api.pieces(text, 10)) == text
+        assert "".join(wire.pieces(text, 10)) == text
 
 
 # -- keys and limits ---------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_the_key_ring_refuses_missing_and_unknown_keys():
 
 def test_key_limits_slide_per_minute_and_reset_the_budget_each_utc_day():
     now = [datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()]
-    lim = KeyLimiter({"a": Limits(2, None)}, Limits(None, 1.0), clock=lambda: now[0])
+    lim = KeyLimiter({"a": KeyLimits(2, None)}, KeyLimits(None, 1.0), clock=lambda: now[0])
     assert lim.admit("a") is None and lim.admit("a") is None
     assert "2 requests per minute" in lim.admit("a")
     now[0] += 61
@@ -339,8 +340,8 @@ def gateway(tmp_path, demo):
     host.update({"conductor": f"scripted:{script(tmp_path, plan)}", "cheap": "cheapest"})
     keys = KeyRing([KeyRecord.of("sk-test-key-1"),
                     KeyRecord.of("sk-tight-key-1", requests_per_minute=1)])
-    limits = KeyLimiter({r.key_id: Limits(r.requests_per_minute, r.dollars_per_day)
-                         for r in keys.records()}, Limits(100, 10.0))
+    limits = KeyLimiter({r.key_id: KeyLimits(r.requests_per_minute, r.dollars_per_day)
+                         for r in keys.records()}, KeyLimits(100, 10.0))
     log = TrafficLog(tmp_path / "traffic")
     replay = frozenset(w.name for w in workers)
     gw = Gateway(GatewaySettings("demo", replay, max_body_bytes=50_000, max_prompt_chars=20_000),
@@ -548,7 +549,7 @@ def test_an_lm_conductor_loads_from_a_registry_and_counts_its_tokens(tmp_path, d
     from ray_conductor.data.replay import ReplayPool
     from ray_conductor.policy.loading import tiny_smollm2_checkpoint
     from ray_conductor.policy.registry import PolicyRegistry
-    from ray_conductor.serve.policies import ConductorPolicy, pin
+    from ray_conductor.serve.policies import ServedConductor, pin
 
     reg = PolicyRegistry(tmp_path / "reg")
     reg.publish(tiny_smollm2_checkpoint(), kind="lm")
@@ -557,7 +558,7 @@ def test_an_lm_conductor_loads_from_a_registry_and_counts_its_tokens(tmp_path, d
     workers = list(ReplayPool(demo).workers())
     ctx = LoadContext(workers, conductor={"max_new_tokens": 8, "max_resamples": 0, "seed": 0})
     policy = load_policy(pin(ref), ctx)
-    assert isinstance(policy, ConductorPolicy) and policy.version == "v1"
+    assert isinstance(policy, ServedConductor) and policy.version == "v1"
     assert policy.recursion_depth == 1  # the default: it may call itself
     (reply,) = policy.plan([PlanRequest("conductor", demo.queries("test")[0].query, workers)])
     assert reply.workflow is not None and len(reply.workflow) >= 1  # parsed, or the fallback

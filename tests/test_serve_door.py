@@ -14,7 +14,8 @@ import pytest
 
 from ray_conductor.errors import ConfigError, ServeError
 from ray_conductor.serve import protocol as api
-from ray_conductor.serve.limits import KeyLimiter, Limits, prompt_bound, worst_case
+from ray_conductor.serve import wire
+from ray_conductor.serve.limits import KeyLimiter, KeyLimits, prompt_bound, worst_case
 from ray_conductor.serve.traffic import (
     DEAD_LETTER,
     TrafficLog,
@@ -89,7 +90,7 @@ def test_text_is_valid_unicode_at_the_door_and_conversations_stay_whole():
     assert req.question == "What did I say?"
     assert [m["content"] for m in req.context] == ["Be brief.", req.messages[1]["content"],
                                                    "ok"]
-    assert api.dumps({"text": "\ud800"}) == b'{"text":"\\ud800"}'  # a worker's bad text
+    assert wire.dumps({"text": "\ud800"}) == b'{"text":"\\ud800"}'  # a worker's bad text
 
 
 # -- budgets -----------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def test_the_worst_case_counts_every_call_its_reads_and_its_output_cap():
 def test_concurrent_requests_overshoot_a_budget_by_at_most_one_real_cost():
     rng = random.Random(0)
     for trial in range(50):
-        lim = KeyLimiter(default=Limits(None, 0.01), clock=lambda: 1e9)
+        lim = KeyLimiter(default=KeyLimits(None, 0.01), clock=lambda: 1e9)
         open_: list[tuple[str, float]] = []
         worst, admitted, reals = 0.008, 0, []
         for _ in range(300):  # arrivals and completions interleaved at random
@@ -133,7 +134,7 @@ def test_concurrent_requests_overshoot_a_budget_by_at_most_one_real_cost():
 
 def test_refusals_say_when_to_retry(tmp_path):
     now = [1_700_000_000.0]
-    lim = KeyLimiter({"r": Limits(2, None)}, Limits(None, 1.0), clock=lambda: now[0])
+    lim = KeyLimiter({"r": KeyLimits(2, None)}, KeyLimits(None, 1.0), clock=lambda: now[0])
     assert lim.reserve("r")[1] is None and lim.reserve("r")[1] is None
     refused = lim.reserve("r")[1]
     assert "2 requests per minute" in refused.message and refused.retry_after_s == 60
@@ -149,17 +150,17 @@ def test_refusals_say_when_to_retry(tmp_path):
 
 def test_budget_state_survives_a_restart(tmp_path):
     path = tmp_path / "limits.json"
-    lim = KeyLimiter(default=Limits(None, 1.0), state_path=path)
+    lim = KeyLimiter(default=KeyLimits(None, 1.0), state_path=path)
     t1, _ = lim.reserve("k", 0.4)
     t2, _ = lim.reserve("k", 0.4)
     lim.settle("k", t1, 0.3)
-    again = KeyLimiter(default=Limits(None, 1.0), state_path=path)  # the actor restarted
+    again = KeyLimiter(default=KeyLimits(None, 1.0), state_path=path)  # the actor restarted
     assert again.spent_today("k") == pytest.approx(0.3)
     assert again.reserved("k") == pytest.approx(0.4)  # t2 is still in flight
     again.settle("k", t2, 0.2)
     assert again.spent_today("k") == pytest.approx(0.5) and again.reserved("k") == 0
     path.write_text("{not json")
-    assert KeyLimiter(default=Limits(None, 1.0), state_path=path).spent_today("k") == 0
+    assert KeyLimiter(default=KeyLimits(None, 1.0), state_path=path).spent_today("k") == 0
 
 
 # -- the traffic log ---------------------------------------------------------------------------

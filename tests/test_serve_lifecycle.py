@@ -94,22 +94,24 @@ def test_the_stop_fits_the_jobs_stop_window():
 def test_named_actors_carry_their_config_and_a_stale_one_is_retired(ray_cluster, tmp_path):
     import ray
 
+    from ray_conductor.graph import GraphSpec
     from ray_conductor.serve.actors import app_actor, app_actors, close_app_actors, traffic_actor
     from ray_conductor.serve.traffic import request_row
 
     ns = "test_lifecycle"
-    old = traffic_actor("app", ns, str(tmp_path / "old"), 10, 60.0)
+    graph = GraphSpec.from_config(None, ns)
+    old = traffic_actor(graph, "app", str(tmp_path / "old"), 10, 60.0)
     ray.get(old.append.remote([request_row(request_id="r1", time=1e9, model="m")]))
     assert app_actors("app", ns)["traffic"][0].startswith("serve/app/traffic@")
-    same = traffic_actor("app", ns, str(tmp_path / "old"), 10, 60.0)
+    same = traffic_actor(graph, "app", str(tmp_path / "old"), 10, 60.0)
     assert same._actor_id == old._actor_id  # the same config: the same actor
-    new = traffic_actor("app", ns, str(tmp_path / "new"), 10, 60.0)  # another log: not adopted
+    new = traffic_actor(graph, "app", str(tmp_path / "new"), 10, 60.0)  # another log: not adopted
     [name] = app_actors("app", ns)["traffic"]
     assert ray.get(new.stats.remote())["root"] == str(tmp_path / "new")
     assert ray.get(app_actor("app", "traffic", ns).stats.remote())["root"] == str(
         tmp_path / "new")
     assert list((tmp_path / "old").rglob("*.parquet"))  # the stale one flushed before it went
-    other = traffic_actor("app/b", ns, str(tmp_path / "b"), 10, 60.0)
+    other = traffic_actor(graph, "app/b", str(tmp_path / "b"), 10, 60.0)
     close_app_actors("app", ns, timeout_s=30)
     assert app_actors("app", ns) == {}
     assert app_actors("app/b", ns)["traffic"]  # another app whose name starts alike: kept

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ray_conductor.errors import ServeError
-from ray_conductor.serve import protocol as api
+from ray_conductor.serve import wire
 from ray_conductor.workers.base import Completion, WorkerInfo
 from ray_conductor.workers.config import WorkerConfig
 from ray_conductor.workers.proxy import WorkerProxyCore
@@ -124,7 +124,7 @@ class WordPool:
 
     async def stream(self, worker: str, messages: list, **params: Any) -> Any:
         self.seen.append((worker, list(messages)))
-        words = api.pieces(self.replies[worker], 1)
+        words = wire.pieces(self.replies[worker], 1)
         for w in words:
             await asyncio.sleep(self.delay_s)
             yield w
@@ -203,8 +203,8 @@ async def test_every_step_sees_the_conversation_then_its_own_message():
 def test_chat_stream_chunks_parse_as_the_clients_types():
     from openai.types.chat import ChatCompletionChunk
 
-    usage = api.Usage(10, 5)
-    w = api.ChatStream("chatcmpl-1", "conductor", 1, "conductor-v1", include_usage=True)
+    usage = wire.Usage(10, 5)
+    w = wire.ChatStream("chatcmpl-1", "conductor", 1, "conductor-v1", include_usage=True)
     items = (w.start() + w.progress({"event": "step.started", "step": 0, "worker": "a"})
              + w.text("Hel") + w.text("lo") + w.finish(usage, {"workflow": "x"}))
     assert items[-1] == "[DONE]"
@@ -221,9 +221,9 @@ def test_responses_stream_events_parse_as_the_clients_types():
     from openai.types.responses import ResponseStreamEvent
     from pydantic import TypeAdapter
 
-    w = api.ResponsesStream("resp_1", "conductor", 1)
+    w = wire.ResponsesStream("resp_1", "conductor", 1)
     events = (w.start() + w.progress({"event": "step.finished", "step": 0})
-              + w.text("Hi ") + w.text("there") + w.finish(api.Usage(3, 2), {}))
+              + w.text("Hi ") + w.text("there") + w.finish(wire.Usage(3, 2), {}))
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert events[2]["type"] == "response.conductor.step.finished"
     known = [e for e in events if not e["type"].startswith("response.conductor.")]
@@ -239,7 +239,7 @@ def ResponsesStream_fail() -> list[Any]:
     from openai.types.responses import ResponseStreamEvent
     from pydantic import TypeAdapter
 
-    w = api.ResponsesStream("resp_2", "conductor", 1)
+    w = wire.ResponsesStream("resp_2", "conductor", 1)
     w.start()
     w.text("partial")
     return [TypeAdapter(ResponseStreamEvent).validate_python(e)

@@ -19,7 +19,6 @@ from ray_conductor.config import (
     check,
     default_data_dir,
     opt,
-    read_yaml,
     storage_opt,
     to_dict,
 )
@@ -66,35 +65,18 @@ class EvalConfig:
     graph: GraphConfig = opt(factory=GraphConfig, help="the actors (backend=ray)")
 
 
-def worker_pool_config(cfg: Any, data: Any) -> Any:
-    """The workers a command's proxies run: a worker YAML (live providers), or replay workers
-    over the command's pool with the recorded prices."""
-    from ray_conductor.workers.config import (
-        WorkerPoolConfig,
-        as_pool_config,
-        replay_workers,
-    )
-
-    if getattr(cfg, "workers", None):
-        return as_pool_config(read_yaml(cfg.workers, "workers"))
-    return WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
-                            replay=cfg.pool)
-
-
 def make_pool(cfg: Any, data: Any, priority: str = "serve", pool_cfg: Any = None) -> Any:
-    """The worker pool a command runs on: in-process replay, or the shared proxies."""
-    if cfg.backend == "local":
-        from ray_conductor.data.replay import ReplayPool
+    """The worker pool a command runs on (`graph.worker_pool`): in-process replay, or the
+    shared proxies (Ray started or joined first)."""
+    from ray_conductor.graph import GraphSpec, worker_pool
 
-        return ReplayPool(data)
+    spec = None
     if cfg.backend == "ray":
-        from ray_conductor.graph import GraphSpec, make_ray_pool
         from ray_conductor.runtime import init_ray
 
         spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)  # ranges, before Ray
         init_ray(cfg.ray)
-        return make_ray_pool(spec, pool_cfg or worker_pool_config(cfg, data), priority=priority)
-    raise ConfigError(f"backend={cfg.backend!r}: use local or ray")
+    return worker_pool(cfg, data, priority, spec=spec, pool_cfg=pool_cfg)
 
 
 # -- checks before any work ----------------------------------------------------------------
@@ -193,6 +175,7 @@ def run_eval(cfg: EvalConfig, extra_policies: list | None = None) -> dict[str, A
     from ray_conductor.data.selection import select_queries
     from ray_conductor.eval.judge import judge_policies
     from ray_conductor.eval.policies import make_policies
+    from ray_conductor.graph import worker_pool_config
 
     check(cfg, EvalConfig)
     if cfg.workers and cfg.backend != "ray":

@@ -1,7 +1,9 @@
 """The thin Ray shell: RLlib PPO (new API stack) over `LiteEnv`, built from `PPOSettings`.
 
-Env runners and learners come from the config, so the same job samples on one core here
-and on many nodes of a cluster. Everything this module hands back is plain data: a
+Env runners and learners are the actor graph's `rllib_env_runner` and `rllib_learner` roles
+(`graph.ppo_graph`: their count and resources from `PPOSettings`), which RLlib instantiates
+from the settings the graph gives it, so the same job samples on one core here and on many
+nodes of a cluster. Everything this module hands back is plain data: a
 `LiteNet` state dict, metrics as floats.
 """
 
@@ -46,9 +48,12 @@ class PPOSettings:
 
 def build_ppo(table: LiteTable, settings: PPOSettings, *, max_calls: int, cost_penalty: float,
               cost_scale: float, seed: int, feature_noise: float | np.ndarray = 0.0,
-              init_state: dict[str, torch.Tensor] | None = None):
+              init_state: dict[str, torch.Tensor] | None = None, graph: Any = None):
     """A PPO `Algorithm` whose env runners sample episodes of `table` (features as the policy
-    sees them). `init_state` starts the policy from given `LiteNet` weights."""
+    sees them). `init_state` starts the policy from given `LiteNet` weights. `graph`: the
+    `GraphSpec` whose RLlib roles place the runners and learners (default: from
+    `settings`)."""
+    from ray_conductor.graph import ppo_graph
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
@@ -64,15 +69,14 @@ def build_ppo(table: LiteTable, settings: PPOSettings, *, max_calls: int, cost_p
     if init_state is not None:
         model_config["init_state"] = {k: v.tolist() for k, v in init_state.items()}
     s = settings
+    rllib = (graph if graph is not None else ppo_graph(s)).rllib_settings()
     config = (
         PPOConfig()
         .environment(env_id)
         .framework("torch")
-        .env_runners(num_env_runners=s.num_env_runners,
-                     num_envs_per_env_runner=s.num_envs_per_env_runner,
-                     num_cpus_per_env_runner=s.num_cpus_per_env_runner)
-        .learners(num_learners=s.num_learners, num_cpus_per_learner=s.num_cpus_per_learner,
-                  num_gpus_per_learner=s.num_gpus_per_learner)
+        .env_runners(num_envs_per_env_runner=s.num_envs_per_env_runner,
+                     **rllib["env_runners"])
+        .learners(**rllib["learners"])
         .rl_module(rl_module_spec=RLModuleSpec(module_class=LiteRLModule,
                                                model_config=model_config))
         .training(train_batch_size_per_learner=s.train_batch_size,

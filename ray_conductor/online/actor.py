@@ -15,7 +15,7 @@ import ray
 from ray_conductor.online.config import RetrainConfig
 
 
-@ray.remote(max_concurrency=4, max_restarts=0)
+@ray.remote
 class OnlineRetrainer:
     def __init__(self, cfg: dict[str, Any], nice: int = 10):
         import torch
@@ -67,13 +67,22 @@ def gpus_for(cfg: RetrainConfig) -> int:
     return 1 if str(cfg.training.lm.device).startswith("cuda") else 0
 
 
-def start_retrainer(cfg: RetrainConfig, cpus: float = 1.0) -> str:
-    """Create (or find) the named actor beside the app and start its loop; its name."""
+def build_retrainer(cfg: RetrainConfig, graph: Any) -> Any:
+    """The named actor beside the app (created, or found), from the graph's
+    `online_retrainer` role; its GPU follows the LM's device (`gpus_for`)."""
     from dataclasses import asdict
 
-    name = actor_name(cfg.app, cfg.model)
-    handle = OnlineRetrainer.options(name=name, namespace=cfg.ray.namespace, get_if_exists=True,
-                                     lifetime="detached", num_cpus=cpus,
-                                     num_gpus=gpus_for(cfg)).remote(asdict(cfg))
+    return graph.build("online_retrainer", asdict(cfg), name=actor_name(cfg.app, cfg.model),
+                       num_gpus=gpus_for(cfg))
+
+
+def start_retrainer(cfg: RetrainConfig) -> str:
+    """Build the actor from the app's own graph declaration (its `ServeConfig.graph`) and
+    start its loop; its name."""
+    from ray_conductor.graph import GraphSpec
+    from ray_conductor.online.serving import ServeApp
+
+    app = ServeApp(cfg.app).config()
+    handle = build_retrainer(cfg, GraphSpec.from_config(app.graph, cfg.ray.namespace))
     ray.get(handle.start.remote(), timeout=600)
-    return name
+    return actor_name(cfg.app, cfg.model)

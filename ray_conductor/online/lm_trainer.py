@@ -47,7 +47,7 @@ def conductor_settings(policy_dir: Path | str) -> dict[str, Any]:
     """The conductor settings a published LM version (its registry meta) or a candidate (its
     `conductor.json`) runs with; the weights' own path is not one of them."""
     from ray_conductor.policy.registry import version_at
-    from ray_conductor.policy.runner import conductor_settings as from_meta
+    from ray_conductor.policy.runner import settings_from_meta as from_meta
 
     d = Path(policy_dir)
     try:

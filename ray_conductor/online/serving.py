@@ -92,13 +92,11 @@ class ServeApp:
         """The shared worker proxies at `rollout` priority, and each worker's config
         fingerprint (the answer cache's key). Looked up again every round: a redeployed app
         has new proxy actors under the same names, and old handles would only fail."""
-        from ray_conductor.graph import GraphSpec, make_ray_pool
+        from ray_conductor.graph import worker_pool
         from ray_conductor.workers.config import as_pool_config, fingerprint
 
-        cfg = self.config()
         pool_cfg = as_pool_config(self.settings()["pool_config"])
-        pool = make_ray_pool(GraphSpec.from_config(cfg.graph, cfg.ray.namespace), pool_cfg,
-                             priority="rollout")
+        pool = worker_pool(self.config(), None, "rollout", pool_cfg=pool_cfg)
         prints = {w.name: fingerprint(w, pool_cfg.replay, pool_cfg.queue_timeout_s)
                   for w in pool_cfg.workers}
         return pool, prints

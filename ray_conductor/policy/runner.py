@@ -59,7 +59,7 @@ async def run_conductor(conductor: Conductor, questions: Sequence[Any], pool: Wo
     return list(await asyncio.gather(*(one(q, p) for q, p in zip(questions, plans))))
 
 
-def conductor_settings(meta: dict[str, Any]) -> dict[str, Any]:
+def settings_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The `ConductorConfig` fields a policy's meta (`config.conductor` or `conductor`) sets."""
     cfg = (meta.get("config") or {}).get("conductor") or meta.get("conductor") or {}
     known = {f.name for f in fields(ConductorConfig)}
@@ -78,10 +78,10 @@ def locate_conductor(ref: str) -> tuple[str, dict[str, Any], str]:
         model, pv = resolve_policy(ref)
         if pv is not None and pv.kind != "lm":
             raise ConfigError(f"{ref!r} is a {pv.kind} policy, not an LM conductor")
-        return model, conductor_settings(pv.meta if pv else {}), pv.tag if pv else "?"
+        return model, settings_from_meta(pv.meta if pv else {}), pv.tag if pv else "?"
     state = path / "trainer_state.json"
     if state.is_file() and (path / "model").is_dir():  # a checkpoint directory
-        return str(path / "model"), conductor_settings(json.loads(state.read_text())), path.name
+        return str(path / "model"), settings_from_meta(json.loads(state.read_text())), path.name
     if path.exists() and not (path / "config.json").is_file():
         raise ConfigError(f"{ref!r} is neither a model directory (config.json), a checkpoint "
                           "(model/ + trainer_state.json), a run directory (registry/) nor "

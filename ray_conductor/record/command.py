@@ -192,12 +192,12 @@ def _ask(cfg: RecordConfig, plan: RecordPlan, todo: list[tuple[RecordQuestion, s
     """The calls, through the proxies at rollout priority, with Ctrl-C as a clean stop."""
     from tqdm.auto import tqdm
 
-    from ray_conductor.graph import GraphSpec, make_ray_pool
+    from ray_conductor.graph import GraphSpec, worker_pool
     from ray_conductor.runtime import init_ray
 
     spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
     init_ray(cfg.ray)
-    pool = make_ray_pool(spec, plan.pool, priority="rollout")
+    pool = worker_pool(cfg, None, "rollout", spec=spec, pool_cfg=plan.pool)
     bar = tqdm(total=len(todo), desc="record", unit="call", disable=not cfg.progress,
                file=sys.stderr)
 

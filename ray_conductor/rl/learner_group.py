@@ -95,17 +95,15 @@ class LearnerActor:
 
 
 class LearnerGroup:
-    """`spec.count` `LearnerActor`s as one learner: `train_step` shards the batch over them.
-    `spec` is the graph's `learner` role (`ray_conductor.graph.ActorSpec`): resources, count
+    """The graph's `learner` role's `LearnerActor`s as one learner: `train_step` shards the
+    batch over them. `graph` (`ray_conductor.graph.GraphSpec`) builds them: resources, count
     and threads come from the one declaration."""
 
-    def __init__(self, cfg: Any, spec: Any, namespace: str | None = None):
+    def __init__(self, cfg: Any, graph: Any):
         self.cfg = as_learner_config(cfg)
-        gpu = spec.num_gpus > 0
-        device, backend = ("cuda", "nccl") if gpu else ("cpu", "gloo")
-        opts = spec.options(namespace=namespace)
-        self.actors = [LearnerActor.options(**opts).remote(self.cfg, device)
-                       for _ in range(spec.count)]
+        spec = graph.role("learner")
+        device, backend = ("cuda", "nccl") if spec.num_gpus > 0 else ("cpu", "gloo")
+        self.actors = graph.build_all("learner", self.cfg, device)
         addr, port = ray.get(self.actors[0].address.remote())
         ray.get([a.setup_dist.remote(addr, port, rank, spec.count, backend)
                  for rank, a in enumerate(self.actors)])

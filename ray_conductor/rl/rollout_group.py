@@ -13,7 +13,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from ray_conductor.errors import ConductorError, ConfigError
-from ray_conductor.graph import GraphSpec, make_ray_pool
+from ray_conductor.graph import GraphSpec, worker_pool
 from ray_conductor.rl.learner_group import LearnerGroup
 
 
@@ -114,24 +114,20 @@ def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
     """Everything from `cfg.graph` (the one declaration) and the training config's policy,
     reward and pool settings."""
     from ray_conductor.config import to_dict
-    from ray_conductor.workers.config import WorkerPoolConfig, replay_workers
 
     spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
     spec.check_resources(["rollout", "learner"])
     proxies: dict[str, Any] = {}
     if cfg.backend == "ray":
-        pool_cfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
-                                    replay=cfg.pool)
-        pool: Any = make_ray_pool(spec, pool_cfg, priority="rollout")
+        pool: Any = worker_pool(cfg, data, "rollout", spec=spec)
         proxies = {w.name: pool.handle(w.name) for w in pool.workers()}
     elif cfg.backend == "local":
         pool = partial(_replay_pool, cfg.pool, cfg.data_dir)
     else:
         raise ConfigError(f"backend={cfg.backend!r}: use ray or local")
     judge = partial(_replay_judge, cfg.pool, cfg.data_dir)
-    actors = [spec.build("rollout", cfg.conductor, cfg.reward, pool, judge)
-              for _ in range(spec.role("rollout").count)]
+    actors = spec.build_all("rollout", cfg.conductor, cfg.reward, pool, judge)
     learner_cfg = {**to_dict(cfg.learner), "model": cfg.conductor.model}
-    learners = LearnerGroup(learner_cfg, spec.role("learner"), spec.namespace)
+    learners = LearnerGroup(learner_cfg, spec)
     gather([a.ready.remote() for a in actors])
     return TrainingGraph(spec, proxies, RolloutGroup(actors), learners)

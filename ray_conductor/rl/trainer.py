@@ -292,20 +292,13 @@ def evaluate_conductor(cfg: TrainConfig, graph, data, *, tag: str,
     """The conductor's greedy plans, run by the rollout actors over their own pool (the shared
     proxies when backend=ray), and optionally the baselines over the same pool, judged on the
     eval split by `eval.judge.judge_policies`."""
-    from ray_conductor.data.replay import ReplayPool
     from ray_conductor.data.selection import select_queries
     from ray_conductor.eval.judge import judge_policies
     from ray_conductor.eval.policies import ConductorPolicy, make_policies
+    from ray_conductor.graph import worker_pool
 
     queries = select_queries(data, cfg.eval_split, cfg.eval_limit)
-    pool = ReplayPool(data)
-    if cfg.backend == "ray":
-        from ray_conductor.graph import make_ray_pool
-        from ray_conductor.workers.config import WorkerPoolConfig, replay_workers
-
-        pool = make_ray_pool(graph.spec, WorkerPoolConfig(
-            workers=replay_workers(cfg.pool, data.worker_infos()), replay=cfg.pool),
-            priority="rollout")
+    pool = worker_pool(cfg, data, "rollout", spec=graph.spec)
     policies = [ConductorPolicy(f"conductor:{tag}",
                                 lambda qs, _pool, params: graph.rollouts.run(qs, params))]
     if baselines:

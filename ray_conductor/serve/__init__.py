@@ -3,12 +3,12 @@
 Owns: the app (`build_app`: a FastAPI ingress bound to a planner deployment), the wire format
 (`protocol`), request handling (`gateway`: auth, routing by model, limits, running, usage,
 trace), API keys and per-key limits, the traffic log (`traffic`: Parquet, with feedback) and
-policy hot-swap (`swap_policy`, `promote_policy`, `rollback_policy`), and the `serve` and
-demo commands (`command`). Workflows run through the shared `WorkerProxy` actors of the one
+policy hot-swap (`swap_policy`, `promote_policy`, `rollback_policy`), and the `serve`
+command (`command`; the demo, which also evaluates, is `ray_conductor.demo`). Workflows run through the shared `WorkerProxy` actors of the one
 graph declaration (`ray_conductor.graph`), at `serve` priority.
 
-May import: graph, policy, eval (baselines), workflow, workers, data, features; the lite
-conductor only inside its policy hook. Must not import training code (`rl`). The pure core
+May import: graph, policy (the baselines too), workflow, workers, data, features; the lite
+conductor only inside its policy hook. Must not import training code (`rl`), nor `eval`. The pure core
 (protocol, gateway, ports, keys, limits, traffic, policies, results, questions) imports
 no Ray.
 """
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ServeConfig", "build_app", "demo", "promote_policy", "read_feedback",
+__all__ = ["ServeConfig", "build_app", "promote_policy", "read_feedback",
            "read_traffic", "rollback_policy", "run_serve", "served", "start", "stop",
            "swap_policy"]
 
 _HOMES = {
     "ServeConfig": "config", "build_app": "app", "swap_policy": "app", "served": "app",
     "promote_policy": "app", "rollback_policy": "app", "run_serve": "command",
-    "demo": "command", "start": "command", "stop": "command", "read_traffic": "traffic",
+    "start": "command", "stop": "command", "read_traffic": "traffic",
     "read_feedback": "traffic",
 }
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
         served,
         swap_policy,
     )
-    from ray_conductor.serve.command import demo, run_serve, start, stop
+    from ray_conductor.serve.command import run_serve, start, stop
     from ray_conductor.serve.config import ServeConfig
     from ray_conductor.serve.traffic import read_feedback, read_traffic
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import ray
 
-from ray_conductor.serve.limits import KeyLimiter, Limits
+from ray_conductor.serve.limits import KeyLimiter, KeyLimits
 from ray_conductor.serve.traffic import TrafficLog
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ def app_actor(app: str, role: str, namespace: str) -> Any:
     return ray.get_actor(names[0], namespace=namespace)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote
 class KeyLimitsActor:
     def __init__(self, per_key: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any],
                  state_path: str | None = None):
-        self.core = KeyLimiter({k: Limits(**v) for k, v in per_key.items()}, Limits(**default),
+        self.core = KeyLimiter({k: KeyLimits(**v) for k, v in per_key.items()}, KeyLimits(**default),
                                state_path=state_path)
 
     def reserve(self, key_id: str, dollars: float) -> tuple[str | None, str | None, float]:
@@ -89,7 +89,7 @@ class KeyLimitsActor:
         return self.core.usage(key_id)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote
 class TrafficWriter:
     """Async actor: appends never wait for the disk; a background task flushes."""
 
@@ -193,26 +193,30 @@ class TrafficWriter:
                 "root": str(self.core.root)}
 
 
-def _get_or_create(cls: Any, app: str, role: str, namespace: str, *args: Any) -> Any:
-    """The app's `role` actor built from exactly `args` (created, or found by its
-    fingerprinted name); a live one of the same role built from other args is retired."""
+GRAPH_ROLES = {"key_limits": "key_limits", "traffic": "traffic_writer"}  # name -> graph role
+
+
+def _get_or_create(graph: Any, app: str, role: str, *args: Any) -> Any:
+    """The app's `role` actor built by the graph from exactly `args` (created, or found by
+    its fingerprinted name); a live one of the same role built from other args is retired."""
+    namespace = graph.namespace
     name = actor_name(app, role, config_fingerprint(role, args))
     for stale in app_actors(app, namespace).get(role, []):
         if stale != name:
             log.warning("retiring %s: built for another config of app %r", stale, app)
             _retire(stale, namespace, role, timeout_s=30.0)
-    return cls.options(name=name, namespace=namespace, get_if_exists=True,
-                       lifetime="detached", max_restarts=-1, max_task_retries=-1).remote(*args)
+    return graph.build(GRAPH_ROLES[role], *args, name=name)
 
 
-def limits_actor(app: str, namespace: str, per_key: Mapping[str, Mapping[str, Any]],
+def limits_actor(graph: Any, app: str, per_key: Mapping[str, Mapping[str, Any]],
                  default: Mapping[str, Any], state_path: str | None = None) -> Any:
-    return _get_or_create(KeyLimitsActor, app, "key_limits", namespace, dict(per_key),
-                          dict(default), state_path)
+    """The app's `KeyLimitsActor`, from the graph (`GraphSpec`) of its `key_limits` role."""
+    return _get_or_create(graph, app, "key_limits", dict(per_key), dict(default), state_path)
 
 
-def traffic_actor(app: str, namespace: str, root: str, max_rows: int, flush_s: float) -> Any:
-    return _get_or_create(TrafficWriter, app, "traffic", namespace, root, max_rows, flush_s)
+def traffic_actor(graph: Any, app: str, root: str, max_rows: int, flush_s: float) -> Any:
+    """The app's `TrafficWriter`, from the graph's `traffic_writer` role."""
+    return _get_or_create(graph, app, "traffic", root, max_rows, flush_s)
 
 
 def _retire(name: str, namespace: str, role: str, timeout_s: float) -> dict[str, Any]:

@@ -39,7 +39,7 @@ SERVE_INPUTS = ("policy", "policies", "seed")  # policy references, absolute
 def pool_config(cfg: ServeConfig) -> dict[str, Any]:
     """The workers the app runs on: a worker YAML (live), else replay workers over `pool`
     with the recorded prices."""
-    from ray_conductor.eval.command import worker_pool_config
+    from ray_conductor.graph import worker_pool_config
 
     if not cfg.workers and not cfg.pool:
         raise ConfigError("serve needs workers: a replay pool (pool=demo) or a worker YAML "
@@ -152,41 +152,62 @@ def lm_policies(user_config: dict[str, Any]) -> dict[str, str]:
             if policy_kind(r) == "lm"}
 
 
+def serving_graph(cfg: ServeConfig) -> Any:
+    """The app's `GraphSpec`: its roles from `graph`, the ingress from `ingress`."""
+    from ray_conductor.graph import GraphSpec
+
+    return GraphSpec.from_config(cfg.graph, cfg.ray.namespace, ingress=cfg.ingress)
+
+
 def build_app(cfg: Any, settings: dict[str, Any] | None = None) -> Any:
-    """The app: `Ingress.bind(planner, ...)`, the planner `Planner.bind(...)` when an LM
-    conductor is served (else None); resources from the graph's `planner` role and the
-    ingress config."""
+    """The app, from the graph: the shared worker proxies, the key limits actor (when keys
+    are configured) and the traffic writer are built here, through the graph, and handed to
+    `Ingress.bind(planner, settings, pool, limits, traffic)`; the planner `Planner.bind(...)`
+    when an LM conductor is served (else None). Replicas create no actor."""
+    from ray_conductor.graph import worker_pool
+    from ray_conductor.serve.actors import limits_actor, traffic_actor
+    from ray_conductor.serve.config import limits_state_path
     from ray_conductor.serve.ingress import Ingress
+    from ray_conductor.serve.keys import KeyRing, load_keys
 
     cfg = as_serve_config(cfg)
     settings = settings if settings is not None else prepare(cfg)
+    spec = serving_graph(cfg)
     lm = lm_policies(settings["user_config"])
-    planner = _planner_deployment(cfg, settings, lm) if lm else None
-    ing = cfg.ingress
+    planner = _planner_deployment(spec, cfg, settings, lm) if lm else None
+    pool = worker_pool(cfg, None, "serve", spec=spec, pool_cfg=settings["pool_config"])
+    records = settings.get("keys")
+    if records is None:  # deployed from a YAML: the keys come from its file or variable
+        records = [r.to_dict() for r in load_keys(cfg.api_keys, cfg.api_keys_file,
+                                                  cfg.api_keys_env)]
+        settings = {**settings, "keys": records}
+    limits, keys = None, KeyRing(records)
+    if keys.enabled:
+        per_key = {r.key_id: {"requests_per_minute": r.requests_per_minute,
+                              "dollars_per_day": r.dollars_per_day} for r in keys.records()}
+        default = {"requests_per_minute": cfg.limits.requests_per_minute,
+                   "dollars_per_day": cfg.limits.dollars_per_day}
+        limits = limits_actor(spec, cfg.app_name, per_key, default, limits_state_path(cfg))
+    traffic = traffic_actor(spec, cfg.app_name, cfg.log_dir, cfg.log_buffer_rows,
+                            cfg.log_flush_s)
+    ing = spec.role("ingress")
     return Ingress.options(
-        max_ongoing_requests=ing.max_ongoing_requests,
+        max_ongoing_requests=ing.max_concurrency,
         graceful_shutdown_wait_loop_s=SHUTDOWN_WAIT_LOOP_S,
-        autoscaling_config={"min_replicas": ing.min_replicas, "max_replicas": ing.max_replicas,
-                            "target_ongoing_requests": ing.target_ongoing_requests},
-        ray_actor_options={"num_cpus": ing.num_cpus},
-        user_config=settings["user_config"]).bind(planner, settings)
+        autoscaling_config={"min_replicas": ing.count, "max_replicas": ing.max_count,
+                            "target_ongoing_requests": cfg.ingress.target_ongoing_requests},
+        ray_actor_options=spec.serve_options("ingress"),
+        user_config=settings["user_config"]).bind(planner, settings, pool, limits, traffic)
 
 
-def _planner_deployment(cfg: ServeConfig, settings: dict[str, Any], lm: dict[str, str]) -> Any:
-    from ray_conductor.graph import GraphSpec
+def _planner_deployment(spec: Any, cfg: ServeConfig, settings: dict[str, Any],
+                        lm: dict[str, str]) -> Any:
     from ray_conductor.serve.planner import Planner
 
-    role = GraphSpec.from_config(cfg.graph, cfg.ray.namespace).role("planner")
-    resources = {"num_cpus": role.num_cpus, "num_gpus": role.num_gpus}
-    if role.resources:
-        resources["resources"] = dict(role.resources)
-    if role.torch_threads > 0:
-        from ray_conductor.runtime import TORCH_THREADS_ENV
-
-        resources["runtime_env"] = {"env_vars": {TORCH_THREADS_ENV: str(role.torch_threads)}}
+    role = spec.role("planner")
     return Planner.options(
         num_replicas=role.count, max_ongoing_requests=role.max_concurrency,
-        ray_actor_options=resources, user_config={"policies": lm},
+        ray_actor_options=spec.serve_options("planner"), user_config={"policies": lm},
         graceful_shutdown_wait_loop_s=SHUTDOWN_WAIT_LOOP_S).bind(settings)
 
 

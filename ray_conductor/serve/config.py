@@ -10,24 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray_conductor.config import RayConfig, default_data_dir, opt, storage_opt
-from ray_conductor.graph import GraphConfig
+from ray_conductor.graph import GraphConfig, IngressConfig
 
 
 DEFAULT_POLICIES = {"conductor": "lite:default", "conductor-lite": "lite:default"}
-
-
-@dataclass
-class IngressConfig:
-    """The HTTP ingress waits on worker APIs, not on its CPU: it takes many requests at once
-    (Serve's default of 5 would queue them in front of an idle replica) and scales on how many
-    are ongoing."""
-
-    max_ongoing_requests: int = opt(256, "requests one replica holds at once", min=1)
-    min_replicas: int = opt(1, "fewest ingress replicas", min=1)
-    max_replicas: int = opt(4, "most ingress replicas (autoscaling)", min=1)
-    target_ongoing_requests: int = opt(64, "ongoing requests per replica autoscaling aims at",
-                                       min=1)
-    num_cpus: float = opt(0.1, "CPUs one ingress replica reserves", min=0)
 
 
 @dataclass

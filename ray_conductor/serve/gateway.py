@@ -23,28 +23,39 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ray_conductor.errors import ServeError
 from ray_conductor.serve import protocol as api
+from ray_conductor.serve import wire
 from ray_conductor.serve.keys import KeyRecord, KeyRing
 from ray_conductor.serve.limits import prompt_bound, worst_case
 from ray_conductor.serve.policies import PlanReply, PlanRequest
-from ray_conductor.serve.ports import Limits, Planner, PlannerClient, TrafficSink
+from ray_conductor.serve.ports import LimitsPort, PlannerClient, PlannerPort, TrafficSink
 from ray_conductor.serve.questions import QuestionIndex
+from ray_conductor.serve.reply import (
+    GatewaySettings,
+    Limited,
+    ObservedPool,
+    Reply,
+    RequestState,
+    error_reply,
+    fingerprint,
+    traffic_row,
+    internal_error,
+    version_headers,
+)
 from ray_conductor.serve.results import (
     Run,
     extension,
     failure,
     pass_through,
-    steps_view,
     usage_of,
 )
-from ray_conductor.serve.traffic import check_feedback, request_row
-from ray_conductor.workers.base import Completion, WorkerPool
-from ray_conductor.workflow import execute, is_program, render, with_conversation
+from ray_conductor.serve.traffic import check_feedback
+from ray_conductor.workers.base import WorkerPool
+from ray_conductor.workflow import execute, is_program, with_conversation
 from ray_conductor.workflow.executor import Emit, call_worker, stream_worker
 
 log = logging.getLogger(__name__)
@@ -54,87 +65,9 @@ Body = bytes | Callable[[], Awaitable[bytes]]
 _END = object()
 
 
-@dataclass
-class GatewaySettings:
-    pool: str | None = None  # the replay pool's spec, for messages
-    replay_workers: frozenset[str] = frozenset()  # workers that answer only recorded questions
-    max_body_bytes: int = 2_000_000
-    max_prompt_chars: int = 200_000
-    call_timeout_s: float | None = None
-    orchestration_prices: tuple[float, float] = (0.0, 0.0)  # $/1M input, output
-    policies_ttl_s: float = 2.0
-    default_budget: float | None = None  # $/day of a key that sets none
-    output_cap: int = 4096  # output tokens a call may make when the request sets no max
-    reward_range: tuple[float, float] = (-1.0, 1.0)
-    fallbacks: Mapping[str, Sequence[str]] = field(default_factory=dict)
-
-
-@dataclass
-class Reply:
-    """An HTTP answer: a JSON body, or server-sent events as they are produced."""
-
-    status: int = 200
-    body: dict[str, Any] | None = None
-    stream: AsyncIterator[bytes] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class Limited(ServeError):
-    """A 429 that says when to retry."""
-
-    def __init__(self, message: str, retry_after_s: float, code: str):
-        super().__init__(message, 429, code=code, type="rate_limit_error")
-        self.retry_after_s = retry_after_s
-
-
-def error_reply(e: ServeError) -> Reply:
-    retry = getattr(e, "retry_after_s", None)
-    headers = {"retry-after": str(max(1, round(retry)))} if retry is not None else {}
-    return Reply(e.status, api.error_body(e), headers=headers)
-
-
-@dataclass
-class _Ctx:
-    rid: str
-    endpoint: str
-    t0: float
-    key_id: str | None = None
-    req: api.ApiRequest | None = None
-    query_id: str | None = None
-    timeout_s: float | None = None
-    logged: bool = False
-    ticket: str | None = None
-    reserved: float = 0.0  # the worst case held against the key's budget
-    cost: float | None = None  # the real cost, once known
-    settled: bool = False
-    streaming: bool = False  # the stream owns logging and settling from here
-
-
-class ObservedPool:
-    """A pool reporting each call's start and end (an interactive policy's progress)."""
-
-    def __init__(self, pool: WorkerPool, emit: Emit):
-        self.pool, self.emit, self.calls = pool, emit, 0
-
-    def workers(self) -> Any:
-        return self.pool.workers()
-
-    async def complete(self, worker: str, messages: Any, **params: Any) -> Completion:
-        i, t = self.calls, time.perf_counter()
-        self.calls += 1
-        self.emit({"event": "step.started", "step": i, "worker": worker})
-        c = await self.pool.complete(worker, messages, **params)
-        self.emit({"event": "step.finished", "step": i, "worker": worker,
-                   "served_by": c.served_by, "ok": c.ok, "error_code": c.error_code,
-                   "latency_s": round(time.perf_counter() - t, 4), "cached": c.cached,
-                   "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
-                   "cost": c.cost})
-        return c
-
-
 class Gateway:
-    def __init__(self, settings: GatewaySettings, *, planner: Planner, pool: WorkerPool,
-                 keys: KeyRing, limits: Limits | None, traffic: TrafficSink,
+    def __init__(self, settings: GatewaySettings, *, planner: PlannerPort, pool: WorkerPool,
+                 keys: KeyRing, limits: LimitsPort | None, traffic: TrafficSink,
                  questions: QuestionIndex | None = None,
                  clock: Callable[[], float] = time.time):
         self.s, self.planner, self.pool, self.keys = settings, planner, pool, keys
@@ -153,7 +86,7 @@ class Gateway:
         off is answered and logged like any other request). `deadline`: the
         `x-conductor-timeout-s` header, seconds a worker call may take (its queue wait
         included), capped by the config's `call_timeout_s`."""
-        ctx = _Ctx(api.new_id(endpoint), endpoint, time.perf_counter())
+        ctx = RequestState(wire.new_id(endpoint), endpoint, time.perf_counter())
         try:
             key = self.authenticate(authorization, client)
             ctx.key_id = key.key_id if key else None
@@ -170,7 +103,7 @@ class Gateway:
         except Exception as e:  # a bug, not the caller's fault: say so, keep the replica up
             log.exception("request %s failed", ctx.rid)
             self._log(ctx, status=500, error=f"{type(e).__name__}", error_code="internal")
-            return error_reply(_internal(ctx.rid, e))
+            return error_reply(internal_error(ctx.rid, e))
         finally:
             if not ctx.streaming:
                 self._settle(ctx)
@@ -182,7 +115,7 @@ class Gateway:
             policies = await self.policies(refresh=True)
         except ServeError as e:
             return error_reply(e)
-        created = api.now()
+        created = wire.now()
         data = [{"id": name, "object": "model", "created": created, "owned_by": "ray-conductor",
                  "conductor": {"kind": "policy", **info}} for name, info in policies.items()]
         data += [{"id": w.name, "object": "model", "created": created, "owned_by": "worker",
@@ -252,7 +185,7 @@ class Gateway:
             return None
         return key.dollars_per_day if key.dollars_per_day is not None else self.s.default_budget
 
-    async def _answer(self, ctx: _Ctx, raw: bytes, key: KeyRecord | None) -> Reply:
+    async def _answer(self, ctx: RequestState, raw: bytes, key: KeyRecord | None) -> Reply:
         if len(raw) > self.s.max_body_bytes:
             raise ServeError(f"the request body has {len(raw)} bytes; the limit is "
                              f"{self.s.max_body_bytes}", 413, code="request_too_large")
@@ -378,7 +311,7 @@ class Gateway:
     def _max_calls(self, model: str) -> int:
         return int(self._policies.get(model, {}).get("max_calls") or 1)
 
-    def _settle(self, ctx: _Ctx) -> None:
+    def _settle(self, ctx: RequestState) -> None:
         """The key's reservation settled at the real cost (a request cut off by its client:
         at its reservation, what a provider bills for a cut call being unknown)."""
         if ctx.settled or ctx.key_id is None or self.limits is None:
@@ -393,7 +326,7 @@ class Gateway:
             log.exception("settling request %s failed", ctx.rid)
 
     # -- running -------------------------------------------------------------------------------
-    async def _run(self, ctx: _Ctx, plan: PlanReply | None, found: tuple[str, str] | None,
+    async def _run(self, ctx: RequestState, plan: PlanReply | None, found: tuple[str, str] | None,
                    params: dict[str, Any], emit: Emit | None) -> Run:
         """The request's run; with `emit`, its progress and the answer's text as produced."""
         req = ctx.req
@@ -428,7 +361,7 @@ class Gateway:
                    plan.input_tokens + (client.input_tokens if client else 0),
                    plan.output_tokens + (client.output_tokens if client else 0))
 
-    def _finish(self, ctx: _Ctx, run: Run) -> api.Usage:
+    def _finish(self, ctx: RequestState, run: Run) -> wire.Usage:
         """The run's usage, its cost kept for settling; a failed run raises its error."""
         usage = usage_of(run, *self.s.orchestration_prices)
         ctx.cost = usage.cost
@@ -441,7 +374,7 @@ class Gateway:
             raise why
         return usage
 
-    def _reply(self, ctx: _Ctx, run: Run) -> Reply:
+    def _reply(self, ctx: RequestState, run: Run) -> Reply:
         req = ctx.req
         assert req is not None
         usage = self._finish(ctx, run)
@@ -449,13 +382,13 @@ class Gateway:
         answer = run.trace.answer
         self._log(ctx, run=run, status=200, usage=usage)
         if req.endpoint == "chat":
-            body = api.chat_body(ctx.rid, req.model, api.now(), answer, usage,
-                                 _fingerprint(run, req), ext)
+            body = wire.chat_body(ctx.rid, req.model, wire.now(), answer, usage,
+                                 fingerprint(run, req), ext)
         else:
-            body = api.responses_body(ctx.rid, req.model, api.now(), answer, usage, ext)
-        return Reply(body=body, headers=_headers(run))
+            body = wire.responses_body(ctx.rid, req.model, wire.now(), answer, usage, ext)
+        return Reply(body=body, headers=version_headers(run))
 
-    async def _stream(self, ctx: _Ctx, plan: PlanReply | None, found: tuple[str, str] | None,
+    async def _stream(self, ctx: RequestState, plan: PlanReply | None, found: tuple[str, str] | None,
                       params: dict[str, Any]) -> Reply:
         """Start the run; answer once its first event (a step started, the first token) or
         its end is known: a run that fails before anything happened is a plain HTTP error,
@@ -475,17 +408,17 @@ class Gateway:
         return Reply(stream=self._events(ctx, version, first, queue, task),
                      headers={"x-conductor-policy-version": version or ""})
 
-    async def _events(self, ctx: _Ctx, version: str | None, first: Any,
+    async def _events(self, ctx: RequestState, version: str | None, first: Any,
                       queue: asyncio.Queue[Any], task: asyncio.Future[Run]
                       ) -> AsyncIterator[bytes]:
         req = ctx.req
         assert req is not None
-        w: api.ChatStream | api.ResponsesStream
+        w: wire.ChatStream | wire.ResponsesStream
         if req.endpoint == "chat":
             fp = f"conductor-{version}" if version else f"worker-{req.model}"
-            w = api.ChatStream(ctx.rid, req.model, api.now(), fp, req.include_usage)
+            w = wire.ChatStream(ctx.rid, req.model, wire.now(), fp, req.include_usage)
         else:
-            w = api.ResponsesStream(ctx.rid, req.model, api.now())
+            w = wire.ResponsesStream(ctx.rid, req.model, wire.now())
         relayed: list[str] = []
         try:
             for item in w.start():
@@ -504,7 +437,7 @@ class Gateway:
                 self._log(ctx, status=e.status, error=e.message, error_code=e.code)
                 return
             if not relayed:  # the answer came whole (an interactive policy, a vote)
-                for piece in api.pieces(run.trace.answer):
+                for piece in wire.pieces(run.trace.answer):
                     for out in w.text(piece):
                         yield w.sse(out)
             ext = extension(ctx.rid, run, usage, time.perf_counter() - ctx.t0, ctx.query_id)
@@ -514,7 +447,7 @@ class Gateway:
         except Exception as e:  # a bug mid-stream: end it in OpenAI's shape, keep the replica
             log.exception("stream %s failed", ctx.rid)
             self._log(ctx, status=500, error=type(e).__name__, error_code="internal")
-            for out in w.fail(_internal(ctx.rid, e)):
+            for out in w.fail(internal_error(ctx.rid, e)):
                 yield w.sse(out)
         finally:
             if not task.done():
@@ -533,37 +466,17 @@ class Gateway:
             return w.text(event["text"])
         return w.progress(event)
 
-    def _log(self, ctx: _Ctx, *, status: int, run: Run | None = None, usage: Any = None,
+    def _log(self, ctx: RequestState, *, status: int, run: Run | None = None, usage: Any = None,
              error: str | None = None, error_code: str | None = None) -> None:
         """One traffic row per request, whatever its outcome (never the key, only its id)."""
         if ctx.logged:
             return
         ctx.logged = True
-        req = ctx.req
         try:
             u = usage if usage is not None else (usage_of(run, *self.s.orchestration_prices)
                                                  if run is not None else None)
-            trace = None
-            if run is not None:
-                trace = {"steps": steps_view(run, with_text=True), "answer": run.trace.answer,
-                         "wall_s": run.trace.wall_s, "plan_text": run.plan_text,
-                         "plan_attempts": run.plan_attempts,
-                         "plan_fell_back": run.plan_fell_back, "plan_errors": run.plan_errors,
-                         "context_messages": len(req.context) if req else 0}
-            row = request_row(
-                request_id=ctx.rid, time=self.clock(), key_id=ctx.key_id, endpoint=ctx.endpoint,
-                model=req.model if req else None, policy=run.policy if run else None,
-                policy_version=run.version if run else None,
-                stream=req.stream if req else None, status=status, error=error,
-                error_code=error_code, question=req.question if req else None,
-                query_id=ctx.query_id, workflow=render(run.workflow) if run else None,
-                trace=trace, answer=run.trace.answer if run else None,
-                cost=u.cost if u else (ctx.cost or 0.0),
-                input_tokens=u.input_tokens if u else 0,
-                output_tokens=u.output_tokens if u else 0,
-                orchestration_input_tokens=u.orchestration_input_tokens if u else 0,
-                orchestration_output_tokens=u.orchestration_output_tokens if u else 0,
-                latency_s=time.perf_counter() - ctx.t0)
+            row = traffic_row(ctx, run, u, self.clock(), status=status, error=error,
+                              error_code=error_code)
             self.traffic.append(row)
         except Exception:  # the log must never fail the request it records
             log.exception("traffic row of %s not logged", ctx.rid)
@@ -571,17 +484,3 @@ class Gateway:
 
 async def _read(raw: Body) -> bytes:
     return raw if isinstance(raw, bytes) else await raw()
-
-
-def _internal(rid: str, e: BaseException) -> ServeError:
-    return ServeError(f"internal error ({type(e).__name__}) on request {rid}; the server log "
-                      "has the details", 500, code="internal_error", type="server_error")
-
-
-def _fingerprint(run: Run, req: api.ApiRequest) -> str:
-    return f"conductor-{run.version}" if run.version else f"worker-{req.model}"
-
-
-def _headers(run: Run) -> dict[str, str]:
-    """One request id per response: Serve's own `x-request-id`; ours is the body's `id`."""
-    return {"x-conductor-policy-version": run.version or ""}

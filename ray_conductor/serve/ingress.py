@@ -21,9 +21,10 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ray_conductor.errors import ServeError
-from ray_conductor.serve.gateway import Gateway, GatewaySettings, Reply
+from ray_conductor.serve.gateway import Gateway
+from ray_conductor.serve.reply import GatewaySettings, Reply
 from ray_conductor.serve.planner import limit_threads
-from ray_conductor.serve.protocol import dumps, error_body
+from ray_conductor.serve.wire import dumps, error_body
 
 log = logging.getLogger(__name__)
 api = FastAPI(title="ray_conductor", docs_url=None, redoc_url=None, openapi_url=None)
@@ -171,37 +172,25 @@ def _local_loader(cfg: Any, workers: list[Any]) -> Any:
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, planner: Any, settings: dict[str, Any]):
-        from ray_conductor.serve.actors import limits_actor, traffic_actor
-        from ray_conductor.serve.config import as_serve_config, limits_state_path
+    def __init__(self, planner: Any, settings: dict[str, Any], pool: Any, limits: Any,
+                 traffic: Any):
+        """`pool` (the shared worker proxies), `limits` (the key limits actor, None without
+        keys) and `traffic` (the traffic writer) come built from the graph (`build_app`)."""
+        from ray_conductor.serve.config import as_serve_config
         from ray_conductor.serve.host import PolicyHost
-        from ray_conductor.serve.keys import KeyRing, load_keys
-        from ray_conductor.serve.pool import serving_pool
+        from ray_conductor.serve.keys import KeyRing
         from ray_conductor.serve.questions import QuestionIndex
         from ray_conductor.workers.config import as_pool_config
 
         cfg = as_serve_config(settings["config"])
-        ns, app = cfg.ray.namespace, cfg.app_name
-        pool = serving_pool(ns, cfg.graph, settings["pool_config"])
-        records = settings.get("keys")
-        if records is None:  # deployed from a YAML: the keys come from its file or variable
-            records = load_keys(cfg.api_keys, cfg.api_keys_file, cfg.api_keys_env)
-        keys = KeyRing(records)
-        limits = None
-        if keys.enabled:
-            per_key = {r.key_id: {"requests_per_minute": r.requests_per_minute,
-                                  "dollars_per_day": r.dollars_per_day}
-                       for r in keys.records()}
-            default = {"requests_per_minute": cfg.limits.requests_per_minute,
-                       "dollars_per_day": cfg.limits.dollars_per_day}
-            limits = _Limits(limits_actor(app, ns, per_key, default, limits_state_path(cfg)))
+        keys = KeyRing(settings.get("keys") or [])
+        limits = _Limits(limits) if limits is not None and keys.enabled else None
         pool_cfg = as_pool_config(settings["pool_config"])
         replay = frozenset(w.name for w in pool_cfg.workers if w.model.startswith("replay/"))
         questions = QuestionIndex.from_pool(cfg.pool, cfg.data_dir) if replay and cfg.pool \
             else None
         self.max_body, self.body_timeout_s = cfg.max_body_bytes, cfg.body_timeout_s
-        self.traffic = _Traffic(traffic_actor(app, ns, cfg.log_dir, cfg.log_buffer_rows,
-                                              cfg.log_flush_s))
+        self.traffic = _Traffic(traffic)
         self.planner = _RemotePlanner(planner) if planner is not None else None
         self.host = PolicyHost(_local_loader(cfg, list(pool.workers())), self.planner,
                                cfg.plan_batch_size, cfg.plan_batch_wait_s)

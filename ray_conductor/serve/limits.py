@@ -32,7 +32,7 @@ RESERVATION_TTL_S = 3600.0  # a reservation nobody settled (its replica died) is
 
 
 @dataclass(frozen=True)
-class Limits:
+class KeyLimits:
     """None: no limit of that kind."""
 
     requests_per_minute: float | None = None
@@ -98,10 +98,10 @@ class KeyLimiter:
     """Sliding-window request counts, daily spend and open reservations, per key id.
     `state_path`: where the budget state is saved after each change (None: memory only)."""
 
-    def __init__(self, per_key: Mapping[str, Limits] | None = None,
-                 default: Limits | None = None, clock: Callable[[], float] = time.time,
+    def __init__(self, per_key: Mapping[str, KeyLimits] | None = None,
+                 default: KeyLimits | None = None, clock: Callable[[], float] = time.time,
                  state_path: str | os.PathLike | None = None):
-        self.per_key, self.default = dict(per_key or {}), default or Limits()
+        self.per_key, self.default = dict(per_key or {}), default or KeyLimits()
         self._clock = clock
         self._times: dict[str, deque[float]] = {}
         self._spent: dict[str, tuple[str, float]] = {}
@@ -110,11 +110,11 @@ class KeyLimiter:
         if self.state_path is not None:
             self._load()
 
-    def limits(self, key_id: str) -> Limits:
+    def limits(self, key_id: str) -> KeyLimits:
         own = self.per_key.get(key_id)
         if own is None:
             return self.default
-        return Limits(
+        return KeyLimits(
             own.requests_per_minute if own.requests_per_minute is not None
             else self.default.requests_per_minute,
             own.dollars_per_day if own.dollars_per_day is not None

@@ -3,7 +3,7 @@ planner holds (swapped atomically on a hot-swap). Pure: no Ray.
 
 References (the values of `policies: {served name: reference}`):
 
-- `knn`, `cheapest`, `random`, `single:WORKER`: the baselines of `eval.policies`, fit on the
+- `knn`, `cheapest`, `random`, `single:WORKER`: the baselines of `policy.baselines`, fit on the
   replay pool's train split where they learn (kNN);
 - `scripted:FILE`: a fixed plan script (`policy.scripted_engine`), e.g. a pinned workflow;
 - `pinned:WORKER`: one worker answers every request (the default with live workers and no
@@ -121,7 +121,7 @@ class PinnedPolicy:
         return [PlanReply(r.model, self.version, self.workflow) for r in reqs]
 
 
-class ConductorPolicy:
+class ServedConductor:
     """A `Conductor` (an LM, or a script through the same machinery). Top-level requests are
     offered the conductor itself as a worker while recursion is on, as `RecursivePool` does."""
 
@@ -234,7 +234,7 @@ class _Embedder:
 
 
 def _baseline(ref: str, ctx: LoadContext) -> RouterPolicy:
-    from ray_conductor.eval.policies import make_policies
+    from ray_conductor.policy.baselines import make_policies
 
     needs_data = ref == "knn"
     if needs_data and ctx.data is None:
@@ -258,7 +258,7 @@ def _baseline(ref: str, ctx: LoadContext) -> RouterPolicy:
     return RouterPolicy(policy, version, embed if needs_data else None)
 
 
-def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> ConductorPolicy:
+def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> ServedConductor:
     """A team's pinned workflow (a vote, a cascade), as `eval` judges it: offered the vote
     worker, every plan checked against the pool's workers before it serves. Served plans may
     call the conductor itself (recursion, as an LM conductor's may), unless
@@ -276,7 +276,7 @@ def _scripted(path: str, ctx: LoadContext, version: str | None = None) -> Conduc
 
         workers.append(WorkerInfo(conductor.cfg.self_name, SELF_DESCRIPTION))
     check_script(conductor, workers)
-    return ConductorPolicy(conductor, version or f"scripted-{_sha8(Path(path).read_bytes())}",
+    return ServedConductor(conductor, version or f"scripted-{_sha8(Path(path).read_bytes())}",
                            ctx.temperature)
 
 
@@ -291,11 +291,11 @@ def _lite(path: str, ctx: LoadContext, version: str | None = None) -> Interactiv
     return InteractivePolicy(conductor, version or f"lite-{Path(path).name}")
 
 
-def _lm(ref: str, ctx: LoadContext) -> ConductorPolicy:
+def _lm(ref: str, ctx: LoadContext) -> ServedConductor:
     from ray_conductor.policy.runner import load_conductor
 
     conductor, tag = load_conductor(ref, **dict(ctx.conductor))
-    return ConductorPolicy(conductor, tag, ctx.temperature)
+    return ServedConductor(conductor, tag, ctx.temperature)
 
 
 def _registry(ref: str, ctx: LoadContext) -> Any:

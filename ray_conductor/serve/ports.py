@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from ray_conductor.serve.policies import PlanReply, PlanRequest
 
 
-class Planner(Protocol):
+class PlannerPort(Protocol):
     """Where the gateway plans (`serve.host.PolicyHost`)."""
 
     async def plan(self, req: PlanRequest) -> PlanReply: ...
@@ -22,7 +22,7 @@ class Planner(Protocol):
     async def describe(self) -> dict[str, dict[str, Any]]: ...
 
 
-class Limits(Protocol):
+class LimitsPort(Protocol):
     """The per-key limits (`serve.limits.KeyLimiter` in its actor)."""
 
     async def reserve(self, key_id: str, dollars: float
@@ -45,7 +45,7 @@ class PlannerClient:
     to the planner, on the policy version the request started on. `RecursivePool` calls
     `plan` from a worker thread; the call runs on the ingress's event loop."""
 
-    def __init__(self, planner: Planner, reply: PlanReply, loop: asyncio.AbstractEventLoop,
+    def __init__(self, planner: PlannerPort, reply: PlanReply, loop: asyncio.AbstractEventLoop,
                  timeout_s: float = 300.0):
         self.planner, self.reply, self.loop, self.timeout_s = planner, reply, loop, timeout_s
         self.cfg = type("Cfg", (), {"recursion_depth": reply.recursion_depth,

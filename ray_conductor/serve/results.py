@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray_conductor.errors import ServeError
-from ray_conductor.serve.protocol import Usage
+from ray_conductor.serve.wire import Usage
 from ray_conductor.workers.base import Completion, Message
 from ray_conductor.workflow import StepTrace, Trace, Workflow, render
 from ray_conductor.workflow.model import Step

@@ -294,7 +294,8 @@ class FaultProcess:
     event loop): `url` is the `/v1` base, `requests()` fetches the log over HTTP."""
 
     def __init__(self, latency_s: float = 0.0, seed: int = 0, timeout_s: float = 10.0,
-                 reply: str | None = None, token_delay_s: float = 0.0):
+                 reply: str | None = None, token_delay_s: float = 0.0, rate_429: float = 0.0,
+                 rate_5xx: float = 0.0, rate_hang: float = 0.0, retry_after_s: float = 1.0):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -304,7 +305,9 @@ class FaultProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ray_conductor.testing.fault_server", "--port", str(port),
              "--latency-s", str(latency_s), "--seed", str(seed),
-             "--token-delay-s", str(token_delay_s), *extra], stdout=subprocess.DEVNULL)
+             "--token-delay-s", str(token_delay_s), "--rate-429", str(rate_429),
+             "--rate-5xx", str(rate_5xx), "--rate-hang", str(rate_hang),
+             "--retry-after-s", str(retry_after_s), *extra], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -321,7 +324,11 @@ class FaultProcess:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # hung handlers hold its shutdown up
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def main(argv: list[str] | None = None) -> None:
