@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 
 import httpx
 import pytest
@@ -166,7 +165,8 @@ def models(running):
 
 
 def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
-    from ray_conductor.online.actor import OnlineRetrainer, actor_name
+    from ray_conductor.graph import GraphSpec
+    from ray_conductor.online.actor import build_retrainer
     from ray_conductor.online.command import build
     from ray_conductor.policy.registry import PolicyRegistry
 
@@ -206,8 +206,8 @@ def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
     # runs the next round from the same state, finds the drop and rolls back
     send(running, qs[200:220] + qs[:5], lambda q: {"reward": -1.0})
     wait_for_feedback(running.cfg.log_dir, 160 + 25)
-    actor = OnlineRetrainer.options(name=actor_name(APP, MODEL), namespace=NAMESPACE,
-                                    num_cpus=0).remote(asdict(cfg))
+    # built as `retrain mode=actor` builds it: from the app's own graph declaration
+    actor = build_retrainer(cfg, GraphSpec.from_config(running.cfg.graph, NAMESPACE))
     import ray
 
     try:
