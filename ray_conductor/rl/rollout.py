@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any, Callable, Sequence
 
 import ray
@@ -81,11 +82,16 @@ class RolloutWorker:
         records the version it was sampled with (`info["weights_version"]`)."""
         await self.wait_for_version(min_version)
         flat = [q for q in questions for _ in range(group_size)]
+        t0 = time.perf_counter()
         plans, version = await asyncio.to_thread(
             self._plan_many, [q.query for q in flat], temperature, seed)
+        generate_s = time.perf_counter() - t0
         sem = asyncio.Semaphore(self.concurrency)
-        return list(await asyncio.gather(*(self._score(q, p, iteration, sem, version)
-                                           for q, p in zip(flat, plans))))
+        out = list(await asyncio.gather(*(self._score(q, p, iteration, sem, version)
+                                          for q, p in zip(flat, plans))))
+        for t in out:
+            t.info["generate_s"] = generate_s
+        return out
 
     def _plan_many(self, questions: list[str], temperature: float | None, seed: int | None
                    ) -> tuple[list[PlanResult], int]:

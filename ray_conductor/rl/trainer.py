@@ -97,6 +97,7 @@ def rollout_metrics(trajs: list) -> dict[str, float]:
         "calls_per_plan": sum(t.calls for t in trajs) / n,
         "completion_tokens": sum(len(t.completion_ids) for t in trajs) / n,
         "trajectories": len(trajs),
+        "time/generate_s": max((t.info.get("generate_s", 0.0) for t in trajs), default=0.0),
         **worker_shares(trajs),
     }
 
