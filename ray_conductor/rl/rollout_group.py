@@ -125,23 +125,24 @@ class TrainingGraph:
         self.rollouts.shutdown()
 
 
-def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
+def build_training_graph(cfg: Any, data: Any, pool: Any = None) -> TrainingGraph:
     """Everything from `cfg.graph` (the one declaration) and the training config's policy,
-    reward and pool settings."""
+    reward and pool settings. `pool`: a zero-argument factory of the rollout actors' worker
+    pool, instead of the one `cfg.backend` names (benchmarks: workers behind a server)."""
     from ray_conductor.config import to_dict
     from ray_conductor.workers.config import WorkerPoolConfig, replay_workers
 
     spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
     spec.check_resources(["rollout", "learner"])
     proxies: dict[str, Any] = {}
-    if cfg.backend == "ray":
+    if pool is None and cfg.backend == "ray":
         pool_cfg = WorkerPoolConfig(workers=replay_workers(cfg.pool, data.worker_infos()),
                                     replay=cfg.pool)
-        pool: Any = make_ray_pool(spec, pool_cfg, priority="rollout")
+        pool = make_ray_pool(spec, pool_cfg, priority="rollout")
         proxies = {w.name: pool.handle(w.name) for w in pool.workers()}
-    elif cfg.backend == "local":
+    elif pool is None and cfg.backend == "local":
         pool = partial(_replay_pool, cfg.pool, cfg.data_dir)
-    else:
+    elif pool is None:
         raise ConfigError(f"backend={cfg.backend!r}: use ray or local")
     judge = partial(_replay_judge, cfg.pool, cfg.data_dir)
     actors = [spec.build("rollout", cfg.conductor, cfg.reward, pool, judge)

@@ -189,14 +189,16 @@ def _check_dir(key: str, path: Path) -> None:
     check_writable(key, path)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, pool: Any = None) -> dict[str, Any]:
+    """`pool`: a zero-argument factory of the rollout actors' worker pool (default: the one
+    `cfg.backend` names)."""
     from ray_conductor.rl.rollout_group import build_training_graph
     from ray_conductor.runtime import init_ray
 
     data, train_q, run = check_train(cfg)
     cfg.conductor.model = cfg.learner.model = cfg.model
     init_ray(cfg.ray)
-    graph = build_training_graph(cfg, data)
+    graph = build_training_graph(cfg, data, pool)
     if run.is_used() and not cfg.resume:
         run.clear()  # overwrite=true: only now, with every check passed and the actors up
     run.prepare()
