@@ -192,3 +192,30 @@ def test_min_version_is_the_sync_loop_at_bound_zero():
     assert [schedule.min_version(j, start=2, version0=5, bound=1) for j in (2, 3, 4)] == [5, 5, 6]
     with pytest.raises(ValueError):
         list(schedule.rollouts(lambda j, v: j, lambda h: [], 0, 1, bound=-1))
+
+
+@pytest.mark.slow
+def test_a_tiny_run_warm_starts_from_the_lite_programs_then_overlaps(ray_cluster, tmp_path):
+    from ray_conductor.config import load
+    from ray_conductor.rl.trainer import TrainConfig, train
+
+    cfg = load(TrainConfig, [
+        "config=train_cpu", "model=tiny-smollm2", "backend=local", "iterations=3",
+        "questions_per_iter=2", "group_size=2", f"run_dir={tmp_path}", "eval_at_end=false",
+        "progress=false", "checkpoint_every=100", "conductor.max_new_tokens=16",
+        "conductor.programs=true", "conductor.worker_ids=name",
+        "warm_start.source=lite:default", "warm_start.limit=4", "warm_start.batch=2",
+        "warm_start.epochs=1",
+        "warm_start.lr=1e-3", "overlap=true", "max_staleness=1",
+        "graph.rollout.torch_threads=1", "graph.learner.torch_threads=1",
+        "ray.namespace=test_lm_tier_run"])
+    result = train(cfg)
+    ws = result["warm_start"]
+    assert ws["examples"] == 4 and ws["steps"] == 2 and ws["version"] == 1
+    rows = result["metrics"]
+    assert [r["iteration"] for r in rows] == [-2, -1, 0, 1, 2]
+    assert all(r["warm_start"] == 1 and r["learner/lr"] == 1e-3 for r in rows[:2])
+    grpo = rows[2:]
+    assert all(r["learner/lr"] == cfg.learner.lr for r in grpo)
+    assert [r["staleness"] for r in grpo][0] == 0
+    assert max(r["staleness"] for r in grpo) <= 1
