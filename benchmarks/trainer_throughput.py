@@ -310,6 +310,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     timed = max(len(timer.steps) - 1, 1)  # warm-up excluded, as for the iteration times
     side["phases"] = {k: (round(sum(v[1:]) / timed, 3) if len(v) > 1 else None)
                       for k, v in phase_s.items()}
+    if None not in side["phases"].values():  # the rest: rewards, backward, optimiser step
+        side["phases"]["update_and_reward_s"] = round(
+            side["mean_iteration_s"] - sum(side["phases"].values()), 3)
     side["same_questions_as_ours"] = [r.get("query_ids") for r in per_it] == expected
     side.update(_reward_means(per_it, "reward_mean"),
                 mean_completion_tokens=mean(per_it[1:], "completion_tokens"),
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "phases (mean s per timed iteration): ours generate_s = sampling in the rollout "
             "actor, update_s = the learner step, sync_s = the weight sync, logprob_s = 0 (no "
             "separate pass); TRL generate_s = `_generate`, logprob_s = every log-prob forward "
-            "(the loss's included)",
+            "(the loss's included), update_and_reward_s = the rest of its step",
             "both sides get the same prompt: conductor.recursion_depth=0 on ours (with "
             "recursion our rollout worker also offers the conductor itself: a longer prompt)",
             "measured on a shared 2-core machine loaded by other agents: compare the two "
