@@ -6,7 +6,8 @@ calls while the learner could be updating.
 
 Each worker call is a real HTTP round trip to `testing.fault_server` (its 1 s latency), then
 the worker's recorded answer from the demo pool (so rewards stay judgeable). The conductor
-is the tiny model with structure-constrained decoding (every plan parses and calls workers).
+is the tiny model with structure-constrained decoding (every plan parses and calls workers),
+first warm-started on 16 of the lite tier's programs (the same seeded warm start for both).
 
 Summary: `sync_samples_per_s`, `async_samples_per_s`, `speedup`, `max_staleness` (<= the
 bound), `reward_gap` (mean reward over the last iterations, overlapped minus sync).
@@ -72,9 +73,15 @@ def run(overlap: bool, url: str, args, overrides: list[str]) -> dict:
             f"run_dir={tmp}/run", "eval_at_end=false", "checkpoint_every=1000000",
             "progress=false", "log_samples=false", f"overlap={str(overlap).lower()}",
             f"max_staleness={args.bound}", "conductor.recursion_depth=0",
-            "conductor.constrain=true", "conductor.worker_ids=name", "conductor.max_steps=2",
-            "conductor.max_subtask_chars=16", f"conductor.max_new_tokens={args.max_new_tokens}",
-            "conductor.temperature=1.0", "learner.lr=1e-4", "graph.rollout.torch_threads=1",
+            "conductor.constrain=true", "conductor.worker_ids=name", "conductor.programs=true",
+            "conductor.max_steps=4", "conductor.max_subtask_chars=60", "conductor.few_shot=false",
+            "conductor.max_question_chars=200", f"conductor.max_new_tokens={args.max_new_tokens}",
+            "conductor.temperature=1.0", "learner.lr=1e-4",
+            # the same warm start for both runs (seeded): the random tiny model first learns to
+            # write the lite tier's programs, so constrained decoding rarely has to search
+            "warm_start.source=lite:default", "warm_start.limit=16", "warm_start.batch=8",
+            f"warm_start.epochs={args.warm_epochs}", "warm_start.lr=5e-3",
+            "graph.rollout.torch_threads=1",
             "graph.learner.torch_threads=1", "ray.namespace=bench_async_rollouts", *overrides])
         t0 = time.perf_counter()
         result = train(cfg, pool=partial(served_pool, url))
@@ -101,13 +108,15 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/async_rollouts.json")
     ap.add_argument("--model", default="tiny-smollm2")
-    ap.add_argument("--iterations", type=int, default=7)
+    ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--questions", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--bound", type=int, default=1)
     ap.add_argument("--latency-s", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--last", type=int, default=3, help="iterations the reward gap averages")
+    ap.add_argument("--warm-epochs", type=int, default=20,
+                    help="behaviour-cloning epochs over 16 lite programs before GRPO")
     args, overrides = ap.parse_known_args(argv)
 
     from _bench import environment, write_report
