@@ -219,3 +219,14 @@ def test_a_tiny_run_warm_starts_from_the_lite_programs_then_overlaps(ray_cluster
     assert all(r["learner/lr"] == cfg.learner.lr for r in grpo)
     assert [r["staleness"] for r in grpo][0] == 0
     assert max(r["staleness"] for r in grpo) <= 1
+
+
+def test_the_lm_tier_config_layers_over_the_cpu_one():
+    from ray_conductor.config import load
+    from ray_conductor.rl.trainer import TrainConfig
+
+    cfg = load(TrainConfig, ["config=train_cpu", "config=train_lm"])
+    assert cfg.warm_start.source == "lite:default" and cfg.overlap and cfg.max_staleness == 1
+    assert cfg.reward.cost_penalty_per_dollar == 20.0 and cfg.conductor.constrain
+    assert cfg.model == "smollm2" and cfg.pool == "demo"  # from train_cpu
+    assert load(TrainConfig, ["config=train_cpu"]).warm_start.source is None  # off by default
