@@ -248,11 +248,12 @@ def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> 
                                      seed=cfg.seed * 100003 + it, min_version=min_version)
 
     bound = cfg.max_staleness if cfg.overlap else 0  # 0: the synchronous loop
-    syncs: list = []  # an overlapped loop's weight swaps, checked at the end
+    syncs: list = []  # an overlapped loop's last weight swap, not waited for
 
     def sync(v: int) -> None:
         refs = graph.sync_weights(v, wait=not cfg.overlap)
-        if cfg.overlap:
+        if cfg.overlap:  # the previous swap has landed (a rollout waited for it): errors now
+            gather(syncs)
             syncs[:] = refs
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
