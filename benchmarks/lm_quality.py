@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Sized for <= 50 minutes on this shared 2-core CPU under load (one 16-example supervised
 # step of SmolLM2-135M took ~3 minutes there, ~15 s idle): the program vocabulary with worker
 # names and constrained decoding (every plan parses), one behaviour-cloning epoch on the lite
-# tier's programs for `warm_start.limit` train questions, then two GRPO iterations with a
+# tier's programs for `warm_start.limit` train questions, then one GRPO iteration with a
 # price on each dollar (20/$: a $0.005 gpt-4o call must buy 0.1 reward). The whole train
 # split (1,569 programs, ~100 steps) is the setting for an idle or GPU machine.
 BUDGET = [
@@ -38,8 +38,8 @@ BUDGET = [
     "conductor.max_new_tokens=128", "conductor.few_shot=false",
     "conductor.max_question_chars=400", "conductor.batch_size=24", "conductor.temperature=1.0",
     "warm_start.source=lite:default", "warm_start.epochs=1", "warm_start.batch=16",
-    "warm_start.limit=96", "warm_start.lr=2e-4",
-    "iterations=2", "questions_per_iter=2", "group_size=4", "learner.lr=1e-5",
+    "warm_start.limit=48", "warm_start.lr=2e-4",
+    "iterations=1", "questions_per_iter=2", "group_size=4", "learner.lr=1e-5",
     "learner.bf16=true", "learner.micro_batch_size=8", "learner.share_prefix=true",
     "reward.name=paper", "reward.cost_penalty_per_dollar=20",
     "graph.rollout.torch_threads=2", "graph.learner.torch_threads=2",
