@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # price on each dollar (20/$: a $0.005 gpt-4o call must buy 0.1 reward). The whole train
 # split (1,569 programs, ~100 steps) is the setting for an idle or GPU machine.
 BUDGET = [
-    "model=smollm2", "pool=demo", "backend=local", "conductor.recursion_depth=0", "conductor.programs=true", "conductor.worker_ids=name",
+    "model=smollm2", "pool=demo", "backend=local", "conductor.recursion_depth=0",
+    "conductor.programs=true", "conductor.worker_ids=name",
     "conductor.constrain=true", "conductor.max_subtask_chars=60", "conductor.max_steps=4",
     "conductor.max_new_tokens=128", "conductor.few_shot=false",
     "conductor.max_question_chars=400", "conductor.batch_size=24", "conductor.temperature=1.0",
@@ -74,7 +75,8 @@ def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, lis
                      "first_alone": bool(steps) and bool(data.judge(q.query_id, steps[0].text)),
                      "cost": trace.cost if trace else 0.0, "calls": trace.calls if trace else 0,
                      "fell_back": plan.fell_back})
-    lm = {"accuracy": mean(r["correct"] for r in rows), "cost_per_query": mean(r["cost"] for r in rows),
+    lm = {"accuracy": mean(r["correct"] for r in rows),
+          "cost_per_query": mean(r["cost"] for r in rows),
           "calls_per_query": mean(r["calls"] for r in rows),
           "fell_back": sum(r["fell_back"] for r in rows)}
     shapes = {}
