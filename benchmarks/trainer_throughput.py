@@ -139,6 +139,10 @@ def ours_overrides(args: argparse.Namespace, run_dir: str) -> list[str]:
         f"seed={args.seed}", f"graph.rollout.num_cpus={args.threads}",
         f"graph.learner.num_cpus={args.threads}", f"graph.rollout.torch_threads={args.threads}",
         f"graph.learner.torch_threads={args.threads}", f"ray.num_cpus={2 * args.threads}",
+        # the prompt TRL gets (`conductor_prompts`): the pool's workers, no conductor. With
+        # recursion on, our rollout worker also offers the conductor itself, a longer prompt
+        # (the 17% "regression" of the 2.26x -> 1.85x rerun was ours doing more work)
+        "conductor.recursion_depth=0",
         f"conductor.max_new_tokens={args.max_new_tokens}",
         f"conductor.temperature={args.temperature}", "conductor.top_p=1.0",
         f"conductor.batch_size={batch}", f"learner.micro_batch_size={batch}",
@@ -163,8 +167,9 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         total = time.perf_counter() - t0
         ray.shutdown()
     rows = sorted(result["metrics"], key=lambda r: r["iteration"])
-    keys = ("time/iteration_s", "time/rollout_s", "reward_mean", "parse_rate", "accuracy",
-            "completion_tokens", "learner/loss", "learner/grad_norm")
+    keys = ("time/iteration_s", "time/rollout_s", "time/generate_s", "time/update_s",
+            "time/sync_s", "reward_mean", "parse_rate", "accuracy", "completion_tokens",
+            "learner/loss", "learner/grad_norm")
     per_it = [{"iteration": r["iteration"], **{k: r.get(k) for k in keys},
                "window": (r["time"] - r["time/iteration_s"], r["time"])} for r in rows]
     side = summarize_times([r["time/iteration_s"] for r in rows], args.questions * args.group)
@@ -172,8 +177,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
                 mean_rollout_s=round(statistics.fmean(r["time/rollout_s"] for r in rows[1:]), 3)
                 if len(rows) > 1 else None,
                 mean_completion_tokens=mean(per_it[1:], "completion_tokens"),
+                phases=_phases(per_it[1:], {"generate_s": "time/generate_s",
+                                            "update_s": "time/update_s",
+                                            "sync_s": "time/sync_s"}),
                 per_iteration=per_it, total_wall_s=round(total, 2),
                 torch_threads_per_actor=args.threads, config=to_dict(cfg))
+    # no separate log-prob pass: the sampler's log-probs are pi_old (one update per batch)
+    side["phases"]["logprob_s"] = 0.0
     return side
 
 
@@ -279,6 +289,8 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         trainer = GRPOTrainer(
             model=path, reward_funcs=reward_fn, args=cfg, processing_class=tok,
             train_dataset=trl_dataset(ours, data, iterations), callbacks=[timer])
+        phase_s = _time_methods(trainer, {"generate_s": "_generate",
+                                          "logprob_s": "_get_per_token_logps_and_entropies"})
         t0 = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - t0
@@ -295,6 +307,12 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
                        "window": timer.windows[i]})
     expected = [sorted(q.query_id for q in qs) for qs in iterations]
     side = summarize_times(timer.steps, args.questions * args.group)
+    timed = max(len(timer.steps) - 1, 1)  # warm-up excluded, as for the iteration times
+    side["phases"] = {k: (round(sum(v[1:]) / timed, 3) if len(v) > 1 else None)
+                      for k, v in phase_s.items()}
+    if None not in side["phases"].values():  # the rest: rewards, backward, optimiser step
+        side["phases"]["update_and_reward_s"] = round(
+            side["mean_iteration_s"] - sum(side["phases"].values()), 3)
     side["same_questions_as_ours"] = [r.get("query_ids") for r in per_it] == expected
     side.update(_reward_means(per_it, "reward_mean"),
                 mean_completion_tokens=mean(per_it[1:], "completion_tokens"),
@@ -305,7 +323,39 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     return side
 
 
+def _time_methods(obj: Any, names: dict[str, str]) -> dict[str, list[float]]:
+    """Wrap methods of `obj` (by attribute name; absent ones skipped) to add up their wall
+    time per training step (`state.global_step`): phase -> [seconds per step]."""
+    import functools
+
+    out: dict[str, list[float]] = {k: [] for k in names}
+
+    def wrap(phase: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def timed(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                n = obj.state.global_step
+                while len(out[phase]) <= n:
+                    out[phase].append(0.0)
+                out[phase][n] += time.perf_counter() - t0
+        return timed
+
+    for phase, name in names.items():
+        fn = getattr(obj, name, None)
+        if fn is not None:
+            setattr(obj, name, wrap(phase, fn))
+    return out
+
+
 # -- the report -------------------------------------------------------------------------------
+
+
+def _phases(rows: list[dict[str, Any]], keys: dict[str, str]) -> dict[str, Any]:
+    """Mean seconds per timed iteration of each phase (None where not measured)."""
+    return {name: mean(rows, key, 3) for name, key in keys.items()}
 
 
 def _reward_means(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -369,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "trl_mean_iteration_s": results.get("trl", {}).get("mean_iteration_s"),
         "ours_mean_reward": results.get("ours", {}).get("mean_reward"),
         "trl_mean_reward": results.get("trl", {}).get("mean_reward"),
+        "ours_phases_s": results.get("ours", {}).get("phases"),
+        "trl_phases_s": results.get("trl", {}).get("phases"),
         "ours_mean_completion_tokens": results.get("ours", {}).get("mean_completion_tokens"),
         "trl_mean_completion_tokens": results.get("trl", {}).get("mean_completion_tokens"),
     }
@@ -382,7 +434,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "ratio = ours / trl samples per wall-clock second (> 1: ours is faster); cpu_ratio "
             "= the same per CPU-second of each side's process tree, which another job on a "
             "shared machine does not inflate (see each side's loadavg)",
-            "reward numbers are a sanity check over few samples, not a result"],
+            "reward numbers are a sanity check over few samples, not a result",
+            "phases (mean s per timed iteration): ours generate_s = sampling in the rollout "
+            "actor, update_s = the learner step, sync_s = the weight sync, logprob_s = 0 (no "
+            "separate pass); TRL generate_s = `_generate`, logprob_s = every log-prob forward "
+            "(the loss's included), update_and_reward_s = the rest of its step",
+            "both sides get the same prompt: conductor.recursion_depth=0 on ours (with "
+            "recursion our rollout worker also offers the conductor itself: a longer prompt)",
+            "measured on a shared 2-core machine loaded by other agents: compare the two "
+            "sides only within one run"],
         "environment": environment(args.threads, ("transformers", "trl", "accelerate", "ray")),
         "sides": results,
     }

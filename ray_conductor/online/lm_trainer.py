@@ -13,7 +13,8 @@ the plan ended with (a vote's winner, a chain's last step).
   one reward per question.
 - `improve`: GRPO continued from the serving checkpoint's weights, in this process (a
   `Learner` and a `RolloutWorker`, the training machinery of `rl` without the actor group):
-  `lm.iterations` updates, each on `lm.questions` questions x `lm.group_size` sampled plans;
+  `lm.iterations` GRPO steps (`rl.grpo.grpo_step`, the one the trainer repeats), each on
+  `lm.questions` questions x `lm.group_size` sampled plans;
   the iteration (the start included) whose greedy reward on up to `lm.select_rows` training
   questions is best is written out as a Hugging Face directory. At GPU scale the same loop
   runs with `lm.device=cuda` (and bf16).
@@ -176,6 +177,7 @@ class LMTrainer:
                 ) -> tuple[Path, dict[str, Any]]:
         import torch
 
+        from ray_conductor.rl.grpo import grpo_step
         from ray_conductor.rl.learner import Learner, LearnerConfig
         from ray_conductor.rl.rewards import RewardConfig
         from ray_conductor.rl.rollout import RolloutWorker
@@ -200,13 +202,13 @@ class LMTrainer:
             batch = rng.sample(qs, min(len(qs), s.questions))
             trajs = asyncio.run(worker.rollout(batch, s.group_size, iteration=it,
                                                temperature=s.temperature, seed=self.seed + it))
-            stats = learner.train_step(trajs)
-            worker.load_weights(learner.state_dict(), it)
+            step = grpo_step(trajs, learner, lambda v: worker.load_weights(
+                learner.state_dict(), v), it - 1, learner.cfg)
             reward = float(self.rewards(worker.conductor, data, select, pool).mean())
             curve.append(reward)
             steps.append({"sampled_reward": float(np.mean([t.reward for t in trajs])),
                           "parsed": float(np.mean([t.parsed for t in trajs])),
-                          "loss": stats["loss"], "grad_norm": stats["grad_norm"]})
+                          "loss": step.stats["loss"], "grad_norm": step.stats["grad_norm"]})
             if reward > best["reward"]:
                 best = {"reward": reward, "iteration": it, "state": learner.state_dict()}
         with torch.no_grad():  # the best greedy reward, the start included: worse updates dropped

@@ -344,6 +344,34 @@ class Learner:
         self.steps += 1
         return self._metrics(batch, names, sums, grad_norm, counts)
 
+    def sft_step(self, batch: Sequence[Trajectory]) -> dict[str, float]:
+        """One supervised step (behaviour cloning): the mean negative log-likelihood of the
+        completion tokens given their prompts, over this rank's shard; rewards and advantages
+        are ignored. Returns the global loss (before the step), tokens and grad norm."""
+        if not batch:
+            raise ValueError("sft_step needs at least one example on every learner")
+        mbs = self._micro_batches(batch)
+        tokens = sum(float(mb["mask"].sum()) for mb, real in mbs if real)
+        total = float(self._all_reduce(torch.tensor([tokens], dtype=torch.float64))[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        nll = torch.zeros(1, dtype=torch.float64)
+        for k, (mb, real) in enumerate(mbs):
+            sync = self.world == 1 or k == len(mbs) - 1
+            with nullcontext() if sync else self.module.no_sync():
+                with self._autocast():
+                    logp, _ = self.module(*policy_inputs(mb))
+                loss = L.sft_loss(logp.float(), mb["mask"], normalizer=max(total, 1.0))
+                (loss * (self.world if real else 0.0)).backward()
+            if real:
+                nll += float(loss.detach())
+        grad_norm = float(nn.utils.clip_grad_norm_(self.policy.parameters(),
+                                                   self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.steps += 1
+        return {"sft_loss": float(self._all_reduce(nll)[0]), "tokens": total,
+                "grad_norm": grad_norm, "step": float(self.steps),
+                "lr": float(self.optimizer.param_groups[0]["lr"])}
+
     def _metrics(self, batch: Sequence[Trajectory], names: Sequence[str], sums: Tensor,
                  grad_norm: float, counts: Tensor) -> dict[str, float]:
         stats = torch.tensor([sum(t.reward for t in batch), sum(t.reward ** 2 for t in batch),

@@ -67,6 +67,10 @@ class LearnerActor:
         assert self.learner is not None, "setup_dist first"
         return self.learner.train_step(batch)
 
+    def sft_step(self, batch: list[Trajectory]) -> dict[str, float]:
+        assert self.learner is not None, "setup_dist first"
+        return self.learner.sft_step(batch)
+
     def set_lr(self, lr: float) -> None:
         assert self.learner is not None
         self.learner.set_lr(lr)
@@ -124,6 +128,14 @@ class LearnerGroup:
             batch = with_advantages(batch, self.cfg)
         refs = [a.train_step.remote(shard(batch, r, self.world)) for r, a in enumerate(self.actors)]
         results = ray.get(refs)
+        return {k: sum(m[k] for m in results) / len(results) for k in results[0]}
+
+    def sft_step(self, batch: Sequence[Trajectory]) -> dict[str, float]:
+        """One supervised step on `batch`, sharded like `train_step`."""
+        if len(batch) < self.world:
+            raise ValueError(f"a batch of {len(batch)} cannot feed {self.world} learners")
+        results = ray.get([a.sft_step.remote(shard(batch, r, self.world))
+                           for r, a in enumerate(self.actors)])
         return {k: sum(m[k] for m in results) / len(results) for k in results[0]}
 
     def set_lr(self, lr: float) -> None:

@@ -163,3 +163,10 @@ def value_loss(values: Tensor, returns: Tensor, mask: Tensor, old_values: Tensor
         v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
         err = torch.maximum(err, (v_clipped - returns) ** 2)
     return 0.5 * _aggregate(err, mask, loss_agg, normalizer)
+
+
+def sft_loss(logp: Tensor, mask: Tensor, normalizer: float | None = None) -> Tensor:
+    """Behaviour cloning: the negative log-likelihood of the target tokens, summed over the
+    mask and divided by `normalizer` (default: the mask's token count)."""
+    total = -masked_sum(logp, mask)
+    return total / (normalizer if normalizer is not None else mask.sum().clamp(min=1.0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any, Callable, Sequence
 
 import ray
@@ -53,26 +54,57 @@ class RolloutWorker:
         return list(self.pool.workers())
 
     def load_weights(self, state_dict: dict[str, Any], version: int) -> int:
-        self.conductor.engine.load_state_dict(state_dict)
-        self.weights_version = version
+        """Swap the engine's weights between two generation calls (under the conductor's
+        lock): an overlapped rollout pauses for the swap only."""
+        with self.conductor._lock:
+            self.conductor.engine.load_state_dict(state_dict)
+            self.weights_version = version
         return version
 
+    async def wait_for_version(self, version: int, timeout_s: float = 1800.0) -> None:
+        """Until weights of at least `version` are loaded: an overlapped rollout of
+        iteration k may not start on weights staler than the schedule's bound allows."""
+        waited = 0.0
+        while self.weights_version < version:
+            if waited > timeout_s:
+                raise TimeoutError(f"rollout waited {timeout_s:.0f} s for weights version "
+                                   f"{version}; it holds {self.weights_version}")
+            await asyncio.sleep(0.005)
+            waited += 0.005
+
     async def rollout(self, questions: Sequence[Query], group_size: int, *, iteration: int,
-                      temperature: float | None = None, seed: int | None = None
-                      ) -> list[Trajectory]:
+                      temperature: float | None = None, seed: int | None = None,
+                      min_version: int = 0) -> list[Trajectory]:
         """G independent first-attempt plans per question (no re-sampling: an unparsable plan
         is a trajectory with the parse-failure reward), executed and scored. A failing engine
-        raises `EngineError`: there is nothing to learn from a batch it did not sample."""
+        raises `EngineError`: there is nothing to learn from a batch it did not sample.
+        Sampling starts once weights of `min_version` or later are loaded; every trajectory
+        records the version it was sampled with (`info["weights_version"]`)."""
+        await self.wait_for_version(min_version)
         flat = [q for q in questions for _ in range(group_size)]
-        plans = await asyncio.to_thread(
-            self.conductor.plan_many, [q.query for q in flat], self.workers(),
-            temperature=temperature, seed=seed, strict=True)
+        t0 = time.perf_counter()
+        plans, version = await asyncio.to_thread(
+            self._plan_many, [q.query for q in flat], temperature, seed)
+        generate_s = time.perf_counter() - t0
         sem = asyncio.Semaphore(self.concurrency)
-        return list(await asyncio.gather(*(self._score(q, p, iteration, sem)
-                                           for q, p in zip(flat, plans))))
+        out = list(await asyncio.gather(*(self._score(q, p, iteration, sem, version)
+                                          for q, p in zip(flat, plans))))
+        for t in out:
+            t.info["generate_s"] = generate_s
+        return out
+
+    def _plan_many(self, questions: list[str], temperature: float | None, seed: int | None
+                   ) -> tuple[list[PlanResult], int]:
+        """Plans and the weights version that sampled them (no swap can fall in between:
+        one sampling round, under the conductor's lock)."""
+        with self.conductor._lock:
+            version = self.weights_version
+        plans = self.conductor.plan_many(questions, self.workers(), temperature=temperature,
+                                         seed=seed, strict=True)
+        return plans, version
 
     async def _score(self, q: Query, plan: PlanResult, iteration: int,
-                     sem: asyncio.Semaphore) -> Trajectory:
+                     sem: asyncio.Semaphore, version: int) -> Trajectory:
         parsed = not plan.fell_back and plan.n_attempts == 1
         async with sem:
             s = await score_plan(plan.workflow if parsed else None, q.query, q.query_id,
@@ -83,7 +115,7 @@ class RolloutWorker:
             sample, s.reward, f"{iteration}:{q.query_id}", cost=s.cost, calls=s.calls,
             parsed=s.parsed, correct=s.correct, query_id=q.query_id,
             info={"final_worker": s.final_worker, "text": sample.text,
-                  "errors": list(plan.errors), "weights_version": self.weights_version},
+                  "errors": list(plan.errors), "weights_version": version},
         )
 
     async def run(self, questions: Sequence[Query], *, temperature: float = 0.0,
@@ -99,20 +131,30 @@ class RolloutWorker:
         as prompt + plan + EOS with advantage 1. A learner step on these is supervised
         fine-tuning on the plan language; the uniform choice teaches the format without a
         preference for any worker."""
+        rng = random.Random(seed)
+        offered = self.conductor.offered(self.workers())
+        return self.examples(questions, [random_plan(rng, offered, self.conductor.cfg)
+                                         for _ in questions], tag="warmup")
+
+    def examples(self, questions: Sequence[Query], workflows: Sequence[Any], *,
+                 tag: str = "sft") -> list[Trajectory]:
+        """Supervised targets: each question's conductor prompt (as this conductor builds
+        it) with `workflows[i]` rendered in the plan language (+ EOS) as the completion,
+        advantage 1 (a learner's `sft_step` or `train_step` on them clones the plans)."""
         from ray_conductor.policy.engine import prompt_ids
         from ray_conductor.workflow import render
 
-        rng = random.Random(seed)
         tok = self.conductor.engine.tokenizer
         offered = self.conductor.offered(self.workers())
         ids = [w.name for w in offered] if self.conductor.cfg.worker_ids == "index" else None
         out = []
-        for q in questions:
-            text = render(random_plan(rng, offered, self.conductor.cfg), ids)
+        for q, wf in zip(questions, workflows):
+            text = render(wf, ids)
             completion = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             p = prompt_ids(tok, self.conductor.prompt(q.query, offered))
-            out.append(Trajectory(p, completion, None, 1.0, f"warmup:{q.query_id}",
-                                  advantage=1.0, parsed=True, query_id=q.query_id))
+            out.append(Trajectory(p, completion, None, 1.0, f"{tag}:{q.query_id}",
+                                  advantage=1.0, parsed=True, query_id=q.query_id,
+                                  info={"text": text}))
         return out
 
 
@@ -154,9 +196,10 @@ class RolloutActor:
         self.w = RolloutWorker(conductor_cfg, reward_cfg, pool, judge_factory(),
                                concurrency=concurrency)
 
-    async def rollout(self, questions, group_size, iteration, temperature=None, seed=None):
+    async def rollout(self, questions, group_size, iteration, temperature=None, seed=None,
+                      min_version=0):
         return await self.w.rollout(questions, group_size, iteration=iteration,
-                                    temperature=temperature, seed=seed)
+                                    temperature=temperature, seed=seed, min_version=min_version)
 
     async def run(self, questions, temperature=0.0, params=None):
         return await self.w.run(questions, temperature=temperature, params=params)
@@ -166,6 +209,9 @@ class RolloutActor:
 
     async def demonstrations(self, questions, seed):
         return await asyncio.to_thread(self.w.demonstrations, questions, seed)
+
+    async def examples(self, questions, workflows):
+        return await asyncio.to_thread(self.w.examples, questions, workflows)
 
     async def workers(self):
         return self.w.workers()

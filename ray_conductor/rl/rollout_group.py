@@ -63,9 +63,17 @@ class RolloutGroup:
     def rollout(self, questions: list, group_size: int, iteration: int,
                 seed: int | None = None) -> list:
         """Trajectories of every question, in one list."""
-        refs = [a.rollout.remote(qs, group_size, iteration, None,
-                                 None if seed is None else seed + i)
+        return self.collect(self.submit(questions, group_size, iteration, seed))
+
+    def submit(self, questions: list, group_size: int, iteration: int,
+               seed: int | None = None, min_version: int = 0) -> list:
+        """Start a rollout (sampling waits for weights of `min_version`); `collect` its refs."""
+        return [a.rollout.remote(qs, group_size, iteration, None,
+                                 None if seed is None else seed + i, min_version)
                 for i, (a, qs) in enumerate(self._deal(questions))]
+
+    @staticmethod
+    def collect(refs: list) -> list:
         return [t for part in gather(refs) for t in part]
 
     def run(self, questions: list, params: dict | None = None) -> list:
@@ -78,8 +86,15 @@ class RolloutGroup:
         """Format warm-up trajectories (see `RolloutWorker.demonstrations`)."""
         return gather([self.actors[0].demonstrations.remote(questions, seed)])[0]
 
-    def load_weights(self, ref: Any, version: int) -> None:
-        gather([a.load_weights.remote(ref, version) for a in self.actors])
+    def load_weights(self, ref: Any, version: int, wait: bool = True) -> list:
+        """Weights to every actor; `wait=False` returns the refs (an overlapped loop does not
+        wait for a swap that queues behind a generation)."""
+        refs = [a.load_weights.remote(ref, version) for a in self.actors]
+        return gather(refs) if wait else refs
+
+    def examples(self, questions: list, workflows: list) -> list:
+        """Supervised targets (see `RolloutWorker.examples`)."""
+        return gather([self.actors[0].examples.remote(questions, workflows)])[0]
 
     def workers(self) -> list:
         return gather([self.actors[0].workers.remote()])[0]
@@ -100,9 +115,9 @@ class TrainingGraph:
     rollouts: RolloutGroup
     learners: LearnerGroup
 
-    def sync_weights(self, version: int) -> None:
+    def sync_weights(self, version: int, wait: bool = True) -> list:
         """Learner weights -> every rollout actor, through the object store."""
-        self.rollouts.load_weights(self.learners.get_weights(), version)
+        return self.rollouts.load_weights(self.learners.get_weights(), version, wait)
 
     def shutdown(self) -> None:
         """Rollouts and learners; the worker proxies stay for their other users."""
@@ -110,20 +125,21 @@ class TrainingGraph:
         self.rollouts.shutdown()
 
 
-def build_training_graph(cfg: Any, data: Any) -> TrainingGraph:
+def build_training_graph(cfg: Any, data: Any, pool: Any = None) -> TrainingGraph:
     """Everything from `cfg.graph` (the one declaration) and the training config's policy,
-    reward and pool settings."""
+    reward and pool settings. `pool`: a zero-argument factory of the rollout actors' worker
+    pool, instead of the one `cfg.backend` names (benchmarks: workers behind a server)."""
     from ray_conductor.config import to_dict
 
     spec = GraphSpec.from_config(cfg.graph, cfg.ray.namespace)
     spec.check_resources(["rollout", "learner"])
     proxies: dict[str, Any] = {}
-    if cfg.backend == "ray":
-        pool: Any = worker_pool(cfg, data, "rollout", spec=spec)
+    if pool is None and cfg.backend == "ray":
+        pool = worker_pool(cfg, data, "rollout", spec=spec)
         proxies = {w.name: pool.handle(w.name) for w in pool.workers()}
-    elif cfg.backend == "local":
+    elif pool is None and cfg.backend == "local":
         pool = partial(_replay_pool, cfg.pool, cfg.data_dir)
-    else:
+    elif pool is None:
         raise ConfigError(f"backend={cfg.backend!r}: use ray or local")
     judge = partial(_replay_judge, cfg.pool, cfg.data_dir)
     actors = spec.build_all("rollout", cfg.conductor, cfg.reward, pool, judge)

@@ -20,6 +20,7 @@ from ray_conductor.graph import GraphConfig
 from ray_conductor.policy.conductor import ConductorConfig
 from ray_conductor.rl.learner import LearnerConfig
 from ray_conductor.rl.rewards import RewardConfig
+from ray_conductor.rl.warm_start import WarmStartConfig
 
 
 @dataclass
@@ -41,6 +42,12 @@ class TrainConfig:
                             "only)", min=0)
     warmup_batch: int = opt(8, "questions per warm-up step", min=1)
     warmup_lr: float | None = opt(None, "the warm-up's learning rate (null: learner.lr)", gt=0)
+    warm_start: WarmStartConfig = opt(factory=WarmStartConfig, help="behaviour cloning of a "
+                                      "teacher's programs (the lite tier's) before GRPO")
+    overlap: bool = opt(False, "sample iteration k+1 while the learners update on k "
+                        "(false: the synchronous loop)")
+    max_staleness: int = opt(1, "with overlap: updates a sample's weights may lag the "
+                             "learner's", min=1)
     questions_per_iter: int = opt(4, "questions per iteration", min=1)
     group_size: int = opt(8, "plans sampled per question; GRPO compares a group", min=2)
     storage: str | None = storage_opt()
@@ -90,6 +97,7 @@ def rollout_metrics(trajs: list) -> dict[str, float]:
         "calls_per_plan": sum(t.calls for t in trajs) / n,
         "completion_tokens": sum(len(t.completion_ids) for t in trajs) / n,
         "trajectories": len(trajs),
+        "time/generate_s": max((t.info.get("generate_s", 0.0) for t in trajs), default=0.0),
         **worker_shares(trajs),
     }
 
@@ -181,14 +189,16 @@ def _check_dir(key: str, path: Path) -> None:
     check_writable(key, path)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, pool: Any = None) -> dict[str, Any]:
+    """`pool`: a zero-argument factory of the rollout actors' worker pool (default: the one
+    `cfg.backend` names)."""
     from ray_conductor.rl.rollout_group import build_training_graph
     from ray_conductor.runtime import init_ray
 
     data, train_q, run = check_train(cfg)
     cfg.conductor.model = cfg.learner.model = cfg.model
     init_ray(cfg.ray)
-    graph = build_training_graph(cfg, data)
+    graph = build_training_graph(cfg, data, pool)
     if run.is_used() and not cfg.resume:
         run.clear()  # overwrite=true: only now, with every check passed and the actors up
     run.prepare()
@@ -202,6 +212,9 @@ def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> 
     from tqdm.auto import tqdm
 
     from ray_conductor.policy.registry import PolicyRegistry
+    from ray_conductor.rl import schedule
+    from ray_conductor.rl.grpo import grpo_step
+    from ray_conductor.rl.rollout_group import gather
 
     registry = PolicyRegistry(registry_path(cfg))
 
@@ -224,21 +237,39 @@ def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> 
 
     if start == 0 and cfg.warmup_steps > 0:
         version = warmup(cfg, graph, run, train_q)
+    if start == 0 and cfg.warm_start.source:
+        result["warm_start"] = warm_start(cfg, graph, data, run, train_q)
+        version = result["warm_start"]["version"] = version + 1
+        graph.sync_weights(version)
+
+    def submit(it: int, min_version: int) -> list:
+        questions = pick_questions(train_q, it, cfg.questions_per_iter, cfg.seed)  # sample
+        return graph.rollouts.submit(questions, cfg.group_size, it,  # execute + score
+                                     seed=cfg.seed * 100003 + it, min_version=min_version)
+
+    bound = cfg.max_staleness if cfg.overlap else 0  # 0: the synchronous loop
+    syncs: list = []  # an overlapped loop's last weight swap, not waited for
+
+    def sync(v: int) -> None:
+        refs = graph.sync_weights(v, wait=not cfg.overlap)
+        if cfg.overlap:  # the previous swap has landed (a rollout waited for it): errors now
+            gather(syncs)
+            syncs[:] = refs
 
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations,
                desc="train", disable=not cfg.progress)
     published = None
-    for it in bar:
-        t0 = time.perf_counter()
-        questions = pick_questions(train_q, it, cfg.questions_per_iter, cfg.seed)  # sample
-        trajs = graph.rollouts.rollout(questions, cfg.group_size, it,
-                                       seed=cfg.seed * 100003 + it)  # execute + score
-        t_roll = time.perf_counter() - t0
-        stats = graph.learners.train_step(trajs)  # update
-        version += 1
-        graph.sync_weights(version)  # sync
-        m = {**rollout_metrics(trajs), **{f"learner/{k}": v for k, v in stats.items()},
-             "time/rollout_s": t_roll, "time/iteration_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    batches = schedule.rollouts(submit, graph.rollouts.collect, start, cfg.iterations,
+                                version0=version, bound=bound)
+    for it, trajs in batches:
+        t_roll = time.perf_counter() - t0  # the wait for this iteration's rollouts
+        step = grpo_step(trajs, graph.learners, sync, version, cfg.learner)  # update + sync
+        version = step.version
+        m = {**rollout_metrics(trajs), **{f"learner/{k}": v for k, v in step.stats.items()},
+             "staleness": step.staleness, "time/rollout_s": t_roll,
+             **{f"time/{k}": v for k, v in step.times.items()},
+             "time/iteration_s": time.perf_counter() - t0}
         run.log(it, m)  # log
         if cfg.log_samples:
             run.log_samples(it, sample_rows(trajs))
@@ -251,6 +282,8 @@ def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> 
             final = run.commit_checkpoint(tmp, it, state, keep=cfg.keep_checkpoints)
             published = registry.publish(final / "model", kind="lm", meta={
                 **state, "reward_mean": m["reward_mean"], "run_dir": str(run.path)})
+        t0 = time.perf_counter()
+    gather(syncs)  # the last swap landed (and raised, if it failed) before evaluation
     run.close()
     if published is not None and cfg.promote:
         registry.promote(published.version, reason=f"end of training run {run.path}")
@@ -280,6 +313,31 @@ def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
         graph.learners.set_lr(cfg.learner.lr)
     graph.sync_weights(cfg.warmup_steps)
     return cfg.warmup_steps
+
+
+def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, Any]:
+    """Behaviour cloning of the teacher's programs (`warm_start.source`, the lite tier's) on
+    every training question: the teacher's plan for it, rendered in the plan language, as
+    the target of the LM's own prompt; `warm_start.epochs` passes of `sft_step`. Logged as
+    iterations -steps..-1 (after a format warm-up's)."""
+    from ray_conductor.rl.grpo import sft_epochs
+    from ray_conductor.rl.warm_start import lite_programs
+
+    ws, t0 = cfg.warm_start, time.perf_counter()
+    programs = lite_programs(ws.source, data, cfg.split)
+    qs = [q for q in train_q if q.query_id in programs][:ws.limit]
+    examples = graph.rollouts.examples(qs, [programs[q.query_id] for q in qs])
+    t_targets = time.perf_counter() - t0
+    steps = ws.epochs * -(-len(examples) // ws.batch)
+    if ws.lr:
+        graph.learners.set_lr(ws.lr)
+    curve = sft_epochs(examples, graph.learners, epochs=ws.epochs, batch=ws.batch,
+                       seed=cfg.seed, log=lambda s, st: run.log(s - steps, {
+                           "warm_start": 1, **{f"learner/{k}": v for k, v in st.items()}}))
+    if ws.lr:
+        graph.learners.set_lr(cfg.learner.lr)
+    return {"examples": len(examples), "steps": steps, "epoch_loss": curve,
+            "targets_s": t_targets, "wall_s": time.perf_counter() - t0}
 
 
 def eval_report_path(run_dir: str, tag: str) -> Path:

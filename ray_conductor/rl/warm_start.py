@@ -1,0 +1,97 @@
+"""Warm start: the lite tier's programs as supervised targets for the LM conductor.
+
+The lite policy decides turn by turn; over a pool's recorded answers (a `LiteTable`) its
+choice on each training question is a fixed program: the workers it called, in order, whether
+it voted, and whether a call came only because the earlier answers disagreed (escalation).
+`program_workflow` writes that program as a `Workflow` in the plan language (worker names,
+short subtasks), so the LM learns to write, for its own prompt, what the lite tier would do.
+
+Pure apart from `lite_programs`, which loads the lite policy and embeds the questions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ray_conductor.errors import ConfigError
+from ray_conductor.workflow.model import Step, Workflow
+from ray_conductor.workflow.programs import VOTE
+
+ANSWER_SUBTASK = "Answer the question."
+ESCALATE_SUBTASK = "The answers differ: answer the question."
+VOTE_SUBTASK = "Give the most common answer."
+
+
+@dataclass
+class WarmStartConfig:
+    """Supervised warm start on a teacher's programs before GRPO (null source: none)."""
+
+    source: str | None = field(default=None, metadata={
+        "help": "teacher: lite:default (the shipped lite policy) or lite:DIR (null: none)"})
+    epochs: int = field(default=2, metadata={"help": "passes over the teacher's programs",
+                                             "min": 1})
+    batch: int = field(default=16, metadata={"help": "examples per supervised step", "min": 1})
+    lr: float | None = field(default=None, metadata={
+        "help": "the warm start's learning rate (null: learner.lr)", "gt": 0})
+    limit: int | None = field(default=None, metadata={
+        "help": "only the first N training questions (null: all)", "min": 1})
+
+
+def program_workflow(calls: Sequence[str], answers: Sequence[Any], voted: bool) -> Workflow:
+    """A lite episode as a plan: one step per call; a call made after the earlier answers
+    disagreed (third call on) is a `disagree` step over them, so the plan escalates only when
+    the lite policy would have; a vote reads every earlier step. `answers[k]` is call k's
+    comparable answer (None: none).
+
+    Without a vote, a step with no access list is read by nobody but the answer's own
+    position: the lite policy stopped at its last call, so the plan is that call alone (the
+    same answer, without paying for calls nothing reads)."""
+    steps: list[Step] = []
+    for k, worker in enumerate(calls):
+        seen = {a for a in answers[:k] if a is not None}
+        if k >= 2 and len(seen) > 1:
+            steps.append(Step(worker, ESCALATE_SUBTASK, "all", "disagree"))
+        else:
+            steps.append(Step(worker, ANSWER_SUBTASK, ()))
+    if voted and steps:
+        steps.append(Step(VOTE, VOTE_SUBTASK, "all"))
+        return Workflow(tuple(steps))
+    return Workflow((Step(calls[-1], ANSWER_SUBTASK, ()),) if calls else ())
+
+
+def shape(workflow: Workflow) -> str:
+    """A short name of a plan's shape: `single`, `chain<n>`, `cascade` (a conditional step),
+    `vote<n>`."""
+    n = sum(1 for s in workflow if s.worker != VOTE)
+    if any(s.when for s in workflow):
+        return "cascade"
+    if any(s.worker == VOTE for s in workflow):
+        return f"vote{n}"
+    return "single" if n == 1 else f"chain{n}"
+
+
+def lite_programs(source: str, data: Any, split: str = "train") -> dict[str, Workflow]:
+    """query_id -> the lite policy's program on each question of `split`, as a workflow.
+    `source`: lite:default or lite:DIR. Reads the recorded answers (never the test split's
+    labels when split=train)."""
+    from ray_conductor.lite import default_policy_dir
+    from ray_conductor.lite.conductor import LiteConductor
+    from ray_conductor.lite.table import NO_ANSWER
+    from ray_conductor.lite.train import pool_table
+
+    if not source.startswith("lite:"):
+        raise ConfigError(f"warm_start.source={source!r}: use lite:default or lite:DIR")
+    path = source.split(":", 1)[1]
+    lite = LiteConductor.load(default_policy_dir() if path == "default" else path,
+                              data.worker_infos())
+    table = pool_table(data, split, lite.featurizer).reorder(lite.workers)
+    got = lite.rollout(table)
+    out = {}
+    for i, qid in enumerate(table.query_ids):
+        calls = got.workflows[i]
+        codes = [int(table.answers[i, a]) for a in calls]
+        answers = [None if c == NO_ANSWER else c for c in codes]
+        out[qid] = program_workflow([lite.workers[a] for a in calls], answers,
+                                    bool(got.voted[i]))
+    return out
