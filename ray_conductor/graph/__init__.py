@@ -26,12 +26,13 @@ from ray_conductor.graph.spec import (
     GraphConfig,
     GraphSpec,
     IngressConfig,
+    RLlibRoleConfig,
     RoleConfig,
     fan_out,
     ppo_graph,
 )
 
 __all__ = ["ACTOR_CLASSES", "PROXY_ROLE", "ActorSpec", "GraphConfig", "GraphSpec",
-           "IngressConfig", "RoleConfig", "build_worker_proxies", "fan_out", "make_ray_pool",
+           "IngressConfig", "RLlibRoleConfig", "RoleConfig", "build_worker_proxies", "fan_out", "make_ray_pool",
            "ppo_graph", "proxy_groups", "proxy_name", "running_proxies", "stop_worker_proxies",
            "worker_pool", "worker_pool_config"]

@@ -33,8 +33,7 @@ class RoleConfig:
 
     num_cpus: float = field(default=1.0, metadata={"help": "CPUs per instance", "min": 0})
     num_gpus: float = field(default=0.0, metadata={"help": "GPUs per instance", "min": 0})
-    count: int = field(default=1, metadata={"help": "instances (RLlib roles: 0 runs it in the "
-                                                    "driver process)", "min": 0})
+    count: int = field(default=1, metadata={"help": "instances", "min": 1})
     max_concurrency: int = field(default=1, metadata={"help": "calls one instance runs at once",
                                                       "min": 1})
     max_restarts: int = field(default=0, metadata={  # -1: restart forever
@@ -45,6 +44,15 @@ class RoleConfig:
         "help": "torch threads (0: the CPUs Ray assigned)", "min": 0})
     resources: dict[str, float] = field(default_factory=dict, metadata={
         "help": "custom Ray resources per instance, e.g. {proxy: 1}"})
+
+
+@dataclass
+class RLlibRoleConfig(RoleConfig):
+    """An RLlib role (env runners, learners): RLlib builds them from these settings, and a
+    count of 0 runs the role in the driver's process."""
+
+    count: int = field(default=0, metadata={"help": "instances (0: in the driver's process)",
+                                            "min": 0})
 
 
 def _proxy_role() -> RoleConfig:
@@ -85,9 +93,9 @@ class GraphConfig:
     online_retrainer: RoleConfig = field(
         default_factory=lambda: RoleConfig(max_concurrency=4), metadata={
             "help": "the online loop beside an app (GPU: its LM trains on cuda)"})
-    rllib_env_runner: RoleConfig = field(default_factory=lambda: RoleConfig(count=0),
+    rllib_env_runner: RLlibRoleConfig = field(default_factory=RLlibRoleConfig,
                                          metadata={"help": "the lite tier's RLlib env runners"})
-    rllib_learner: RoleConfig = field(default_factory=lambda: RoleConfig(count=0),
+    rllib_learner: RLlibRoleConfig = field(default_factory=RLlibRoleConfig,
                                       metadata={"help": "the lite tier's RLlib learners"})
 
 
@@ -298,11 +306,11 @@ def ppo_graph(settings: Any, base: GraphConfig | None = None) -> GraphSpec:
     from dataclasses import replace
 
     base = base if base is not None else GraphConfig()
-    cfg = replace(base, rllib_env_runner=RoleConfig(
+    cfg = replace(base, rllib_env_runner=RLlibRoleConfig(
         num_cpus=settings.num_cpus_per_env_runner, count=settings.num_env_runners),
-        rllib_learner=RoleConfig(num_cpus=settings.num_cpus_per_learner,
-                                 num_gpus=settings.num_gpus_per_learner,
-                                 count=settings.num_learners))
+        rllib_learner=RLlibRoleConfig(num_cpus=settings.num_cpus_per_learner,
+                                      num_gpus=settings.num_gpus_per_learner,
+                                      count=settings.num_learners))
     return GraphSpec.from_config(cfg)
 
 
