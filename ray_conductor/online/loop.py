@@ -33,13 +33,17 @@ import numpy as np
 from ray_conductor.errors import ConductorError, ConfigError, DataError
 from ray_conductor.online.anchor import Anchors, anchor_rows, combined
 from ray_conductor.online.config import RetrainConfig
-from ray_conductor.online.decisions import DecisionLog, OnlineMetrics
-from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable
+from ray_conductor.online.decisions import DecisionLog, Ledger, OnlineMetrics
+from ray_conductor.online.explore import allowance, rank_cells, spread
+from ray_conductor.online.reroll import (
+    AnswerCache, Reroller, RerollStats, judgeable, merge)
 from ray_conductor.online.rewards import LoggedRow, held_back, rewarded_rows
-from ray_conductor.online.state import LoopState, Watch, remember
-from ray_conductor.online.stats import drop_test, paired_test
+from ray_conductor.online.rows import choose
+from ray_conductor.online.state import LoopState, Watch
+from ray_conductor.online.stats import drop_test
 from ray_conductor.online.trainer import Counterfactual, Trainer
 from ray_conductor.online.triggers import Trigger
+from ray_conductor.online.verdict import TestSettings, promotion, watch_drop
 
 log = logging.getLogger(__name__)
 REGISTRY = "registry:"
@@ -78,6 +82,26 @@ def trained_penalty(pv: Any) -> float:
     return policy_penalty(LiteConductor.load(pv.path))
 
 
+def answer_prints(app: Any, prints: dict[str, str]) -> dict[str, str]:
+    """Each worker's answer fingerprint (what the cache is keyed by: a price change keeps
+    it), from the app's worker pool config where it shows one; else `prints` as given."""
+    settings = getattr(app, "settings", None)
+    if settings is None:
+        return dict(prints)
+    from ray_conductor.workers.config import answer_fingerprint, as_pool_config
+
+    pool_cfg = as_pool_config(settings()["pool_config"])
+    return {w.name: answer_fingerprint(w, pool_cfg.replay) for w in pool_cfg.workers}
+
+
+def traffic_dollars(df: Any, models: set[str]) -> float:
+    """What the answered requests of `models` in the traffic log cost."""
+    if not len(df) or "cost" not in df or "model" not in df:
+        return 0.0
+    ok = df["model"].isin(models) & (df["status"] == 200 if "status" in df else True)
+    return float(df.loc[ok, "cost"].fillna(0.0).sum())
+
+
 class Retrainer:
     def __init__(self, cfg: RetrainConfig, app: Any, trainer: Callable[..., Trainer],
                  read: Callable[[str], Any] | None = None,
@@ -99,7 +123,10 @@ class Retrainer:
         self.root = Path(cfg.state_dir)
         self.state = LoopState.load(self.root)
         self.decisions = DecisionLog(self.root / "decisions.jsonl", OnlineMetrics())
+        self.decisions.total = Ledger(self.state.extra_calls, self.state.extra_dollars,
+                                      self.state.traffic_dollars)
         self.metrics = self.decisions.metrics
+        self._round_calls = 0  # this round's calls (`reroll.calls_per_round` caps them)
         age = cfg.reroll.max_age_hours
         self.cache = AnswerCache(self.root / "answers.jsonl", clock=clock,
                                  max_age_s=None if age is None else age * 3600.0)
@@ -135,6 +162,7 @@ class Retrainer:
 
     def _round(self, force: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        self._round_calls = 0
         if self.state.started is None:
             self.state.started = self.clock()
         reg, pv = self._serving(out)
@@ -154,7 +182,10 @@ class Retrainer:
             self.state.last_train = self.clock()
             out += self._train_round(rows, new, reg, pv, trainer, why)
         self.state.rounds += 1
+        t = self.decisions.total
+        self.state.extra_calls, self.state.extra_dollars = t.calls, t.dollars
         self.state.save(self.root)
+        self.metrics.publish(self.cfg.app, self.cfg.model, t, self.decisions.pending)
         return out
 
     def learners(self) -> list[str]:
@@ -183,6 +214,11 @@ class Retrainer:
                 request_ids=ignored[self.state.ignored_rewards:][:20], reason=(
                     f"posted rewards outside [{lo:g}, {hi:g}] ignored")))
         self.state.ignored_rewards = len(ignored)
+        self.state.rewarded_rows = max(self.state.rewarded_rows, len(rows))  # earns the budget
+        paid = traffic_dollars(df, set(self.learners()))
+        if paid > self.state.traffic_dollars:
+            self.decisions.spend(traffic_dollars=paid - self.state.traffic_dollars)
+            self.state.traffic_dollars = paid
         return rows
 
     def _reward_range(self) -> tuple[float, float]:
@@ -303,11 +339,21 @@ class Retrainer:
             return None, (f"{w.previous_tag} is a {previous.kind} policy and {w.tag} a "
                           f"{promoted.kind} one: one trainer cannot replay both")
         t0 = time.perf_counter()
-        answers, stats, workers = self._reroll(judged)
-        data = Counterfactual([r for r in judged if r.key in answers], answers, workers)
+        rr, workers = self._reroller()
+        if self._full:
+            answers, stats = rr.answers(judged, self._allowance())
+            self._spend(stats)
+            data = Counterfactual([r for r in judged if r.key in answers], answers, workers)
+        else:
+            stats = RerollStats(rows=len(judged))
+            answers = self._known(rr, judged, stats)
+            calls0 = self.decisions.pending.calls
+            data = self._scorable(rr, trainer, [Path(previous.path), Path(promoted.path)],
+                                  Counterfactual(judged, answers, workers))
+            stats.calls = self.decisions.pending.calls - calls0
         if len(data) < cfg.min_paired:
-            return None, (f"only {len(data)} of {len(judged)} questions have every worker's "
-                          f"answer; the paired test needs {cfg.min_paired}")
+            return None, (f"only {len(data)} of {len(judged)} questions could be replayed "
+                          f"exactly; the paired test needs {cfg.min_paired}")
         try:
             before = trainer.score(Path(previous.path), data)
             replayed = trainer.score(Path(promoted.path), data)
@@ -316,10 +362,8 @@ class Retrainer:
         verifier = self.app.verifier()
         live = np.array([float(r.judge(r.answer, verifier)) - self._penalty() * r.cost
                          for r in data.rows])
-        res = paired_test(before - live, alpha=cfg.alpha, min_gain=cfg.margin,
-                          method=self.cfg.evaluation.test,
-                          samples=self.cfg.evaluation.bootstrap_samples,
-                          seed=self.cfg.training.seed)
+        res = watch_drop(before, live, alpha=cfg.alpha, margin=cfg.margin,
+                         s=self._test_settings())
         return (res, {"test_kind": "paired", "n": len(data), "window": len(window),
                       "live_mean": float(live.mean()),
                       "previous_replayed_mean": float(before.mean()),
@@ -352,63 +396,143 @@ class Retrainer:
     # -- train, evaluate, decide -------------------------------------------------------------
     def _train_round(self, rows: list[LoggedRow], new: list[LoggedRow], reg: Any, pv: Any,
                      trainer: Trainer, why: str) -> list[dict[str, Any]]:
-        cfg, model = self.cfg, self.cfg.model
+        cfg, model, tr = self.cfg, self.cfg.model, self.cfg.training
         fresh = list({r.key: r for r in judgeable(new)}.values())  # the latest row per question
-        hold = cfg.evaluation.holdout
-        train_new = [r for r in fresh if not held_back(r.key, hold)]
-        self.state.held = remember(self.state.held, [r.key for r in fresh
-                                                     if held_back(r.key, hold)],
-                                   cfg.evaluation.rows)
         latest = {r.key: r for r in judgeable(rows)}
-        older = [k for k in self.state.buffer if k in latest and
-                 k not in {r.key for r in train_new}]
-        self.state.buffer = remember(self.state.buffer, [r.key for r in train_new],
-                                     cfg.training.buffer_rows)
-        n_recent = min(len(older), max(0, cfg.training.recent_rows - len(train_new)))
-        recent, rest = older[len(older) - n_recent:], older[:len(older) - n_recent]
-        n_old = min(len(rest), round(cfg.training.replay_ratio * len(train_new)))
-        rng = np.random.default_rng(cfg.training.seed + self.state.rounds)
-        replay = [latest[k] for k in recent] + [
-            latest[rest[i]] for i in sorted(rng.choice(len(rest), n_old, replace=False))]
-        held = [latest[k] for k in self.state.held if k in latest]
-        train = train_new + replay
-        taken = {r.key for r in train} | {r.key for r in held}
-        anchors = [r for r in self._anchor_rows() if r.key not in taken]
-        train += anchors  # after the traffic: the call budget goes to the traffic first
-        held_anchors = [r for r in self._anchor_rows(held=True) if r.key not in taken]
+        anchors = {r.key: r for r in self._anchor_rows()}
+        held_anchors = {r.key: r for r in self._anchor_rows(held=True)}
+        pick = choose([r.key for r in fresh], self.state.buffer, self.state.held, set(latest),
+                      is_held=lambda k: held_back(k, cfg.evaluation.holdout),
+                      buffer_rows=tr.buffer_rows, recent_rows=tr.recent_rows,
+                      replay_ratio=tr.replay_ratio, eval_rows=cfg.evaluation.rows,
+                      rng=np.random.default_rng(tr.seed + self.state.rounds),
+                      anchors=list(anchors), held_anchors=list(held_anchors))
+        self.state.buffer, self.state.held = pick.buffer, pick.held_keys
+        look = {**held_anchors, **anchors, **latest}
+        train, held = [look[k] for k in pick.train], [look[k] for k in pick.held]
+        hanchors = [look[k] for k in pick.held_anchors]
         t0 = time.perf_counter()
-        answers, stats, workers = self._reroll(held + train + held_anchors)
+        rr, workers = self._reroller()
+        if self._full:  # every worker's answer, first first (traffic before anchors)
+            answers, stats = rr.answers(held + train + hanchors, self._allowance())
+            self._spend(stats)
+        else:
+            answers, stats = self._explore(rr, trainer, pv, train, held + hanchors, workers)
         held_cf = Counterfactual([r for r in held if r.key in answers], answers, workers)
-        anchor_cf = Counterfactual([r for r in held_anchors if r.key in answers], answers,
-                                   workers)
+        anchor_cf = Counterfactual([r for r in hanchors if r.key in answers], answers, workers)
         train_cf = Counterfactual([r for r in train if r.key in answers], answers, workers)
         counts = {"trigger": why, "new_rows": len(new), "new_questions": len(fresh),
-                  "train_rows": len(train_cf), "replayed": len(replay),
-                  "anchor_rows": sum(r.key in answers for r in anchors),
-                  "held_anchor_rows": len(anchor_cf),
-                  "held_rows": len(held_cf), "reroll": vars(stats),
-                  "reroll_s": time.perf_counter() - t0}
-        if len(train_cf) < cfg.training.min_rows or len(held_cf) < cfg.evaluation.min_rows:
+                  "train_rows": len(train_cf), "replayed": len(pick.replay),
+                  "anchor_rows": sum(k in answers for k in pick.anchors),
+                  "held_anchor_rows": len(anchor_cf), "held_rows": len(held_cf),
+                  "reroll": vars(stats), "reroll_s": time.perf_counter() - t0}
+        if len(train_cf) < tr.min_rows or len(held_cf) < cfg.evaluation.min_rows:
             return [self.decisions.append("skipped", model, version=pv.tag, reason=(
-                f"{len(train_cf)} training and {len(held_cf)} held-back questions with every "
-                f"worker's answer; need {cfg.training.min_rows} and {cfg.evaluation.min_rows}"),
-                **counts)]
+                f"{len(train_cf)} training and {len(held_cf)} held-back questions with "
+                f"{'every' if self._full else 'an observed'} worker's answer; need "
+                f"{tr.min_rows} and {cfg.evaluation.min_rows}"), **counts)]
         out_dir = self.root / "candidates" / f"round-{self.state.rounds:05d}"
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]
+        held_cf = self._scorable(rr, trainer, [Path(pv.path), cand_dir], held_cf)
+        anchor_cf = self._scorable(rr, trainer, [Path(pv.path), cand_dir], anchor_cf)
+        if len(held_cf) < cfg.evaluation.min_rows:
+            shutil.rmtree(cand_dir, ignore_errors=True)
+            return out + [self.decisions.append("skipped", model, version=pv.tag, reason=(
+                f"only {len(held_cf)} held-back questions could be scored within the call "
+                f"budget; need {cfg.evaluation.min_rows}"))]
         out += self._decide(reg, pv, trainer, cand_dir, held_cf, anchor_cf)
         return out
 
-    def _reroll(self, rows: list[LoggedRow]) -> tuple[dict[str, Any], Any, list[Any]]:
-        """Every worker's answer to `rows` (first first, within one round's call budget),
-        through the app's proxies at rollout priority: (answers, stats, the pool's workers)."""
+    @property
+    def _full(self) -> bool:
+        return self.cfg.reroll.calls_per_row is None
+
+    def _allowance(self) -> int:
+        """Calls the loop may still make now: earned by rewarded rows (`calls_per_row`),
+        less those spent, within this round's `calls_per_round`."""
+        spent = self.decisions.total.calls + self.decisions.pending.calls
+        return allowance(self.state.rewarded_rows, self.cfg.reroll.calls_per_row, spent,
+                         cap=max(0, self.cfg.reroll.calls_per_round - self._round_calls))
+
+    def _spend(self, stats: RerollStats) -> None:
+        self._round_calls += stats.calls
+        self.decisions.spend(stats.calls, stats.dollars)
+
+    def _reroller(self) -> tuple[Reroller, list[Any]]:
+        """The app's proxies at rollout priority, keyed by each worker's answer
+        fingerprint; (the reroller, the pool's workers)."""
         pool, prints = self.app.rollout_pool()
         verifier = combined(self.app.verifier(), self._anchors.data if self._anchors else None)
-        rr = Reroller(pool, prints, self.cache, verifier,
-                      concurrency=self.cfg.reroll.concurrency, timeout_s=self.cfg.reroll.timeout_s)
-        answers, stats = rr.answers(rows, self.cfg.reroll.calls_per_round)
-        return answers, stats, list(pool.workers())
+        rr = Reroller(pool, answer_prints(self.app, prints), self.cache, verifier,
+                      concurrency=self.cfg.reroll.concurrency,
+                      timeout_s=self.cfg.reroll.timeout_s, reprice=self.cfg.reroll.reprice)
+        return rr, list(pool.workers())
+
+    def _known(self, rr: Reroller, rows: list[LoggedRow], stats: RerollStats) -> dict:
+        """What costs nothing: the rows' served cells and their cached ones."""
+        answers = rr.served(rows, stats)
+        got, st = rr.cells([(r, w) for r in rows for w in rr.workers], 0, answers)
+        for k in ("cached", "repriced", "price_change_reasks", "expired"):
+            setattr(stats, k, getattr(stats, k) + getattr(st, k))
+        return merge(answers, got)
+
+    def _explore(self, rr: Reroller, trainer: Trainer, pv: Any, train: list[LoggedRow],
+                 evaluate: list[LoggedRow], workers: list[Any]) -> tuple[dict, RerollStats]:
+        """Budgeted: the free cells of every row, then up to `explore_share` of the
+        allowance on the training rows' most valuable unobserved cells (`explore`)."""
+        stats = RerollStats(rows=len(train) + len(evaluate))
+        answers = self._known(rr, train + evaluate, stats)
+        budget = int(self._allowance() * self.cfg.reroll.explore_share)
+        if budget > 0 and train:
+            names = rr.workers
+            if hasattr(trainer, "estimates"):
+                p, n, cost, names = trainer.estimates(
+                    Path(pv.path), Counterfactual(train, answers, workers))
+                seen = np.array([[w in answers.get(r.key, {}) for w in names] for r in train])
+                ranked = spread(rank_cells(p, n, cost, self._penalty(), seen), 1)
+            else:  # no estimates: one unobserved worker per row, rows in order
+                ranked = spread([(i, j) for i, r in enumerate(train) for j, w in
+                                 enumerate(names) if w not in answers.get(r.key, {})], 1)
+            got, st = rr.cells([(train[i], names[j]) for i, j in ranked], budget, answers)
+            merge(answers, got)
+            self._spend(st)
+            for k in ("calls", "dollars", "failed", "out_of_budget"):
+                setattr(stats, k, getattr(stats, k) + getattr(st, k))
+        stats.complete = len(answers)
+        return answers, stats
+
+    def _scorable(self, rr: Reroller, trainer: Trainer, policies: list[Path],
+                  data: Counterfactual, passes: int = 8) -> Counterfactual:
+        """Budgeted: ask the unobserved cells the `policies`' greedy rollouts read on
+        `data`'s questions, within the allowance (each pass reveals the next step's cell);
+        the questions on which every step they take is observed (exact scores). Without
+        `trainer.needed`: the questions with every worker's answer."""
+        if self._full or not len(data):
+            return data
+        need: dict[str, set[str]] = {}
+        for _ in range(passes):
+            need = {}
+            if hasattr(trainer, "needed"):
+                for p in policies:
+                    for k, ws in trainer.needed(p, data).items():
+                        need.setdefault(k, set()).update(ws)
+            else:
+                need = {r.key: set(rr.workers) - set(data.answers.get(r.key, {}))
+                        for r in data.rows}
+                need = {k: v for k, v in need.items() if v}
+            budget = self._allowance()
+            if not need or budget <= 0:
+                break
+            wanted = [(r, w) for r in data.rows for w in sorted(need.get(r.key, ()))]
+            got, st = rr.cells(wanted, budget, data.answers)
+            merge(data.answers, got)
+            self._spend(st)
+            if not st.calls and not got:
+                break
+        return Counterfactual([r for r in data.rows if r.key not in need], data.answers,
+                              data.workers)
 
     def _anchor_rows(self, held: bool = False) -> list[LoggedRow]:
         """The anchor questions (`training.anchor`) to train on, or (`held`) the held-back
@@ -436,76 +560,33 @@ class Retrainer:
     def _decide(self, reg: Any, pv: Any, trainer: Trainer, cand_dir: Path,
                 held: Counterfactual, anchors: Counterfactual | None = None
                 ) -> list[dict[str, Any]]:
-        """The paired test on held-back traffic; with held-back anchors (at least
-        `evaluation.min_rows`), the test is two-sided in effect: a candidate passes on
-        traffic only if it is not significantly worse on the anchors (`anchor_guard`), and
-        on the anchors only if it is better there and its mean gain on held-back traffic is
-        not negative."""
-        cfg, model = self.cfg.evaluation, self.cfg.model
-
-        def paired(diffs: np.ndarray, min_gain: float) -> Any:
-            return paired_test(diffs, alpha=cfg.alpha, min_gain=min_gain, method=cfg.test,
-                               samples=cfg.bootstrap_samples, seed=self.cfg.training.seed)
-
-        def test(data: Counterfactual) -> tuple[Any, np.ndarray, np.ndarray]:
-            serving, candidate = trainer.score(Path(pv.path), data), trainer.score(cand_dir, data)
-            return paired(candidate - serving, cfg.min_gain), serving, candidate
-
-        res, serving, candidate = test(held)
+        """Score both policies on held-back traffic (and anchors) and apply the verdict
+        (`verdict.promotion`)."""
+        model = self.cfg.model
+        serving, candidate = trainer.score(Path(pv.path), held), trainer.score(cand_dir, held)
+        a_serving = a_candidate = None
+        if anchors is not None and len(anchors) >= self.cfg.evaluation.min_rows:
+            a_serving, a_candidate = (trainer.score(Path(pv.path), anchors),
+                                      trainer.score(cand_dir, anchors))
+        v = promotion(serving, candidate, self._test_settings(), a_serving, a_candidate)
         self.metrics.eval_reward(model, "serving", float(serving.mean()))
         self.metrics.eval_reward(model, "candidate", float(candidate.mean()))
-        figures: dict[str, Any] = {"n": len(held), "serving_mean": float(serving.mean()),
-                                   "candidate_mean": float(candidate.mean()),
-                                   "test": res.figures()}
-        passed_by = "traffic" if res.passed else None
-        if anchors is not None and len(anchors) >= cfg.min_rows:
-            ares, aserving, acandidate = test(anchors)
-            figures["anchors"] = {"n": len(anchors), "serving_mean": float(aserving.mean()),
-                                  "candidate_mean": float(acandidate.mean()),
-                                  "test": ares.figures()}
-            if cfg.anchor_guard:  # significantly worse on the anchors by more than allowed?
-                worse = paired(aserving - acandidate, cfg.max_anchor_loss)
-                figures["anchors"]["worse"] = worse.figures()
-                if worse.passed and passed_by == "traffic":
-                    passed_by, figures["guarded"] = None, True
-            if passed_by is None and ares.passed and res.mean >= 0:
-                passed_by = "anchors"
-        figures["passed_by"] = passed_by
-        out = [self.decisions.append("evaluated", model, version=pv.tag, **figures)]
-        if passed_by is None:
+        out = [self.decisions.append("evaluated", model, version=pv.tag, **v.figures)]
+        if v.passed_by is None:
             shutil.rmtree(cand_dir, ignore_errors=True)
-            why = (f"lower bound {res.lcb:.4f} of the mean gain {res.mean:.4f} is not above "
-                   f"min_gain {cfg.min_gain:g} (p={res.p_value:.3g}, n={res.n})")
-            if figures.get("guarded"):
-                why = (f"the held-back traffic gain {res.mean:.4f} passed (lower bound "
-                       f"{res.lcb:.4f}, n={res.n})")
-            if "anchors" in figures:
-                a = figures["anchors"]["test"]
-                why += (f"; on {figures['anchors']['n']} held-back anchors the gain is "
-                        f"{a['mean']:.4f} (lower bound {a['lcb']:.4f})"
-                        + (", but the traffic gain is negative" if a["passed"] else ""))
-                if figures.get("guarded"):
-                    bound = -figures["anchors"]["worse"]["lcb"]
-                    why += (f", significantly worse than the serving policy (upper bound "
-                            f"{bound:.4f} below -max_anchor_loss {cfg.max_anchor_loss:g})")
             return out + [self.decisions.append("rejected", model, version=pv.tag,
-                                                reason=why, **figures)]
-        return out + [self._promote(reg, pv, cand_dir, figures, trainer)]
+                                                reason=v.reason, **v.figures)]
+        return out + [self._promote(reg, pv, cand_dir, v.figures, trainer, v.reason)]
+
+    def _test_settings(self) -> TestSettings:
+        return TestSettings.of(self.cfg.evaluation, self.cfg.training.seed)
 
     def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any],
-                 trainer: Trainer) -> dict[str, Any]:
+                 trainer: Trainer, reason: str) -> dict[str, Any]:
         model, t0 = self.cfg.model, time.perf_counter()
         keep = trainer.meta(cand_dir) if hasattr(trainer, "meta") else {}
         new = reg.publish(cand_dir, kind=getattr(trainer, "kind", pv.kind),
                           meta={"parent": pv.version, **keep, **figures})
-        reason = (f"held-back reward {figures['candidate_mean']:.4f} vs "
-                  f"{figures['serving_mean']:.4f}, lower bound of the gain "
-                  f"{figures['test']['lcb']:.4f} (n={figures['n']})")
-        if figures.get("passed_by") == "anchors":
-            a = figures["anchors"]
-            reason += (f"; on {a['n']} held-back anchors {a['candidate_mean']:.4f} vs "
-                       f"{a['serving_mean']:.4f}, lower bound of the gain "
-                       f"{a['test']['lcb']:.4f}")
         reg.promote(new.version, reason=reason, figures=figures)
         try:
             tag = self.app.swap(model, f"{REGISTRY}{reg.root}@{new.version}")

@@ -15,6 +15,15 @@ per-worker estimates the net reads) on those rows, clones the new selector's cho
 continues PPO from there (features leave each row out of the prior fit on it); the better of
 the two runs on the training rows is the candidate. A worker the policy has never seen
 extends its action space first (`extend`).
+
+Partial-information rows: a question's data may hold only some workers' answers (what its
+served trace carried, plus the cells a budgeted re-roll asked). Training sees only the
+observed cells (`LiteTable.observed`: an episode never calls an unobserved worker; the
+prior's estimates count observed outcomes only, see `lite.selector`). Scoring is exact or
+not done: `needed` names the unobserved cells a policy's greedy rollout would read, the loop
+asks them within its budget, and the paired test compares only questions whose every step
+is observed. The greedy check that picks the best PPO iteration on training rows reads an
+unobserved cell as a failed call (it favours observed choices; the paired test decides).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from ray_conductor.lite.table import LiteTable, worker_strength
 from ray_conductor.online.anchor import ANCHOR
 from ray_conductor.online.config import TrainingConfig
 from ray_conductor.online.extend import clone_worker, extend_workers
-from ray_conductor.online.reroll import Answer, build_table
+from ray_conductor.online.reroll import RerollAnswer, build_table
 from ray_conductor.online.rewards import LoggedRow
 from ray_conductor.workers.base import WorkerInfo
 
@@ -41,10 +50,11 @@ DEFAULT_PENALTY = 30.0  # train-lite's default, for a policy that does not say i
 
 @dataclass
 class Counterfactual:
-    """Complete questions: each row's every-worker answers, over the pool's `workers`."""
+    """Questions and the workers' answers known for each (every worker's after a full
+    re-roll; some of them in partial-information rows), over the pool's `workers`."""
 
     rows: list[LoggedRow]
-    answers: dict[str, dict[str, Answer]]
+    answers: dict[str, dict[str, RerollAnswer]]
     workers: list[WorkerInfo]
 
     def __len__(self) -> int:
@@ -90,7 +100,9 @@ def soften(net: Any, temperature: float) -> None:
 def stand_in(table: LiteTable, old: list[str], new: str, penalty: float) -> str:
     """The old worker whose single-call reward on these questions is closest to the new
     one's: the new worker starts as its clone (PPO then tells them apart)."""
-    reward = (table.correct - penalty * table.cost).mean(axis=0)
+    seen = table.seen  # partial rows: each worker's mean over its observed cells
+    reward = ((table.correct - penalty * table.cost) * seen).sum(axis=0) / np.maximum(
+        seen.sum(axis=0), 1)
     j = table.workers.index(new)
     gaps = [abs(reward[table.workers.index(w)] - reward[j]) for w in old]
     return old[int(np.argmin(gaps))]
@@ -150,6 +162,53 @@ class LiteTrainer:
         conductor = self.load(policy_dir)
         return self.rewards(conductor, self.table(conductor, data))
 
+    def needed(self, policy_dir: Path, data: Counterfactual) -> dict[str, list[str]]:
+        """Per question key, the unobserved cells the policy's greedy rollout reads (none:
+        its score on the question is exact). Asking them and calling again converges in at
+        most `max_calls` passes (each pass reveals the next step's cell)."""
+        conductor = self.load(policy_dir)
+        table = self.table(conductor, data).reorder(conductor.workers)
+        if table.observed is None:
+            return {}
+        r = conductor.rollout(table)
+        out: dict[str, list[str]] = {}
+        for i, wf in enumerate(r.workflows):
+            miss = [conductor.workers[j] for j in wf if not table.observed[i, j]]
+            if miss:
+                out[table.query_ids[i]] = miss
+        return out
+
+    def estimates(self, policy_dir: Path, data: Counterfactual
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Per row of `data` (in order) and worker: estimated correctness, the observed
+        neighbours behind it, each worker's mean $ per call, and the worker names: from the
+        policy's prior (its single-worker programs), else each worker's observed rate."""
+        conductor = self.load(policy_dir)
+        names = [w.name for w in data.workers]
+        none = RerollAnswer(None, False, 0.0, False)
+        got = [[data.answers.get(r.key, {}).get(w) for w in names] for r in data.rows]
+        seen = np.array([[a is not None for a in row] for row in got], bool).reshape(
+            len(got), len(names))
+        correct = np.array([[(a or none).correct for a in row] for row in got],
+                           float).reshape(seen.shape)
+        cost = np.array([[(a or none).cost for a in row] for row in got], float).reshape(
+            seen.shape)
+        n_w = seen.sum(axis=0)
+        rate = (correct.sum(axis=0) + 1.0) / (n_w + 2.0)  # a Beta(1, 1) start
+        mean_cost = np.where(n_w > 0, cost.sum(axis=0) / np.maximum(n_w, 1), 0.0)
+        p = np.repeat(rate[None, :], len(got), axis=0)
+        n = np.repeat(n_w[None, :].astype(float), len(got), axis=0)
+        prior = conductor.prior
+        if prior is not None and data.rows:
+            singles = {p_.workers[0]: k for k, p_ in enumerate(prior.programs)
+                       if len(p_.workers) == 1}
+            probs, den = prior.evidence(self._embed(conductor, data.rows))
+            for j, name in enumerate(names):
+                if name in conductor.workers and conductor.workers.index(name) in singles:
+                    k = singles[conductor.workers.index(name)]
+                    p[:, j], n[:, j] = probs[:, k], den[:, k]
+        return p, n, mean_cost, names
+
     def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
         """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
         `table`, the re-rolled rows of the current world, and behaviour-clone the new
@@ -173,8 +232,15 @@ class LiteTrainer:
             return {}
         conductor.prior = sel
         feats = conductor.question_features(table.features, leave_one_out=True)
-        picks = choose(sel.probs(table.features, leave_one_out=True), sel.mean_cost,
-                       self.cost_penalty)
+        probs = sel.probs(table.features, leave_one_out=True)
+        if table.observed is not None:  # clone only choices whose cells are observed
+            from ray_conductor.lite.selector import program_seen
+
+            seen = program_seen(table, sel.programs)
+            probs = np.where(seen, probs, -np.inf)
+            keep = np.flatnonzero(seen.any(axis=1))
+            table, feats, probs = table.take(keep), feats[keep], probs[keep]
+        picks = choose(probs, sel.mean_cost, self.cost_penalty)
         demos = demonstrations(table.with_features(feats), sel.programs, picks,
                                max_calls=conductor.max_calls, cost_scale=conductor.cost_scale,
                                cost_penalty=self.cost_penalty)
