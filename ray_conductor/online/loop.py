@@ -33,17 +33,16 @@ import numpy as np
 from ray_conductor.errors import ConductorError, ConfigError, DataError
 from ray_conductor.online.anchor import Anchors, anchor_rows, combined
 from ray_conductor.online.config import RetrainConfig
+from ray_conductor.online.cells import CellBroker, answer_prints, traffic_dollars
 from ray_conductor.online.decisions import DecisionLog, Ledger, OnlineMetrics
-from ray_conductor.online.explore import allowance, rank_cells, spread
-from ray_conductor.online.reroll import (
-    AnswerCache, Reroller, RerollStats, judgeable, merge)
+from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable
 from ray_conductor.online.rewards import LoggedRow, held_back, rewarded_rows
 from ray_conductor.online.rows import choose
 from ray_conductor.online.state import LoopState, Watch
-from ray_conductor.online.stats import drop_test
 from ray_conductor.online.trainer import Counterfactual, Trainer
 from ray_conductor.online.triggers import Trigger
-from ray_conductor.online.verdict import TestSettings, promotion, watch_drop
+from ray_conductor.online.verdict import TestSettings, promotion
+from ray_conductor.online.watch import watch
 
 log = logging.getLogger(__name__)
 REGISTRY = "registry:"
@@ -82,26 +81,6 @@ def trained_penalty(pv: Any) -> float:
     return policy_penalty(LiteConductor.load(pv.path))
 
 
-def answer_prints(app: Any, prints: dict[str, str]) -> dict[str, str]:
-    """Each worker's answer fingerprint (what the cache is keyed by: a price change keeps
-    it), from the app's worker pool config where it shows one; else `prints` as given."""
-    settings = getattr(app, "settings", None)
-    if settings is None:
-        return dict(prints)
-    from ray_conductor.workers.config import answer_fingerprint, as_pool_config
-
-    pool_cfg = as_pool_config(settings()["pool_config"])
-    return {w.name: answer_fingerprint(w, pool_cfg.replay) for w in pool_cfg.workers}
-
-
-def traffic_dollars(df: Any, models: set[str]) -> float:
-    """What the answered requests of `models` in the traffic log cost."""
-    if not len(df) or "cost" not in df or "model" not in df:
-        return 0.0
-    ok = df["model"].isin(models) & (df["status"] == 200 if "status" in df else True)
-    return float(df.loc[ok, "cost"].fillna(0.0).sum())
-
-
 class Retrainer:
     def __init__(self, cfg: RetrainConfig, app: Any, trainer: Callable[..., Trainer],
                  read: Callable[[str], Any] | None = None,
@@ -126,7 +105,7 @@ class Retrainer:
         self.decisions.total = Ledger(self.state.extra_calls, self.state.extra_dollars,
                                       self.state.traffic_dollars)
         self.metrics = self.decisions.metrics
-        self._round_calls = 0  # this round's calls (`reroll.calls_per_round` caps them)
+        self._broker: CellBroker | None = None  # this round's cells under the budget
         age = cfg.reroll.max_age_hours
         self.cache = AnswerCache(self.root / "answers.jsonl", clock=clock,
                                  max_age_s=None if age is None else age * 3600.0)
@@ -162,7 +141,7 @@ class Retrainer:
 
     def _round(self, force: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        self._round_calls = 0
+        self._broker = None
         if self.state.started is None:
             self.state.started = self.clock()
         reg, pv = self._serving(out)
@@ -203,7 +182,7 @@ class Retrainer:
                     "with the rest")))
         lo, hi = self._reward_range()
         ignored: list[str] = []
-        rows = rewarded_rows(df, cost_penalty=self._penalty(), verifier=self.app.verifier(),
+        rows = rewarded_rows(df, cost_penalty=self.penalty(), verifier=self.app.verifier(),
                              models={*self.learners()},
                              correct_threshold=self.cfg.correct_threshold,
                              answer_format=self.cfg.answer_format, reward_range=(lo, hi),
@@ -232,7 +211,7 @@ class Retrainer:
         return (lo if fb.reward_min is None else fb.reward_min,
                 hi if fb.reward_max is None else fb.reward_max)
 
-    def _penalty(self) -> float:
+    def penalty(self) -> float:
         assert self.state.cost_penalty is not None
         return self.state.cost_penalty
 
@@ -282,107 +261,10 @@ class Retrainer:
             self._trainer = self.make_trainer(self.state.cost_penalty, kind=pv.kind)
         return self._trainer
 
-    # -- the watch after a promotion ---------------------------------------------------------
+    # -- the watch after a promotion (`watch`) ----------------------------------------------
     def _watch(self, rows: list[LoggedRow], reg: Any, trainer: Trainer
                ) -> list[dict[str, Any]]:
-        w, cfg, model = self.state.watch, self.cfg.rollback, self.cfg.model
-        if w is None:
-            return []
-        current = reg.promoted()
-        if current is None or current.version != w.version:
-            self.state.watch = None
-            return [self.decisions.append("kept", model, version=w.tag, reason=(
-                "the registry's promoted version changed outside the loop; watch ended"))]
-        live = [r for r in rows if r.model == model and r.version == w.tag and r.time >= w.since]
-        if len(live) < cfg.window:
-            return []
-        window = live[:cfg.window]
-        self.state.watch = None
-        fell_back = None
-        if cfg.test == "paired":
-            paired, fell_back = self._paired_watch(window, w, reg, trainer)
-            if paired is not None:
-                res, figures = paired
-                return self._watch_verdict(reg, w, res.passed, figures, (
-                    f"live reward of {w.tag} {figures['live_mean']:.4f} vs "
-                    f"{figures['previous_replayed_mean']:.4f} for {w.previous_tag} replayed "
-                    f"on the same {res.n} questions (p={res.p_value:.3g})"))
-        mine = [r.reward for r in window]
-        before = [r.reward for r in rows if r.model == model and r.version == w.previous_tag
-                  and r.time < w.since][-cfg.baseline:]
-        extra = {"paired_skipped": fell_back} if fell_back else {}
-        if len(before) < cfg.min_baseline:
-            return [self.decisions.append("kept", model, version=w.tag, reason=(
-                f"only {len(before)} live rewards of {w.previous_tag}: nothing to compare"),
-                mean_live=float(np.mean(mine)), **extra)]
-        res = drop_test(mine, before, alpha=cfg.alpha, margin=cfg.margin)
-        return self._watch_verdict(reg, w, res.dropped, {"test": res.figures(), **extra}, (
-            f"live reward of {w.tag} dropped: {res.mean_new:.4f} vs {res.mean_old:.4f} "
-            f"(p={res.p_value:.3g})"))
-
-    def _paired_watch(self, window: list[LoggedRow], w: Watch, reg: Any, trainer: Trainer
-                      ) -> tuple[tuple[Any, dict[str, Any]] | None, str | None]:
-        """The paired live test: on the window's judgeable questions, the promoted version's
-        live reward (its served answer judged as the replay judges one, so feedback on
-        another scale compares alike) against the previous version replayed on every
-        worker's re-rolled answer. ((result, figures), None), or (None, why not)."""
-        cfg = self.cfg.rollback
-        judged = list({r.key: r for r in judgeable(window)}.values())
-        if len(judged) < cfg.min_paired:
-            return None, (f"{len(judged)} judgeable questions of {len(window)}; the paired "
-                          f"test needs rollback.min_paired={cfg.min_paired}")
-        try:
-            previous, promoted = reg.get(w.previous), reg.get(w.version)
-        except (ConfigError, KeyError, OSError) as e:
-            return None, f"version {w.previous_tag} cannot be loaded: {str(e)[:200]}"
-        if previous.kind != promoted.kind:
-            return None, (f"{w.previous_tag} is a {previous.kind} policy and {w.tag} a "
-                          f"{promoted.kind} one: one trainer cannot replay both")
-        t0 = time.perf_counter()
-        rr, workers = self._reroller()
-        if self._full:
-            answers, stats = rr.answers(judged, self._allowance())
-            self._spend(stats)
-            data = Counterfactual([r for r in judged if r.key in answers], answers, workers)
-        else:
-            stats = RerollStats(rows=len(judged))
-            answers = self._known(rr, judged, stats)
-            calls0 = self.decisions.pending.calls
-            data = self._scorable(rr, trainer, [Path(previous.path), Path(promoted.path)],
-                                  Counterfactual(judged, answers, workers))
-            stats.calls = self.decisions.pending.calls - calls0
-        if len(data) < cfg.min_paired:
-            return None, (f"only {len(data)} of {len(judged)} questions could be replayed "
-                          f"exactly; the paired test needs {cfg.min_paired}")
-        try:
-            before = trainer.score(Path(previous.path), data)
-            replayed = trainer.score(Path(promoted.path), data)
-        except ConfigError as e:  # e.g. a worker the previous version plans with has left
-            return None, f"{w.previous_tag} cannot be replayed: {str(e)[:200]}"
-        verifier = self.app.verifier()
-        live = np.array([float(r.judge(r.answer, verifier)) - self._penalty() * r.cost
-                         for r in data.rows])
-        res = watch_drop(before, live, alpha=cfg.alpha, margin=cfg.margin,
-                         s=self._test_settings())
-        return (res, {"test_kind": "paired", "n": len(data), "window": len(window),
-                      "live_mean": float(live.mean()),
-                      "previous_replayed_mean": float(before.mean()),
-                      "promoted_replayed_mean": float(replayed.mean()),
-                      "test": res.figures(), "reroll": vars(stats),
-                      "reroll_s": time.perf_counter() - t0}), None
-
-    def _watch_verdict(self, reg: Any, w: Watch, dropped: bool, figures: dict[str, Any],
-                       why: str) -> list[dict[str, Any]]:
-        model = self.cfg.model
-        if not dropped:
-            return [self.decisions.append("kept", model, version=w.tag, previous=w.previous_tag,
-                                          **figures)]
-        t0 = time.perf_counter()
-        back = reg.rollback(reason=why)
-        tag = self.app.swap(model, f"{REGISTRY}{reg.root}@{back.version}")
-        self.metrics.served_version(model, back.version)
-        return [self.decisions.append("rolled_back", model, version=tag, previous=w.tag,
-                                      reason=why, **figures, wall_s=time.perf_counter() - t0)]
+        return watch(self, rows, reg, trainer)
 
     def _live_gauge(self, rows: list[LoggedRow]) -> None:
         by: dict[str, list[float]] = {}
@@ -412,12 +294,13 @@ class Retrainer:
         train, held = [look[k] for k in pick.train], [look[k] for k in pick.held]
         hanchors = [look[k] for k in pick.held_anchors]
         t0 = time.perf_counter()
-        rr, workers = self._reroller()
-        if self._full:  # every worker's answer, first first (traffic before anchors)
-            answers, stats = rr.answers(held + train + hanchors, self._allowance())
-            self._spend(stats)
+        cells = self.cells()
+        workers = cells.workers
+        if self.full_reroll:  # every worker's answer, first first (traffic before anchors)
+            answers, stats = cells.answers(held + train + hanchors)
         else:
-            answers, stats = self._explore(rr, trainer, pv, train, held + hanchors, workers)
+            answers, stats = cells.explore(trainer, Path(pv.path), train, held + hanchors,
+                                           self.penalty())
         held_cf = Counterfactual([r for r in held if r.key in answers], answers, workers)
         anchor_cf = Counterfactual([r for r in hanchors if r.key in answers], answers, workers)
         train_cf = Counterfactual([r for r in train if r.key in answers], answers, workers)
@@ -429,14 +312,14 @@ class Retrainer:
         if len(train_cf) < tr.min_rows or len(held_cf) < cfg.evaluation.min_rows:
             return [self.decisions.append("skipped", model, version=pv.tag, reason=(
                 f"{len(train_cf)} training and {len(held_cf)} held-back questions with "
-                f"{'every' if self._full else 'an observed'} worker's answer; need "
+                f"{'every' if self.full_reroll else 'an observed'} worker's answer; need "
                 f"{tr.min_rows} and {cfg.evaluation.min_rows}"), **counts)]
         out_dir = self.root / "candidates" / f"round-{self.state.rounds:05d}"
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]
-        held_cf = self._scorable(rr, trainer, [Path(pv.path), cand_dir], held_cf)
-        anchor_cf = self._scorable(rr, trainer, [Path(pv.path), cand_dir], anchor_cf)
+        held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf)
+        anchor_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], anchor_cf)
         if len(held_cf) < cfg.evaluation.min_rows:
             shutil.rmtree(cand_dir, ignore_errors=True)
             return out + [self.decisions.append("skipped", model, version=pv.tag, reason=(
@@ -446,93 +329,21 @@ class Retrainer:
         return out
 
     @property
-    def _full(self) -> bool:
+    def full_reroll(self) -> bool:
         return self.cfg.reroll.calls_per_row is None
 
-    def _allowance(self) -> int:
-        """Calls the loop may still make now: earned by rewarded rows (`calls_per_row`),
-        less those spent, within this round's `calls_per_round`."""
-        spent = self.decisions.total.calls + self.decisions.pending.calls
-        return allowance(self.state.rewarded_rows, self.cfg.reroll.calls_per_row, spent,
-                         cap=max(0, self.cfg.reroll.calls_per_round - self._round_calls))
-
-    def _spend(self, stats: RerollStats) -> None:
-        self._round_calls += stats.calls
-        self.decisions.spend(stats.calls, stats.dollars)
-
-    def _reroller(self) -> tuple[Reroller, list[Any]]:
-        """The app's proxies at rollout priority, keyed by each worker's answer
-        fingerprint; (the reroller, the pool's workers)."""
-        pool, prints = self.app.rollout_pool()
-        verifier = combined(self.app.verifier(), self._anchors.data if self._anchors else None)
-        rr = Reroller(pool, answer_prints(self.app, prints), self.cache, verifier,
-                      concurrency=self.cfg.reroll.concurrency,
-                      timeout_s=self.cfg.reroll.timeout_s, reprice=self.cfg.reroll.reprice)
-        return rr, list(pool.workers())
-
-    def _known(self, rr: Reroller, rows: list[LoggedRow], stats: RerollStats) -> dict:
-        """What costs nothing: the rows' served cells and their cached ones."""
-        answers = rr.served(rows, stats)
-        got, st = rr.cells([(r, w) for r in rows for w in rr.workers], 0, answers)
-        for k in ("cached", "repriced", "price_change_reasks", "expired"):
-            setattr(stats, k, getattr(stats, k) + getattr(st, k))
-        return merge(answers, got)
-
-    def _explore(self, rr: Reroller, trainer: Trainer, pv: Any, train: list[LoggedRow],
-                 evaluate: list[LoggedRow], workers: list[Any]) -> tuple[dict, RerollStats]:
-        """Budgeted: the free cells of every row, then up to `explore_share` of the
-        allowance on the training rows' most valuable unobserved cells (`explore`)."""
-        stats = RerollStats(rows=len(train) + len(evaluate))
-        answers = self._known(rr, train + evaluate, stats)
-        budget = int(self._allowance() * self.cfg.reroll.explore_share)
-        if budget > 0 and train:
-            names = rr.workers
-            if hasattr(trainer, "estimates"):
-                p, n, cost, names = trainer.estimates(
-                    Path(pv.path), Counterfactual(train, answers, workers))
-                seen = np.array([[w in answers.get(r.key, {}) for w in names] for r in train])
-                ranked = spread(rank_cells(p, n, cost, self._penalty(), seen), 1)
-            else:  # no estimates: one unobserved worker per row, rows in order
-                ranked = spread([(i, j) for i, r in enumerate(train) for j, w in
-                                 enumerate(names) if w not in answers.get(r.key, {})], 1)
-            got, st = rr.cells([(train[i], names[j]) for i, j in ranked], budget, answers)
-            merge(answers, got)
-            self._spend(st)
-            for k in ("calls", "dollars", "failed", "out_of_budget"):
-                setattr(stats, k, getattr(stats, k) + getattr(st, k))
-        stats.complete = len(answers)
-        return answers, stats
-
-    def _scorable(self, rr: Reroller, trainer: Trainer, policies: list[Path],
-                  data: Counterfactual, passes: int = 8) -> Counterfactual:
-        """Budgeted: ask the unobserved cells the `policies`' greedy rollouts read on
-        `data`'s questions, within the allowance (each pass reveals the next step's cell);
-        the questions on which every step they take is observed (exact scores). Without
-        `trainer.needed`: the questions with every worker's answer."""
-        if self._full or not len(data):
-            return data
-        need: dict[str, set[str]] = {}
-        for _ in range(passes):
-            need = {}
-            if hasattr(trainer, "needed"):
-                for p in policies:
-                    for k, ws in trainer.needed(p, data).items():
-                        need.setdefault(k, set()).update(ws)
-            else:
-                need = {r.key: set(rr.workers) - set(data.answers.get(r.key, {}))
-                        for r in data.rows}
-                need = {k: v for k, v in need.items() if v}
-            budget = self._allowance()
-            if not need or budget <= 0:
-                break
-            wanted = [(r, w) for r in data.rows for w in sorted(need.get(r.key, ()))]
-            got, st = rr.cells(wanted, budget, data.answers)
-            merge(data.answers, got)
-            self._spend(st)
-            if not st.calls and not got:
-                break
-        return Counterfactual([r for r in data.rows if r.key not in need], data.answers,
-                              data.workers)
+    def cells(self) -> CellBroker:
+        """This round's cells under the budget (the pool is looked up once a round)."""
+        if self._broker is None:
+            pool, prints = self.app.rollout_pool()
+            verifier = combined(self.app.verifier(),
+                                self._anchors.data if self._anchors else None)
+            r = self.cfg.reroll
+            rr = Reroller(pool, answer_prints(self.app, prints), self.cache, verifier,
+                          concurrency=r.concurrency, timeout_s=r.timeout_s, reprice=r.reprice)
+            self._broker = CellBroker(rr, list(pool.workers()), r, self.decisions,
+                                      self.state.rewarded_rows)
+        return self._broker
 
     def _anchor_rows(self, held: bool = False) -> list[LoggedRow]:
         """The anchor questions (`training.anchor`) to train on, or (`held`) the held-back
@@ -568,7 +379,7 @@ class Retrainer:
         if anchors is not None and len(anchors) >= self.cfg.evaluation.min_rows:
             a_serving, a_candidate = (trainer.score(Path(pv.path), anchors),
                                       trainer.score(cand_dir, anchors))
-        v = promotion(serving, candidate, self._test_settings(), a_serving, a_candidate)
+        v = promotion(serving, candidate, self.test_settings(), a_serving, a_candidate)
         self.metrics.eval_reward(model, "serving", float(serving.mean()))
         self.metrics.eval_reward(model, "candidate", float(candidate.mean()))
         out = [self.decisions.append("evaluated", model, version=pv.tag, **v.figures)]
@@ -578,7 +389,7 @@ class Retrainer:
                                                 reason=v.reason, **v.figures)]
         return out + [self._promote(reg, pv, cand_dir, v.figures, trainer, v.reason)]
 
-    def _test_settings(self) -> TestSettings:
+    def test_settings(self) -> TestSettings:
         return TestSettings.of(self.cfg.evaluation, self.cfg.training.seed)
 
     def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any],
