@@ -41,7 +41,7 @@ from ray_conductor.online.rows import choose
 from ray_conductor.online.state import LoopState, Watch
 from ray_conductor.online.trainer import Counterfactual, Trainer
 from ray_conductor.online.triggers import Trigger
-from ray_conductor.online.verdict import TestSettings, promotion
+from ray_conductor.online.verdict import PairedSettings, promotion
 from ray_conductor.online.watch import watch
 
 log = logging.getLogger(__name__)
@@ -301,8 +301,10 @@ class Retrainer:
         else:
             answers, stats = cells.explore(trainer, Path(pv.path), train, held + hanchors,
                                            self.penalty())
-        held_cf = Counterfactual([r for r in held if r.key in answers], answers, workers)
-        anchor_cf = Counterfactual([r for r in hanchors if r.key in answers], answers, workers)
+        if self.full_reroll:  # complete rows only; budgeted: filled after training
+            held, hanchors = ([r for r in rs if r.key in answers] for rs in (held, hanchors))
+        held_cf = Counterfactual(held, answers, workers)
+        anchor_cf = Counterfactual(hanchors, answers, workers)
         train_cf = Counterfactual([r for r in train if r.key in answers], answers, workers)
         counts = {"trigger": why, "new_rows": len(new), "new_questions": len(fresh),
                   "train_rows": len(train_cf), "replayed": len(pick.replay),
@@ -389,8 +391,8 @@ class Retrainer:
                                                 reason=v.reason, **v.figures)]
         return out + [self._promote(reg, pv, cand_dir, v.figures, trainer, v.reason)]
 
-    def test_settings(self) -> TestSettings:
-        return TestSettings.of(self.cfg.evaluation, self.cfg.training.seed)
+    def test_settings(self) -> PairedSettings:
+        return PairedSettings.of(self.cfg.evaluation, self.cfg.training.seed)
 
     def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any],
                  trainer: Trainer, reason: str) -> dict[str, Any]:

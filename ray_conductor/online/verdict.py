@@ -20,7 +20,7 @@ from ray_conductor.online.stats import paired_test
 
 
 @dataclass
-class TestSettings:
+class PairedSettings:
     alpha: float = 0.05
     min_gain: float = 0.002
     method: str = "t"
@@ -31,7 +31,7 @@ class TestSettings:
     max_anchor_loss: float = 0.0
 
     @classmethod
-    def of(cls, evaluation: Any, seed: int) -> "TestSettings":
+    def of(cls, evaluation: Any, seed: int) -> "PairedSettings":
         e = evaluation
         return cls(e.alpha, e.min_gain, e.test, e.bootstrap_samples, seed, e.min_rows,
                    e.anchor_guard, e.max_anchor_loss)
@@ -44,12 +44,12 @@ class Verdict:
     reason: str = ""
 
 
-def _test(diffs: np.ndarray, min_gain: float, s: TestSettings) -> Any:
+def _test(diffs: np.ndarray, min_gain: float, s: PairedSettings) -> Any:
     return paired_test(diffs, alpha=s.alpha, min_gain=min_gain, method=s.method,
                        samples=s.samples, seed=s.seed)
 
 
-def promotion(serving: np.ndarray, candidate: np.ndarray, s: TestSettings,
+def promotion(serving: np.ndarray, candidate: np.ndarray, s: PairedSettings,
               anchor_serving: np.ndarray | None = None,
               anchor_candidate: np.ndarray | None = None) -> Verdict:
     """Rewards per held-back question of the serving policy and the candidate (and on the
@@ -79,7 +79,7 @@ def promotion(serving: np.ndarray, candidate: np.ndarray, s: TestSettings,
     return Verdict(passed_by, figures, _why(res, figures, s))
 
 
-def _why(res: Any, figures: dict[str, Any], s: TestSettings) -> str:
+def _why(res: Any, figures: dict[str, Any], s: PairedSettings) -> str:
     if figures["passed_by"] is not None:
         why = (f"held-back reward {figures['candidate_mean']:.4f} vs "
                f"{figures['serving_mean']:.4f}, lower bound of the gain {res.lcb:.4f} "
@@ -107,7 +107,7 @@ def _why(res: Any, figures: dict[str, Any], s: TestSettings) -> str:
 
 
 def watch_drop(previous_replayed: np.ndarray, live: np.ndarray, *, alpha: float,
-               margin: float, s: TestSettings) -> Any:
+               margin: float, s: PairedSettings) -> Any:
     """The paired watch: is the promoted version's live reward worse than the previous
     version replayed on the same questions (by more than `margin`)? A `PairedResult`
     whose `passed` means "dropped"."""
