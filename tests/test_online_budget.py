@@ -305,3 +305,29 @@ def test_promotion_verdict_by_hand():
     v = promotion(np.zeros(3), np.array([0.1, 0.2, 0.3]), s, np.zeros(3),
                   np.array([-0.1, -0.2, -0.3]))
     assert v.passed_by is None and v.figures["guarded"]
+
+
+def test_partial_rows_update_the_prior_a_price_rise_shows_and_stale_outcomes_drop():
+    from ray_conductor.lite.selector import update_selector
+    from ray_conductor.lite.table import LiteTable
+
+    rng = np.random.default_rng(0)
+    q = 400
+    feats = rng.normal(size=(q, 16)).astype(np.float32)
+    correct = np.zeros((q, 3), bool)
+    correct[:, 0], correct[:, 1] = True, rng.random(q) < 0.5
+    cost = np.tile([0.01, 0.001, 0.0001], (q, 1))
+    answers = np.where(correct, 0, 1).astype(np.int32)
+    full = LiteTable([str(i) for i in range(q)], feats, answers, correct, cost,
+                     np.ones((q, 3), bool), ["a", "b", "c"], np.ones(3), True)
+    old = fit_selector(full, max_calls=1, cost_penalty=30)
+    seen = np.zeros((60, 3), bool)
+    seen[:50, 0], seen[50:, 1] = True, True  # a served 50 times at 10x its price, b 10 times
+    new = LiteTable([f"n{i}" for i in range(60)], feats[:60], answers[:60], ~correct[:60],
+                    cost[:60] * [10, 1, 1], np.ones((60, 3), bool), ["a", "b", "c"],
+                    np.ones(3), True, observed=seen)
+    up = update_selector(old, new, stale=set())
+    assert up.mean_cost.tolist() == pytest.approx([0.1, 0.001, 0.0001])  # a price is seen
+    assert up.base_rate[0] == pytest.approx(400 / 450)  # 400 old rights, 50 new wrongs
+    # a's answers changed (its model): its old outcomes no longer count, only the 50 new
+    assert update_selector(old, new, stale={0}).base_rate[0] == pytest.approx(0.0)

@@ -206,3 +206,38 @@ def penalty_for_budget(probs: np.ndarray, mean_cost: np.ndarray, budget: float,
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if spend(mid) <= budget else (mid, hi)
     return hi
+
+
+def update_selector(old: Selector, table: LiteTable, stale: set[int]) -> Selector:
+    """`old`'s fit rows plus `table`'s partial-information rows (over `old`'s programs; the
+    table's first workers are `old`'s): what a price change or a few hundred new questions
+    teach without discarding the thousands the prior was fit on. An old row's outcome of a
+    program that calls a `stale` worker (its answers changed since: a new model, a new
+    pool) no longer counts; every other old outcome still holds, since a price is not an
+    answer. Program costs are the old ones scaled by each worker's observed price ratio
+    (its mean cost on the new rows over its old single-call mean; 1 where unobserved), so
+    a price rise shows at once. The new rows are not left out of their own estimates (one
+    of `k` neighbours: stated, not corrected)."""
+    programs = old.programs
+    success, _cost = outcomes(table, programs)
+    seen = program_seen(table, programs)
+    old_seen = old._seen().copy()
+    for j, p in enumerate(programs):
+        if stale & set(p.workers):
+            old_seen[:, j] = False
+    single = {p.workers[0]: j for j, p in enumerate(programs) if len(p.workers) == 1}
+    o = table.seen
+    ratio = np.ones(len(table.workers))
+    for w, j in single.items():
+        n = o[:, w].sum()
+        if n >= 3 and old.mean_cost[j] > 0:
+            ratio[w] = float((table.cost[:, w] * o[:, w]).sum() / n) / old.mean_cost[j]
+    mean_cost = old.mean_cost.copy()
+    for j, p in enumerate(programs):
+        base = np.array([old.mean_cost[single[w]] if w in single else 0.0 for w in p.workers])
+        if base.sum() > 0:
+            mean_cost[j] = old.mean_cost[j] * float((base * ratio[list(p.workers)]).sum()
+                                                    / base.sum())
+    keys = np.vstack([old.keys, _unit(old.projection(table.features))])
+    return Selector(programs, old.projection, keys, np.vstack([old.success, success]),
+                    mean_cost, old.k, old.penalty, old.shrink, np.vstack([old_seen, seen]))

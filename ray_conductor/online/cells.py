@@ -62,6 +62,12 @@ class CellBroker:
         self.round_calls += stats.calls
         self.log.spend(stats.calls, stats.dollars)
 
+    def stale(self) -> set[str]:
+        """Workers whose answer fingerprint changed while the loop ran (their answers from
+        before, the serving policy's fit included, are another config's)."""
+        fp = self.rr.fingerprints
+        return {w for w in self.rr.workers if w in fp and self.rr.cache.since(w, fp[w]) > 0}
+
     def answers(self, rows: list[LoggedRow]) -> tuple[Cells, RerollStats]:
         """The full re-roll: every worker's answer, first rows first."""
         answers, stats = self.rr.answers(rows, self.allowance())

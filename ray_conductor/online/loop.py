@@ -317,6 +317,8 @@ class Retrainer:
                 f"{'every' if self.full_reroll else 'an observed'} worker's answer; need "
                 f"{tr.min_rows} and {cfg.evaluation.min_rows}"), **counts)]
         out_dir = self.root / "candidates" / f"round-{self.state.rounds:05d}"
+        if hasattr(trainer, "stale"):  # the prior's outcomes of these workers no longer hold
+            trainer.stale = cells.stale()
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]

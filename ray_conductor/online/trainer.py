@@ -119,6 +119,7 @@ class LiteTrainer:
 
     def __init__(self, settings: TrainingConfig, cost_penalty: float):
         self.settings, self.cost_penalty = settings, float(cost_penalty)
+        self.stale: set[str] = set()  # workers whose answers changed since the policy's fit
         self._emb: dict[tuple[str, str], np.ndarray] = {}  # (featurizer, key) -> embedding
 
     def load(self, policy_dir: Path | str) -> LiteConductor:
@@ -220,9 +221,17 @@ class LiteTrainer:
         from ray_conductor.lite.selector import SelectorConfig, choose, fit_selector
 
         old = conductor.prior
-        cfg = SelectorConfig(shrink=old.shrink)
-        sel = fit_selector(table, max_calls=conductor.max_calls,
-                           cost_penalty=self.cost_penalty, cfg=cfg)
+        partial = table.observed is not None
+        if partial:  # few, partial rows: update the prior, keep what still holds
+            from ray_conductor.lite.selector import update_selector
+
+            stale = {conductor.workers.index(w) for w in self.stale
+                     if w in conductor.workers}
+            sel = update_selector(old, table.reorder(table.workers), stale)
+        else:
+            cfg = SelectorConfig(shrink=old.shrink)
+            sel = fit_selector(table, max_calls=conductor.max_calls,
+                               cost_penalty=self.cost_penalty, cfg=cfg)
 
         def singles(programs: Any) -> list[tuple[int, ...]]:
             return [p.workers for p in programs if len(p.workers) == 1]
@@ -231,8 +240,8 @@ class LiteTrainer:
         if singles(sel.programs) != singles(old.programs):
             return {}
         conductor.prior = sel
-        feats = conductor.question_features(table.features, leave_one_out=True)
-        probs = sel.probs(table.features, leave_one_out=True)
+        feats = conductor.question_features(table.features, leave_one_out=not partial)
+        probs = sel.probs(table.features, leave_one_out=not partial)
         if table.observed is not None:  # clone only choices whose cells are observed
             from ray_conductor.lite.selector import program_seen
 
@@ -246,7 +255,7 @@ class LiteTrainer:
                                cost_penalty=self.cost_penalty)
         stats = behaviour_clone(conductor.net, demos, steps=self.settings.bc_steps,
                                 seed=self.settings.seed)
-        return {"rows": len(table), "bc": stats}
+        return {"rows": len(table), "bc": stats, "updated": partial}
 
     def _continue(self, conductor: LiteConductor, table: LiteTable,
                   refit: bool = False) -> dict[str, Any]:
@@ -279,221 +288,6 @@ class LiteTrainer:
                 "state": best["state"], "first": curve[0], "curve": curve}
 
     def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
-                ) -> tuple[Path, dict[str, Any]]: ...
-
-    def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray: ...
-
-
-def _ppo(settings: Any) -> Any:
-    """PPOSettings from the typed config (OmegaConf hands a dataclass or a DictConfig)."""
-    from ray_conductor.lite.ppo import PPOSettings
-
-    if isinstance(settings, PPOSettings):
-        return settings
-    from ray_conductor.config import to_dict
-
-    return PPOSettings(**to_dict(settings))
-
-
-def soften(net: Any, temperature: float) -> None:
-    """Divide the policy's logits by `temperature` (its last layer): greedy decisions stay
-    the same, but PPO samples the other actions often enough to learn about them (a trained
-    policy puts ~1e-5 on a worker it never calls, a new one included). Undone (`1/T`) on
-    the weights kept, so rounds do not compound."""
-    import torch
-
-    with torch.no_grad():
-        net.pi[-1].weight.div_(temperature)
-        net.pi[-1].bias.div_(temperature)
-
-
-def stand_in(table: LiteTable, old: list[str], new: str, penalty: float) -> str:
-    """The old worker whose single-call reward on these questions is closest to the new
-    one's: the new worker starts as its clone (PPO then tells them apart)."""
-    seen = table.seen  # partial rows: each worker's mean over its observed cells
-    reward = ((table.correct - penalty * table.cost) * seen).sum(axis=0) / np.maximum(
-        seen.sum(axis=0), 1)
-    j = table.workers.index(new)
-    gaps = [abs(reward[table.workers.index(w)] - reward[j]) for w in old]
-    return old[int(np.argmin(gaps))]
-
-
-def policy_penalty(conductor: LiteConductor) -> float:
-    """The dollar penalty a lite policy was trained with (its reward's own exchange rate)."""
-    trained = (conductor.info or {}).get("trained") or {}
-    return float(trained.get("cost_penalty", DEFAULT_PENALTY))
-
-
-class LiteTrainer:
-    kind = "lite"
-
-    def __init__(self, settings: TrainingConfig, cost_penalty: float):
-        self.settings, self.cost_penalty = settings, float(cost_penalty)
-        self._emb: dict[tuple[str, str], np.ndarray] = {}  # (featurizer, key) -> embedding
-
-    def load(self, policy_dir: Path | str) -> LiteConductor:
-        return LiteConductor.load(policy_dir)
-
-    def table(self, conductor: LiteConductor, data: Counterfactual) -> LiteTable:
-        """`data` as a table over the conductor's workers, then any new ones (vote
-        strengths: the conductor's own, and a new worker's price)."""
-        known = {w.name: w for w in data.workers}
-        missing = sorted(set(conductor.workers) - set(known))
-        if missing:
-            raise ConfigError(f"workers {missing} left the pool; a lite policy cannot drop "
-                              "actions online: train a new one (ray-conductor train-lite)")
-        new = [known[n] for n in known if n not in conductor.workers]
-        names = [*conductor.workers, *(w.name for w in new)]
-        strength = np.concatenate([conductor.strength, worker_strength(new)])
-        return build_table(data.rows, data.answers, self._embed(conductor, data.rows), names,
-                           strength)
-
-    def _embed(self, conductor: LiteConductor, rows: list[LoggedRow]) -> np.ndarray:
-        tag = repr(conductor.featurizer.to_dict())
-        todo = [r for r in dict.fromkeys(rows) if (tag, r.key) not in self._emb]
-        # anchors come as one stable list: cached on disk, so a restarted loop reuses them
-        for batch, cache in (([r for r in todo if r.model == ANCHOR], True),
-                             ([r for r in todo if r.model != ANCHOR], False)):
-            if batch:
-                for r, v in zip(batch, conductor.embed([r.question for r in batch],
-                                                       cache=cache)):
-                    self._emb[(tag, r.key)] = v
-        if not rows:
-            return np.zeros((0, 384), np.float32)
-        return np.stack([self._emb[(tag, r.key)] for r in rows])
-
-    def rewards(self, conductor: LiteConductor, table: LiteTable,
-                features: np.ndarray | None = None) -> np.ndarray:
-        """Each row's greedy reward (`features`: the controller's inputs, if computed)."""
-        r = conductor.rollout(table.reorder(conductor.workers), features=features)
-        return r.correct.astype(np.float64) - self.cost_penalty * r.cost
-
-    def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray:
-        conductor = self.load(policy_dir)
-        return self.rewards(conductor, self.table(conductor, data))
-
-    def needed(self, policy_dir: Path, data: Counterfactual) -> dict[str, list[str]]:
-        """Per question key, the unobserved cells the policy's greedy rollout reads (none:
-        its score on the question is exact). Asking them and calling again converges in at
-        most `max_calls` passes (each pass reveals the next step's cell)."""
-        conductor = self.load(policy_dir)
-        table = self.table(conductor, data).reorder(conductor.workers)
-        if table.observed is None:
-            return {}
-        r = conductor.rollout(table)
-        out: dict[str, list[str]] = {}
-        for i, wf in enumerate(r.workflows):
-            miss = [conductor.workers[j] for j in wf if not table.observed[i, j]]
-            if miss:
-                out[table.query_ids[i]] = miss
-        return out
-
-    def estimates(self, policy_dir: Path, data: Counterfactual
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """Per row of `data` (in order) and worker: estimated correctness, the observed
-        neighbours behind it, each worker's mean $ per call, and the worker names: from the
-        policy's prior (its single-worker programs), else each worker's observed rate."""
-        conductor = self.load(policy_dir)
-        names = [w.name for w in data.workers]
-        none = RerollAnswer(None, False, 0.0, False)
-        got = [[data.answers.get(r.key, {}).get(w) for w in names] for r in data.rows]
-        seen = np.array([[a is not None for a in row] for row in got], bool).reshape(
-            len(got), len(names))
-        correct = np.array([[(a or none).correct for a in row] for row in got],
-                           float).reshape(seen.shape)
-        cost = np.array([[(a or none).cost for a in row] for row in got], float).reshape(
-            seen.shape)
-        n_w = seen.sum(axis=0)
-        rate = (correct.sum(axis=0) + 1.0) / (n_w + 2.0)  # a Beta(1, 1) start
-        mean_cost = np.where(n_w > 0, cost.sum(axis=0) / np.maximum(n_w, 1), 0.0)
-        p = np.repeat(rate[None, :], len(got), axis=0)
-        n = np.repeat(n_w[None, :].astype(float), len(got), axis=0)
-        prior = conductor.prior
-        if prior is not None and data.rows:
-            singles = {p_.workers[0]: k for k, p_ in enumerate(prior.programs)
-                       if len(p_.workers) == 1}
-            probs, den = prior.evidence(self._embed(conductor, data.rows))
-            for j, name in enumerate(names):
-                if name in conductor.workers and conductor.workers.index(name) in singles:
-                    k = singles[conductor.workers.index(name)]
-                    p[:, j], n[:, j] = probs[:, k], den[:, k]
-        return p, n, mean_cost, names
-
-    def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
-        """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
-        `table`, the re-rolled rows of the current world, and behaviour-clone the new
-        selector's choices into the net (from its current weights). {} when skipped."""
-        if (not self.settings.refit_prior or conductor.prior is None
-                or len(table) < self.settings.refit_min_rows):
-            return {}
-        from ray_conductor.lite.bc import behaviour_clone, demonstrations
-        from ray_conductor.lite.selector import SelectorConfig, choose, fit_selector
-
-        old = conductor.prior
-        cfg = SelectorConfig(shrink=old.shrink)
-        sel = fit_selector(table, max_calls=conductor.max_calls,
-                           cost_penalty=self.cost_penalty, cfg=cfg)
-
-        def singles(programs: Any) -> list[tuple[int, ...]]:
-            return [p.workers for p in programs if len(p.workers) == 1]
-
-        # the net reads one estimate per single worker; cascades may reorder (by price)
-        if singles(sel.programs) != singles(old.programs):
-            return {}
-        conductor.prior = sel
-        feats = conductor.question_features(table.features, leave_one_out=True)
-        probs = sel.probs(table.features, leave_one_out=True)
-        if table.observed is not None:  # clone only choices whose cells are observed
-            from ray_conductor.lite.selector import program_seen
-
-            seen = program_seen(table, sel.programs)
-            probs = np.where(seen, probs, -np.inf)
-            keep = np.flatnonzero(seen.any(axis=1))
-            table, feats, probs = table.take(keep), feats[keep], probs[keep]
-        picks = choose(probs, sel.mean_cost, self.cost_penalty)
-        demos = demonstrations(table.with_features(feats), sel.programs, picks,
-                               max_calls=conductor.max_calls, cost_scale=conductor.cost_scale,
-                               cost_penalty=self.cost_penalty)
-        stats = behaviour_clone(conductor.net, demos, steps=self.settings.bc_steps,
-                                seed=self.settings.seed)
-        return {"rows": len(table), "bc": stats}
-
-    def _continue(self, conductor: LiteConductor, table: LiteTable,
-                  refit: bool = False) -> dict[str, Any]:
-        """Warm-started PPO from the conductor's current weights on `table` (over its
-        workers, in its order: what `table()` builds); the iteration
-        (the start included) whose greedy reward on these rows is best. `refit`: the prior
-        was fit on exactly these rows, so each row is left out of it (else it would see its
-        own answer)."""
-        from ray_conductor.lite.ppo import build_ppo, iteration_metrics, net_state
-
-        assert conductor.net is not None
-        feats = conductor.question_features(table.features, leave_one_out=refit)
-        soften(conductor.net, self.settings.temperature)
-        start = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
-        first = float(self.rewards(conductor, table, feats).mean())
-        best = {"reward": first, "iteration": 0, "state": start}
-        settings = replace(_ppo(self.settings.ppo), hidden=list(conductor.net.hidden))
-        noise = np.zeros(feats.shape[1], np.float32)  # on the projected embedding only
-        noise[:conductor.projection.dim] = self.settings.feature_noise
-        algo = build_ppo(table.with_features(feats), settings,
-                         max_calls=conductor.max_calls, cost_penalty=self.cost_penalty,
-                         cost_scale=conductor.cost_scale, seed=self.settings.seed,
-                         init_state=start, feature_noise=noise)
-        curve = [first]
-        try:
-            for it in range(1, self.settings.iterations + 1):
-                iteration_metrics(algo.train())
-                conductor.net.load_state_dict(net_state(algo))
-                reward = float(self.rewards(conductor, table, feats).mean())
-                curve.append(reward)
-                if reward > best["reward"]:
-                    best = {"reward": reward, "iteration": it, "state": net_state(algo)}
-        finally:
-            algo.stop()
-        return {**best, "first": first, "curve": curve}
-
-    def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
                 ) -> tuple[Path, dict[str, Any]]:
         t0 = time.perf_counter()
         conductor = self.load(policy_dir)
@@ -524,7 +318,7 @@ class LiteTrainer:
             conductor.net.load_state_dict(old_state)
             refit = self._refit_prior(conductor, table)
             if refit:
-                taught = self._continue(conductor, table, refit=True)
+                taught = self._continue(conductor, table, refit=not refit["updated"])
                 refit["best_reward"], refit["kept"] = taught["reward"], False
                 if taught["reward"] > plain["reward"]:
                     run, refit["kept"] = taught, True
