@@ -27,7 +27,7 @@ tier's ceiling: `refit_after`, a lite policy trained from scratch on part A as t
 looks after the shift, judged offline beside the frozen one, and `recovered_vs_refit`.
 Timings come from a loaded shared 2-core machine.
 
-    cd benchmarks && nice python shift.py                 # budgeted, then --full-reroll
+    cd benchmarks && nice python shift.py --both          # budgeted, then --full-reroll
     nice python shift.py --scenarios b --seeds 1          # size one scenario first
 """
 
@@ -252,7 +252,7 @@ def run_scenario(key: str, w: World, args: argparse.Namespace, seed: int) -> dic
                 got = send_tick(running.base_url, qs, w.data, w.penalty)
                 sent += len(got["online"])
                 wait_rows(running.cfg.log_dir, "online", sent)
-                with Load(running.base_url, phase.questions[:s + len(qs)]) as load:
+                with Load(running.base_url, phase.questions[:s + len(qs)], threads=1) as load:
                     made = loop.round()
                 swap_load["sent"] += load.sent
                 swap_load["failed"] += load.failed
@@ -525,14 +525,14 @@ def main() -> None:
                     help="the last questions the `_after` figures are measured on")
     ap.add_argument("--tick", type=int, default=50, help="questions per retrain round")
     ap.add_argument("--every-rows", type=int, default=50, help="the loop's trigger")
-    ap.add_argument("--iterations", type=int, default=4, help="PPO iterations per round")
+    ap.add_argument("--iterations", type=int, default=3, help="PPO iterations per round")
     ap.add_argument("--ppo-batch", type=int, default=500, help="PPO env steps per iteration")
     ap.add_argument("--lr", type=float, default=1e-4, help="PPO learning rate online")
     ap.add_argument("--penalty", type=float, default=30.0, help="λ: dollars' weight")
     ap.add_argument("--train-s", type=float, default=60.0, help="initial training budget")
-    ap.add_argument("--anchor-rows", type=int, default=500,
+    ap.add_argument("--anchor-rows", type=int, default=300,
                     help="part A questions the loop re-asks and trains on (0: traffic only)")
-    ap.add_argument("--held-anchor-rows", type=int, default=200,
+    ap.add_argument("--held-anchor-rows", type=int, default=100,
                     help="held-back part A questions the paired test also compares on")
     args = ap.parse_args()
 
