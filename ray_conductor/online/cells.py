@@ -68,6 +68,16 @@ class CellBroker:
         fp = self.rr.fingerprints
         return {w for w in self.rr.workers if w in fp and self.rr.cache.since(w, fp[w]) > 0}
 
+    def fetch(self, wanted: list[tuple[LoggedRow, str]], have: Cells | None = None) -> Cells:
+        """The budgeted-cells API for a trainer (the LM tier's GRPO: a sampled plan whose
+        step needs an unobserved cell): the `wanted` (question, worker) cells, most valuable
+        first, cached ones free, within what is left of the allowance; the calls are spent
+        and accounted. A cell not returned is out of budget: that plan is not scored."""
+        budget = self.allowance() if not self.full else self.cfg.calls_per_round
+        got, st = self.rr.cells(wanted, budget, have)
+        self.spend(st)
+        return got
+
     def answers(self, rows: list[LoggedRow]) -> tuple[Cells, RerollStats]:
         """The full re-roll: every worker's answer, first rows first."""
         answers, stats = self.rr.answers(rows, self.allowance())

@@ -319,6 +319,8 @@ class Retrainer:
         out_dir = self.root / "candidates" / f"round-{self.state.rounds:05d}"
         if hasattr(trainer, "stale"):  # the prior's outcomes of these workers no longer hold
             trainer.stale = cells.stale()
+        if hasattr(trainer, "cells"):  # a trainer that asks for cells itself (`fetch`)
+            trainer.cells = cells
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]

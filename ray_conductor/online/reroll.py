@@ -22,6 +22,14 @@ provider can also change a model under an unchanged name; with an age limit
 (`reroll.max_age_hours`) an answer older than that is asked again too. A served cell counts
 only if it was served after the worker's current answer fingerprint was first seen.
 
+For a trainer (the LM tier): `Reroller.cells(wanted, budget, have)` is the primitive (the
+cells of `wanted` (question, worker) pairs, most valuable first, cached ones free, at most
+`budget` calls); inside a round the loop hands a trainer that has a `cells` attribute its
+`cells.CellBroker`, whose `fetch(wanted, have)` spends from the round's allowance and
+accounts every call; a trainer that offers `needed(policy_dir, data)` gets its scoring
+cells asked by the loop (`CellBroker.scorable`), one without it gets every worker's answer
+to the held-back questions within the budget.
+
 A recorded hole (or another failure a second call would repeat: a 400/404/413/422 from the
 worker) is state for the episode, as in serving (`responded` False), and cached; a
 transient failure (a timeout, a proxy that went away in a redeploy) says nothing about the
