@@ -331,3 +331,21 @@ def test_partial_rows_update_the_prior_a_price_rise_shows_and_stale_outcomes_dro
     assert up.base_rate[0] == pytest.approx(400 / 450)  # 400 old rights, 50 new wrongs
     # a's answers changed (its model): its old outcomes no longer count, only the 50 new
     assert update_selector(old, new, stale={0}).base_rate[0] == pytest.approx(0.0)
+
+
+def test_a_trainer_fetches_cells_within_the_budget_and_every_call_is_accounted(tmp_path):
+    from ray_conductor.online.cells import CellBroker
+    from ray_conductor.online.config import RerollConfig
+    from ray_conductor.online.decisions import DecisionLog
+
+    pool = PricedPool({"cheap": (1.0, 1.0), "good": (1.0, 1.0)})
+    rr = Reroller(pool, {"cheap": "c", "good": "g"}, AnswerCache(tmp_path / "a.jsonl"))
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    broker = CellBroker(rr, list(pool.workers()), RerollConfig(calls_per_row=0.5), log,
+                        rewarded_rows=7)  # floor(3.5) = 3 calls earned
+    rows = [row(i) for i in range(5)]
+    got = broker.fetch([(r, "good") for r in rows])
+    assert sum(len(c) for c in got.values()) == 3 and pool.calls == 3
+    assert broker.fetch([(rows[4], "cheap")]) == {} and pool.calls == 3  # spent
+    assert broker.fetch([(rows[0], "good")])["k0"]["good"].correct  # cached: free
+    assert log.append("trained", "m")["extra_calls"] == 3
