@@ -213,15 +213,17 @@ class LiteTrainer:
     def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
         """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
         `table`, the re-rolled rows of the current world, and behaviour-clone the new
-        selector's choices into the net (from its current weights). {} when skipped."""
+        selector's choices into the net (from its current weights). {} when skipped.
+        Partial-information rows *update* the prior instead (`update_selector`: its fit
+        rows stay, so `refit_min_rows` does not apply: a few dozen rows cannot undo it)."""
+        partial = table.observed is not None
         if (not self.settings.refit_prior or conductor.prior is None
-                or len(table) < self.settings.refit_min_rows):
+                or (not partial and len(table) < self.settings.refit_min_rows)):
             return {}
         from ray_conductor.lite.bc import behaviour_clone, demonstrations
         from ray_conductor.lite.selector import SelectorConfig, choose, fit_selector
 
         old = conductor.prior
-        partial = table.observed is not None
         if partial:  # few, partial rows: update the prior, keep what still holds
             from ray_conductor.lite.selector import update_selector
 
