@@ -363,14 +363,16 @@ def merge(into: Cells, more: Mapping[str, Mapping[str, RerollAnswer]]) -> Cells:
 
 
 def build_table(rows: Sequence[LoggedRow], answers: Mapping[str, Mapping[str, RerollAnswer]],
-                features: np.ndarray, workers: Sequence[str], strength: Sequence[float]
-                ) -> LiteTable:
-    """The rows with at least one observed cell as a `LiteTable` (`features`: the rows' raw
-    question embeddings, aligned with `rows`); unobserved cells are no answer, free, and
+                features: np.ndarray, workers: Sequence[str], strength: Sequence[float],
+                keep_empty: bool = False) -> LiteTable:
+    """The rows with at least one observed cell (`keep_empty`: every row, for scoring: a
+    policy's first call needs no cell to be chosen) as a `LiteTable` (`features`: the rows'
+    raw question embeddings, aligned with `rows`); unobserved cells are no answer, free, and
     marked in `observed` (none missing: `observed` None). One answer format: the first
     row's."""
-    keep = [i for i, r in enumerate(rows) if any(w in answers.get(r.key, {}) for w in workers)]
-    fmt = rows[keep[0]].judge.answer_format if keep else "mc"  # type: ignore[union-attr]
+    keep = [i for i, r in enumerate(rows)
+            if keep_empty or any(w in answers.get(r.key, {}) for w in workers)]
+    fmt = next((rows[i].judge.answer_format for i in keep if rows[i].judge is not None), "mc")
     voting = comparable(fmt)
     shape = (len(keep), len(workers))
     codes = np.full(shape, NO_ANSWER, np.int32)
@@ -379,7 +381,7 @@ def build_table(rows: Sequence[LoggedRow], answers: Mapping[str, Mapping[str, Re
     cost = np.zeros(shape, np.float64)
     none = RerollAnswer(None, False, 0.0, False)
     for j, i in enumerate(keep):
-        mine = answers[rows[i].key]
+        mine = answers.get(rows[i].key, {})
         got = [mine.get(w, none) for w in workers]
         observed[j] = [w in mine for w in workers]
         if voting:

@@ -125,7 +125,8 @@ class LiteTrainer:
     def load(self, policy_dir: Path | str) -> LiteConductor:
         return LiteConductor.load(policy_dir)
 
-    def table(self, conductor: LiteConductor, data: Counterfactual) -> LiteTable:
+    def table(self, conductor: LiteConductor, data: Counterfactual,
+              keep_empty: bool = False) -> LiteTable:
         """`data` as a table over the conductor's workers, then any new ones (vote
         strengths: the conductor's own, and a new worker's price)."""
         known = {w.name: w for w in data.workers}
@@ -137,7 +138,7 @@ class LiteTrainer:
         names = [*conductor.workers, *(w.name for w in new)]
         strength = np.concatenate([conductor.strength, worker_strength(new)])
         return build_table(data.rows, data.answers, self._embed(conductor, data.rows), names,
-                           strength)
+                           strength, keep_empty)
 
     def _embed(self, conductor: LiteConductor, rows: list[LoggedRow]) -> np.ndarray:
         tag = repr(conductor.featurizer.to_dict())
@@ -160,15 +161,17 @@ class LiteTrainer:
         return r.correct.astype(np.float64) - self.cost_penalty * r.cost
 
     def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray:
+        """Each question's greedy reward, aligned with `data.rows` (exact where every cell
+        the rollout reads is observed: `needed`)."""
         conductor = self.load(policy_dir)
-        return self.rewards(conductor, self.table(conductor, data))
+        return self.rewards(conductor, self.table(conductor, data, keep_empty=True))
 
     def needed(self, policy_dir: Path, data: Counterfactual) -> dict[str, list[str]]:
         """Per question key, the unobserved cells the policy's greedy rollout reads (none:
         its score on the question is exact). Asking them and calling again converges in at
         most `max_calls` passes (each pass reveals the next step's cell)."""
         conductor = self.load(policy_dir)
-        table = self.table(conductor, data).reorder(conductor.workers)
+        table = self.table(conductor, data, keep_empty=True).reorder(conductor.workers)
         if table.observed is None:
             return {}
         r = conductor.rollout(table)
