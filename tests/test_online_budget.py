@@ -349,3 +349,32 @@ def test_a_trainer_fetches_cells_within_the_budget_and_every_call_is_accounted(t
     assert broker.fetch([(rows[4], "cheap")]) == {} and pool.calls == 3  # spent
     assert broker.fetch([(rows[0], "good")])["k0"]["good"].correct  # cached: free
     assert log.append("trained", "m")["extra_calls"] == 3
+
+
+def test_needed_names_the_unobserved_cells_a_policy_would_read(tmp_path):
+    """Scoring is exact or not done: on rows where nothing is observed, the shipped policy's
+    rollout names its first call (chosen from the question alone); on complete rows,
+    nothing."""
+    from dataclasses import replace
+
+    from ray_conductor.data.pools import load_pool
+    from ray_conductor.lite import LiteConductor, default_policy_dir
+    from ray_conductor.lite.train import pool_table
+    from ray_conductor.online.config import TrainingConfig
+    from ray_conductor.online.trainer import LiteTrainer
+
+    policy = LiteConductor.load(default_policy_dir())
+    table = pool_table(load_pool("demo"), "test", policy.featurizer).take(np.arange(30))
+    observed = np.ones((30, len(table.workers)), bool)
+    observed[:10] = False
+    partial = replace(table, observed=observed)
+
+    class OnTable(LiteTrainer):  # the rows, already a table
+        def table(self, conductor, data, keep_empty=False):
+            return partial
+
+    need = OnTable(TrainingConfig(), cost_penalty=30.0).needed(default_policy_dir(), None)
+    first = policy.rollout(table.reorder(policy.workers)).workflows
+    assert set(need) == set(table.query_ids[:10])
+    for i in range(10):
+        assert need[table.query_ids[i]][0] == policy.workers[first[i][0]]
