@@ -37,7 +37,7 @@ import numpy as np
 
 from ray_conductor.errors import ConfigError
 from ray_conductor.lite.conductor import LiteConductor
-from ray_conductor.lite.table import LiteTable, worker_strength
+from ray_conductor.lite.table import NO_ANSWER, LiteTable, worker_strength
 from ray_conductor.online.anchor import ANCHOR
 from ray_conductor.online.config import TrainingConfig
 from ray_conductor.online.extend import clone_worker, extend_workers
@@ -120,6 +120,7 @@ class LiteTrainer:
     def __init__(self, settings: TrainingConfig, cost_penalty: float):
         self.settings, self.cost_penalty = settings, float(cost_penalty)
         self.stale: set[str] = set()  # workers whose answers changed since the policy's fit
+        self._judge_table: LiteTable | None = None  # partial rows, estimates filled in
         self._emb: dict[tuple[str, str], np.ndarray] = {}  # (featurizer, key) -> embedding
 
     def load(self, policy_dir: Path | str) -> LiteConductor:
@@ -213,6 +214,40 @@ class LiteTrainer:
                     p[:, j], n[:, j] = probs[:, k], den[:, k]
         return p, n, mean_cost, names
 
+    def _imputed(self, conductor: LiteConductor, table: LiteTable) -> LiteTable | None:
+        """Partial rows with every unobserved cell drawn from the prior's estimate (updated
+        by these rows: `update_selector`): correct with its estimated probability, at the
+        worker's mean observed cost, an answer of its own (the right one where correct).
+        What the greedy checks (best iteration, plain vs refit run) and the demonstrations
+        read; PPO's episodes never do (they call observed cells only), nor does the paired
+        test. None for complete rows or a policy without a prior."""
+        if table.observed is None or conductor.prior is None:
+            return None
+        from ray_conductor.lite.selector import update_selector
+
+        table = table.reorder(table.workers)
+        stale = {conductor.workers.index(w) for w in self.stale if w in conductor.workers}
+        sel = update_selector(conductor.prior, table, stale)
+        probs = sel.probs(table.features)
+        seen = table.seen
+        p = np.full(seen.shape, 0.5)
+        for k, prog in enumerate(sel.programs):
+            if len(prog.workers) == 1:
+                p[:, prog.workers[0]] = probs[:, k]
+        n = seen.sum(axis=0)
+        mean_cost = (table.cost * seen).sum(axis=0) / np.maximum(n, 1)
+        rng = np.random.default_rng(self.settings.seed)
+        draw = rng.random(seen.shape) < p
+        correct = np.where(seen, table.correct, draw)
+        right = np.where(table.correct & seen, table.answers, NO_ANSWER).max(axis=1)
+        right = np.where(right == NO_ANSWER, 1000, right)  # a code for the right answer
+        wrong = 2000 + np.arange(seen.shape[1])[None, :]  # wrong answers disagree
+        answers = np.where(seen, table.answers,
+                           np.where(draw, right[:, None], wrong)).astype(np.int32)
+        return replace(table, correct=correct, answers=answers,
+                       cost=np.where(seen, table.cost, mean_cost[None, :]),
+                       responded=np.where(seen, table.responded, True), observed=None)
+
     def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
         """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
         `table`, the re-rolled rows of the current world, and behaviour-clone the new
@@ -247,13 +282,8 @@ class LiteTrainer:
         conductor.prior = sel
         feats = conductor.question_features(table.features, leave_one_out=not partial)
         probs = sel.probs(table.features, leave_one_out=not partial)
-        if table.observed is not None:  # clone only choices whose cells are observed
-            from ray_conductor.lite.selector import program_seen
-
-            seen = program_seen(table, sel.programs)
-            probs = np.where(seen, probs, -np.inf)
-            keep = np.flatnonzero(seen.any(axis=1))
-            table, feats, probs = table.take(keep), feats[keep], probs[keep]
+        if partial:  # the demonstrations step through estimated cells where unobserved
+            table = self._judge_table if self._judge_table is not None else table
         picks = choose(probs, sel.mean_cost, self.cost_penalty)
         demos = demonstrations(table.with_features(feats), sel.programs, picks,
                                max_calls=conductor.max_calls, cost_scale=conductor.cost_scale,
@@ -284,9 +314,11 @@ class LiteTrainer:
                          cost_scale=conductor.cost_scale, seed=self.settings.seed,
                          init_state=start, feature_noise=noise)
         try:
+            judged = self._judge_table if table.observed is not None else None
             best, curve, _ = continue_ppo(
                 algo, conductor, self.settings.iterations,
-                lambda c: (float(self.rewards(c, table, feats).mean()), {}))
+                lambda c: (float(self.rewards(c, table if judged is None else judged,
+                                                feats).mean()), {}))
         finally:
             algo.stop()
         return {"reward": best["score"], "iteration": best["iteration"],
@@ -317,6 +349,7 @@ class LiteTrainer:
         assert conductor.net is not None
         old_prior = conductor.prior
         old_state = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
+        self._judge_table = self._imputed(conductor, table)
         plain = self._continue(conductor, table)
         refit, run = {}, plain
         if self.settings.refit_prior:
