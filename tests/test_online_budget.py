@@ -378,3 +378,27 @@ def test_needed_names_the_unobserved_cells_a_policy_would_read(tmp_path):
     assert set(need) == set(table.query_ids[:10])
     for i in range(10):
         assert need[table.query_ids[i]][0] == policy.workers[first[i][0]]
+
+
+def test_estimated_cells_fill_only_what_is_unobserved():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from lite_toy import WORKERS as TOY, toy_table
+
+    from ray_conductor.online.config import TrainingConfig
+    from ray_conductor.online.trainer import LiteTrainer
+
+    table = toy_table(200)
+    prior = fit_selector(table, max_calls=1, cost_penalty=30)
+    seen = np.zeros((200, 3), bool)
+    seen[:, 0] = True  # only `cheap` observed
+    part = replace(table, observed=seen)
+    got = LiteTrainer(TrainingConfig(), 30.0)._imputed(
+        SimpleNamespace(prior=prior, workers=list(TOY)), part)
+    assert got.observed is None and got.responded.all()
+    assert (got.correct[:, 0] == table.correct[:, 0]).all()  # observed cells as they were
+    assert got.cost[:, 1:] == pytest.approx(table.cost[:, 1:])  # the prior's mean cost
+    assert abs(got.correct[:, 2].mean() - 0.9) < 0.1  # pricey: right ~90% by its estimate
+    both = got.correct[:, 0] & got.correct[:, 2]  # two right answers agree
+    assert (got.answers[both, 0] == got.answers[both, 2]).all()

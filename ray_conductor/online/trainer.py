@@ -230,12 +230,14 @@ class LiteTrainer:
         sel = update_selector(conductor.prior, table, stale)
         probs = sel.probs(table.features)
         seen = table.seen
-        p = np.full(seen.shape, 0.5)
+        p, prior_cost = np.full(seen.shape, 0.5), np.zeros(seen.shape[1])
         for k, prog in enumerate(sel.programs):
             if len(prog.workers) == 1:
                 p[:, prog.workers[0]] = probs[:, k]
-        n = seen.sum(axis=0)
-        mean_cost = (table.cost * seen).sum(axis=0) / np.maximum(n, 1)
+                prior_cost[prog.workers[0]] = sel.mean_cost[k]
+        n = seen.sum(axis=0)  # a worker never observed costs what the prior says
+        mean_cost = np.where(n > 0, (table.cost * seen).sum(axis=0) / np.maximum(n, 1),
+                             prior_cost)
         rng = np.random.default_rng(self.settings.seed)
         draw = rng.random(seen.shape) < p
         correct = np.where(seen, table.correct, draw)
