@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ray_conductor.online.decisions import DecisionLog
-from ray_conductor.online.reroll import Answer, AnswerCache, build_table
+from ray_conductor.online.reroll import RerollAnswer, AnswerCache, build_table
 from ray_conductor.online.rewards import (
     Judge,
     LoggedRow,
@@ -203,11 +203,11 @@ def test_answer_cache_survives_a_restart_and_a_torn_line(tmp_path):
     path = tmp_path / "answers.jsonl"
     cache = AnswerCache(path)
     k = AnswerCache.key(_row("q1"), "w1", "fp1")
-    cache.put({k: Answer("A", True, 0.5, True)})
+    cache.put({k: RerollAnswer("A", True, 0.5, True)})
     with open(path, "a") as f:
         f.write('{"k": "half')
     again = AnswerCache(path)
-    assert again.get(k) == Answer("A", True, 0.5, True) and len(again) == 1
+    assert again.get(k) == RerollAnswer("A", True, 0.5, True) and len(again) == 1
     assert again.get(AnswerCache.key(_row("q1"), "w1", "fp2")) is None  # another config
     assert AnswerCache.key(_row("q1", "B"), "w1", "fp1") != k  # another judgement
 
@@ -219,18 +219,18 @@ def test_an_answer_older_than_the_age_limit_is_asked_again_and_the_file_compacts
     path, now = tmp_path / "answers.jsonl", [100.0]
     cache = AnswerCache(path, max_age_s=50.0, clock=lambda: now[0])
     k = AnswerCache.key(_row("q1"), "w1", "fp1")
-    cache.put({k: Answer("A", True, 0.5, True)})
+    cache.put({k: RerollAnswer("A", True, 0.5, True)})
     now[0] = 140.0
-    assert cache.get(k) == Answer("A", True, 0.5, True) and cache.expired == 0
+    assert cache.get(k) == RerollAnswer("A", True, 0.5, True) and cache.expired == 0
     now[0] = 151.0
     assert cache.get(k) is None and cache.expired == 1
     assert AnswerCache(path).get(k) is not None  # no age limit: kept for ever
     for t in range(152, 158):
         now[0] = float(t)
-        cache.put({k: Answer("B", False, 0.5, True)})
+        cache.put({k: RerollAnswer("B", False, 0.5, True)})
     assert len(path.read_text().splitlines()) == 7
     again = AnswerCache(path, max_age_s=50.0, clock=lambda: 200.0)
-    assert again.get(k) == Answer("B", False, 0.5, True)  # the last row, aged from t=157
+    assert again.get(k) == RerollAnswer("B", False, 0.5, True)  # the last row, aged from t=157
     assert len(path.read_text().splitlines()) == 1  # compacted on load
     old = tmp_path / "old.jsonl"
     old.write_text(json.dumps({"k": k, "a": {"answer": "A", "correct": True, "cost": 0.5,
@@ -240,8 +240,8 @@ def test_an_answer_older_than_the_age_limit_is_asked_again_and_the_file_compacts
 
 def test_counterfactual_table_codes_votes_and_keeps_complete_rows():
     rows = [_row("q1"), _row("q2"), _row("q3")]
-    answers = {"q1": {"a": Answer("A", True, 0.1, True), "b": Answer("C", False, 1.0, True)},
-               "q3": {"a": Answer(None, False, 0.0, False), "b": Answer("B", False, 2.0, True)}}
+    answers = {"q1": {"a": RerollAnswer("A", True, 0.1, True), "b": RerollAnswer("C", False, 1.0, True)},
+               "q3": {"a": RerollAnswer(None, False, 0.0, False), "b": RerollAnswer("B", False, 2.0, True)}}
     feats = np.arange(6, dtype=np.float32).reshape(3, 2)
     t = build_table(rows, answers, feats, ["a", "b"], [1.0, 5.0])
     assert t.query_ids == ["q1", "q3"] and t.features.tolist() == [[0, 1], [4, 5]]

@@ -139,7 +139,7 @@ def retrain_config(tmp):
     return cfg
 
 
-def metric(name, kind, timeout_s=60.0, at_least=None):
+def metric(name, kind, timeout_s=60.0, at_least=None, tag=None):
     """The value of Ray's Prometheus series `name` for decision `kind` on this node (waiting
     for it to reach `at_least`: the node exports every few seconds). The series is the
     node's, so other tests' loops on the shared cluster count in it too: compare deltas."""
@@ -151,7 +151,7 @@ def metric(name, kind, timeout_s=60.0, at_least=None):
     while True:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         for line in text.decode().splitlines():
-            if line.startswith(f"ray_{name}") and f'kind="{kind}"' in line:
+            if line.startswith(f"ray_{name}") and (tag or f'kind="{kind}"') in line:
                 seen = float(line.rsplit(" ", 1)[1])
         if (seen is not None and (at_least is None or seen >= at_least)) \
                 or time.monotonic() >= end:
@@ -180,6 +180,9 @@ def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
     # while two clients keep asking the same model
     cfg = retrain_config(tmp)
     promoted_before = metric("conductor_online_decisions_total", "promoted", timeout_s=0) or 0
+    calls_tag = f'model="{MODEL}"'
+    calls_before = metric("conductor_online_extra_calls_total", None, timeout_s=0,
+                          tag=calls_tag) or 0
     loop = build(cfg)
     with Load(running, qs[160:200]) as load:
         time.sleep(1.0)
@@ -201,6 +204,17 @@ def test_feedback_retrain_promote_by_hot_swap_then_roll_back(app):
     assert on_disk == ["trained", "evaluated", "promoted"]
     want = promoted_before + 1
     assert metric("conductor_online_decisions_total", "promoted", at_least=want) == want
+    # what learning cost: decision log = Prometheus = /healthz
+    spent = sum(d["extra_calls"] for d in loop.decisions.read())
+    assert spent == trained["reroll"]["calls"] > 0
+    want = calls_before + spent
+    assert metric("conductor_online_extra_calls_total", None, at_least=want,
+                  tag=calls_tag) == want
+    health = httpx.get(f"{running.base_url.rsplit('/v1', 1)[0]}/healthz").json()
+    learning = health["learning"][MODEL]
+    assert learning["extra_calls"] == spent and learning["traffic_dollars"] > 0
+    assert learning["learning_cost_per_served_dollar"] == pytest.approx(
+        learning["extra_dollars"] / learning["traffic_dollars"])
 
     # the promoted version's live reward drops (forced by feedback): the actor beside the app
     # runs the next round from the same state, finds the drop and rolls back

@@ -17,7 +17,7 @@ from ray_conductor.errors import ConfigError
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.lm_trainer import CounterfactualPool, LMTrainer
 from ray_conductor.online.loop import Retrainer, tier_trainer
-from ray_conductor.online.reroll import Answer
+from ray_conductor.online.reroll import RerollAnswer
 from ray_conductor.online.rewards import LABEL, Judge, LoggedRow
 from ray_conductor.online.trainer import Counterfactual
 from ray_conductor.policy.conductor import Conductor, ConductorConfig
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WORKERS = [WorkerInfo("cheap", "", 0.1, 0.1), WorkerInfo("good", "", 5.0, 5.0),
            WorkerInfo("down", "", 1.0, 1.0)]
-ANSWERS = {"cheap": Answer("B", False, 0.0001, True), "good": Answer("A", True, 0.002, True),
-           "down": Answer(None, False, 0.0, False)}
+ANSWERS = {"cheap": RerollAnswer("B", False, 0.0001, True), "good": RerollAnswer("A", True, 0.002, True),
+           "down": RerollAnswer(None, False, 0.0, False)}
 
 
 def row(i: int) -> LoggedRow:
@@ -63,7 +63,7 @@ def test_plans_are_scored_over_the_re_rolled_answers(plan, reward):
 
 def test_the_counterfactual_pool_answers_per_question_and_judges_by_answer():
     d = data(1)
-    d.answers["k0"]["cheap"] = Answer("A", True, 0.0001, True)  # cheap is right here
+    d.answers["k0"]["cheap"] = RerollAnswer("A", True, 0.0001, True)  # cheap is right here
     pool = CounterfactualPool(d)
     import asyncio
 

@@ -8,6 +8,10 @@ between training iterations (the budget mode's Lagrange multiplier). `feature_no
 or one per feature) adds Gaussian noise to an episode's question features: replayed many
 times, the same questions are otherwise easy to memorise (train reward up, validation down).
 
+Partial-information rows (`LiteTable.observed`): an unobserved cell is never called; its
+action is masked like a worker already called, so an episode on a row learns only from the
+workers observed there (a row needs one).
+
 Observations are a Dict: `observations` (question features then `Episode.features`) and
 `action_mask` (1.0 for legal actions), the layout RLlib's action-masking RLModules read.
 An illegal action raises: masking is enforced by the policy, and a silent remap here would
@@ -48,6 +52,8 @@ class LiteEnv(gym.Env):
                  seed: int | None = None):
         if len(table) == 0:
             raise ValueError("LiteEnv needs a non-empty table")
+        if table.observed is not None and not table.observed.any(axis=1).all():
+            raise ValueError("LiteEnv needs one observed worker per row (drop the others)")
         self.table, self.max_calls = table, max_calls
         self.cost_penalty = float(cost_penalty)
         self.feature_noise = np.broadcast_to(np.asarray(feature_noise, np.float32),
@@ -89,13 +95,28 @@ class LiteEnv(gym.Env):
         return self._obs(), {}
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return observe(self.question, self.episode, self.cost_scale)
+        obs = observe(self.question, self.episode, self.cost_scale)
+        if self.table.observed is not None:
+            obs["action_mask"] = self._legal().astype(np.float32)
+        return obs
+
+    def _legal(self) -> np.ndarray:
+        """The episode's legal actions, less the workers unobserved on this row (stop stays
+        legal when no observed worker is left: at least one action is)."""
+        assert self.episode is not None
+        legal = self.episode.legal()
+        if self.table.observed is not None:
+            w = self.episode.n_workers
+            legal[:w] &= self.table.observed[self.row]
+            if not legal.any():
+                legal[self.episode.stop_action] = True
+        return legal
 
     def step(self, action):
         ep, t, a = self.episode, self.table, int(action)
         if ep is None:
             raise RuntimeError("call reset() before step()")
-        if not ep.legal()[a]:
+        if not self._legal()[a]:
             raise ValueError(f"illegal action {a} after calls {ep.calls}: the policy must mask it")
         if a < ep.n_workers:
             code = int(t.answers[self.row, a])

@@ -35,11 +35,17 @@ class LiteTable:
     strength: np.ndarray  # [W] plurality tie-break (the worker's list price)
     comparable: bool  # answers can be voted on (mc, number, math); False for label, code
     answer_format: str = "mc"
+    # [Q, W] bool: which cells are known (partial-information rows: a served trace holds the
+    # answers of the workers its workflow called, a budgeted re-roll a few more); None: all.
+    # An unobserved cell reads as no answer, free; episodes never call it (`LiteEnv`), the
+    # selector's estimates count only observed cells (`selector`).
+    observed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         q, w = self.answers.shape
-        if self.features.shape[0] != q or any(
-                a.shape != (q, w) for a in (self.correct, self.cost, self.responded)):
+        parts = (self.correct, self.cost, self.responded) + (
+            (self.observed,) if self.observed is not None else ())
+        if self.features.shape[0] != q or any(a.shape != (q, w) for a in parts):
             raise DataError(f"lite table shapes disagree: features {self.features.shape}, "
                             f"answers {self.answers.shape}, correct {self.correct.shape}, "
                             f"cost {self.cost.shape}")
@@ -47,12 +53,20 @@ class LiteTable:
     def __len__(self) -> int:
         return len(self.query_ids)
 
+    @property
+    def seen(self) -> np.ndarray:
+        """[Q, W] bool: the observed cells (every one where `observed` is None)."""
+        if self.observed is None:
+            return np.ones(self.answers.shape, bool)
+        return np.asarray(self.observed, bool)
+
     def take(self, rows: np.ndarray | Sequence[int]) -> "LiteTable":
         rows = np.asarray(rows, dtype=np.int64)
         return LiteTable([self.query_ids[i] for i in rows], self.features[rows],
                          self.answers[rows], self.correct[rows], self.cost[rows],
                          self.responded[rows], list(self.workers), self.strength,
-                         self.comparable, self.answer_format)
+                         self.comparable, self.answer_format,
+                         None if self.observed is None else self.observed[rows])
 
     def with_features(self, features: np.ndarray) -> "LiteTable":
         return replace(self, features=np.asarray(features, np.float32))
@@ -64,7 +78,8 @@ class LiteTable:
         cols = np.array([self.workers.index(w) for w in workers])
         return replace(self, answers=self.answers[:, cols], correct=self.correct[:, cols],
                        cost=self.cost[:, cols], responded=self.responded[:, cols],
-                       workers=list(workers), strength=self.strength[cols])
+                       workers=list(workers), strength=self.strength[cols],
+                       observed=None if self.observed is None else self.observed[:, cols])
 
     def split_validation(self, fraction: float, salt: str = "lite-val"
                          ) -> tuple["LiteTable", "LiteTable"]:

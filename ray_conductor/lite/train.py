@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -199,47 +199,73 @@ def train_lite(cfg: LiteTrainConfig) -> dict[str, Any]:
     return summary
 
 
+def continue_ppo(algo, conductor: LiteConductor, iterations: int,
+                 judge: Callable[[LiteConductor], tuple[float, dict[str, Any]]],
+                 after: Callable[[int, dict[str, Any], dict[str, Any]], bool] | None = None
+                 ) -> tuple[dict[str, Any], list[float], dict[str, Any]]:
+    """The one PPO continuation, used by `train-lite` and by online retraining
+    (`online.trainer.LiteTrainer`): up to `iterations` PPO iterations of `algo`, each
+    followed by loading the learner's weights into `conductor` and `judge(conductor)` ->
+    (score, figures); `after(iteration, metrics row, figures)` logs or adjusts, True stops.
+    Returns the best candidate ({"score", "iteration", "state", **figures}; the starting
+    weights are one: PPO may only make a good start worse), the score curve (start
+    first) and the last metrics row. Non-finite losses or weights stop it (nothing kept)."""
+    conductor.net.load_state_dict(net_state(algo))
+    score, figures = judge(conductor)
+    best = {"score": score, "iteration": 0, "state": net_state(algo), **figures}
+    curve, row = [score], {}
+    for it in range(1, iterations + 1):
+        row = {"iteration": it, **iteration_metrics(algo.train())}
+        state = net_state(algo)
+        _finite(row, state, it)
+        conductor.net.load_state_dict(state)
+        score, figures = judge(conductor)
+        curve.append(score)
+        if score > best["score"]:
+            best = {"score": score, "iteration": it, "state": state, **figures}
+        if after is not None and after(it, row, figures):
+            break
+    return best, curve, row
+
+
 def _ppo_iterations(algo, conductor: LiteConductor, fit: LiteTable, feats_fit: np.ndarray,
                     val: LiteTable, feats_val: np.ndarray, penalty: float,
                     cfg: LiteTrainConfig, log: _Log, t0: float, start_info: dict[str, Any]
                     ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """PPO iterations, each followed by greedy checks on train rows and the validation slice
-    and (budget mode) a multiplier step. Returns the best candidate (the starting policy is
-    one: PPO may only make a behaviour-cloned start worse) and the last metrics row."""
+    """`continue_ppo` with greedy checks on train rows and the validation slice and
+    (budget mode) a multiplier step after each iteration. Returns the best candidate and
+    the last metrics row."""
     check_rows = np.random.default_rng(cfg.seed).permutation(len(fit))[: cfg.check_rows]
     check, check_feats = fit.take(check_rows), feats_fit[check_rows]
-    conductor.net.load_state_dict(net_state(algo))
-    start = conductor.rollout(val, features=feats_val)
-    best = {"score": _score(start, cfg, penalty), "iteration": 0, "state": net_state(algo),
-            "val": start.summary(conductor.workers), "penalty": penalty}
-    log.write(0, {**start_info, **_prefixed("val", best["val"]), "cost_penalty": penalty})
-    row: dict[str, Any] = {}
+    lam = [penalty]  # the multiplier, stepped between iterations in budget mode
     t_ppo = time.perf_counter()
+
+    def judge(c: LiteConductor) -> tuple[float, dict[str, Any]]:
+        on_val = c.rollout(val, features=feats_val)
+        return _score(on_val, cfg, lam[0]), {"val": on_val.summary(c.workers),
+                                             "penalty": lam[0]}
+
+    def after(it: int, row: dict[str, Any], figures: dict[str, Any]) -> bool:
+        on_fit = conductor.rollout(check, features=check_feats)
+        row.update(**_prefixed("train", on_fit.summary(conductor.workers)),
+                   **_prefixed("val", figures["val"]), cost_penalty=lam[0],
+                   wall_s=time.perf_counter() - t0)
+        if cfg.budget is not None:  # dual ascent on the multiplier, from greedy spend
+            step = cfg.budget_rate * (on_fit.cost.mean() / cfg.budget - 1)
+            lam[0] = min(lam[0] * math.exp(min(step, 20.0)), MAX_PENALTY)
+            set_cost_penalty(algo, lam[0])
+        log.write(it, {k: v for k, v in row.items() if k != "iteration"})
+        bar.update()
+        bar.set_postfix(ret=row.get("episode_return_mean", float("nan")),
+                        val_acc=row["val_accuracy"], val_cost=row["val_cost_per_query"])
+        return bool((cfg.timesteps and row.get("env_steps_lifetime", 0) >= cfg.timesteps) or (
+            cfg.time_budget_s and time.perf_counter() - t_ppo > cfg.time_budget_s))
+
     with tqdm(total=cfg.iterations, desc="train-lite", disable=not cfg.progress) as bar:
-        for it in range(1, cfg.iterations + 1):
-            row = {"iteration": it, **iteration_metrics(algo.train())}
-            _finite(row, net_state(algo), it)
-            conductor.net.load_state_dict(net_state(algo))
-            on_fit = conductor.rollout(check, features=check_feats)
-            on_val = conductor.rollout(val, features=feats_val)
-            row.update(**_prefixed("train", on_fit.summary(conductor.workers)),
-                       **_prefixed("val", on_val.summary(conductor.workers)),
-                       cost_penalty=penalty, wall_s=time.perf_counter() - t0)
-            score = _score(on_val, cfg, penalty)
-            if score > best["score"]:
-                best = {"score": score, "iteration": it, "state": net_state(algo),
-                        "val": on_val.summary(conductor.workers), "penalty": penalty}
-            if cfg.budget is not None:  # dual ascent on the multiplier, from greedy spend
-                step = cfg.budget_rate * (on_fit.cost.mean() / cfg.budget - 1)
-                penalty = min(penalty * math.exp(min(step, 20.0)), MAX_PENALTY)
-                set_cost_penalty(algo, penalty)
-            log.write(it, {k: v for k, v in row.items() if k != "iteration"})
-            bar.update()
-            bar.set_postfix(ret=row.get("episode_return_mean", float("nan")),
-                            val_acc=row["val_accuracy"], val_cost=row["val_cost_per_query"])
-            if (cfg.timesteps and row.get("env_steps_lifetime", 0) >= cfg.timesteps) or (
-                    cfg.time_budget_s and time.perf_counter() - t_ppo > cfg.time_budget_s):
-                break
+        conductor.net.load_state_dict(net_state(algo))
+        first = judge(conductor)[1]
+        log.write(0, {**start_info, **_prefixed("val", first["val"]), "cost_penalty": penalty})
+        best, _curve, row = continue_ppo(algo, conductor, cfg.iterations, judge, after)
     return best, row
 
 

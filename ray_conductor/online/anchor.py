@@ -4,10 +4,11 @@ re-asks of the workers as they are *now* and trains on beside the traffic.
 Why: after a shift the traffic has brought only a few hundred rewarded questions of the new
 world, too few to retrain a policy that was fitted on thousands; but what shifted is the
 workers (a price, a degraded model, a new worker), not what the known questions mean. The
-answer cache is keyed by each worker's config fingerprint, so a worker whose price, model or
-pool changed is asked the anchor questions again (once: later rounds hit the cache) and the
-rest are free. With replay workers these calls are table lookups; with live workers they are
-real calls, bounded by `reroll.calls_per_round` and by `training.anchor.rows`.
+answer cache is keyed by each worker's answer fingerprint, so a worker whose model,
+parameters, endpoint or pool changed is asked the anchor questions again (a price change
+only re-prices them) and the rest are free. With replay workers these calls are table
+lookups; with live workers they are real calls, paid from the same per-row budget as the
+traffic's and after it (`reroll.calls_per_row`), bounded by `training.anchor.rows`.
 
 Anchors in the held-back slice (by the same hashed key as the traffic's) are never trained
 on. With `evaluation.anchor_rows` some of them join the evaluation: the candidate is then
@@ -15,8 +16,8 @@ promoted if it is better on held-back traffic (the paired test), or better on th
 anchors (the same test, on many more questions of the current workers) and not worse on
 held-back traffic (mean gain >= 0: a candidate that only fits the anchors' question mix is
 kept out when the traffic's mix has moved). A worker whose answers change *without* a
-config change (a provider swapping models under one name) is not re-asked: the cache would
-need an age limit for that.
+config change (a provider swapping models under one name) is re-asked only with an age
+limit (`reroll.max_age_hours`).
 """
 
 from __future__ import annotations

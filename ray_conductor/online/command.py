@@ -38,7 +38,8 @@ def describe(d: dict[str, Any]) -> str:
         t = d["training"]
         return (f"trained {model} from {d['version']} on {d['train_rows']} questions "
                 f"({d['replayed']} replayed, {d.get('anchor_rows', 0)} anchors): reward "
-                f"{t['start_reward']:.4f} -> {t['best_reward']:.4f} in {t['wall_s']:.0f}s")
+                f"{t['start_reward']:.4f} -> {t['best_reward']:.4f} in {t['wall_s']:.0f}s; "
+                f"{d.get('extra_calls', 0)} extra calls (${d.get('extra_dollars', 0.0):.4g})")
     if kind == "kept" and d.get("test_kind") == "paired":
         return (f"kept {model} {d['version']}: live reward {d['live_mean']:.4f} vs "
                 f"{d['previous_replayed_mean']:.4f} for {d['previous']} replayed on the same "

@@ -142,6 +142,18 @@ class TrainingConfig:
 
 @dataclass
 class RerollConfig:
+    calls_per_row: float | None = opt(None, "extra worker calls per rewarded traffic row at "
+                                            "most (exploration, the paired test's cells, "
+                                            "anchors and watches included), spent on the "
+                                            "cells most likely to change a choice; served "
+                                            "answers are free (null: the full re-roll, every "
+                                            "worker's answer to every question)", min=0)
+    explore_share: float = opt(0.5, "with calls_per_row: the share of a round's allowance "
+                                    "exploration may spend before training (the rest: the "
+                                    "cells the paired test needs, then carried over)",
+                               min=0, max=1)
+    reprice: bool = opt(True, "a price-only change re-prices cached answers from their "
+                              "tokens and asks nothing (false: asks again, as before)")
     calls_per_round: int = opt(20000, "worker calls one round may make for counterfactual "
                                       "answers (cache hits are free)", min=1)
     concurrency: int = opt(32, "counterfactual calls in flight", min=1)

@@ -8,6 +8,14 @@ Kinds: `adopted` (a served `lite:DIR` was published as the registry's first vers
 little to train or evaluate on), `kept` (a promotion survived its watch window),
 `rolled_back`, `failed` (a round that raised; the loop goes on), `quarantined` (unreadable
 traffic log parts moved aside, or posted rewards out of range ignored; the round goes on).
+
+Accounting: every decision carries what learning cost since the decision before it
+(`extra_calls`, `extra_dollars`: the loop's own worker calls) beside what the learners'
+traffic cost (`traffic_dollars`, summed from the traffic log), and the running
+`learning_cost_per_served_dollar`; the same increments go to Prometheus
+(`conductor_online_extra_calls`, `conductor_online_extra_dollars`,
+`conductor_online_traffic_dollars`) when the decision is written, so the log's sums and the
+counters agree by construction.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+KV_PREFIX = "conductor_online_cost/"  # + app/model: the running accounting, for /healthz
 KINDS = ("adopted", "extended", "trained", "evaluated", "promoted", "rejected", "skipped", "kept",
          "rolled_back", "failed", "quarantined")
 
@@ -43,16 +52,28 @@ class DecisionLog:
     def __init__(self, path: str | os.PathLike, metrics: "OnlineMetrics | None" = None):
         self.path = Path(path)
         self.metrics = metrics
+        self.pending = Ledger()  # spending not yet written into a decision
+        self.total = Ledger()  # everything written (the running totals)
+
+    def spend(self, calls: int = 0, dollars: float = 0.0, traffic_dollars: float = 0.0
+              ) -> None:
+        """Note what learning (or the traffic) cost; the next decision carries it."""
+        self.pending.add(Ledger(int(calls), float(dollars), float(traffic_dollars)))
 
     def append(self, kind: str, model: str, **fields: Any) -> dict[str, Any]:
         if kind not in KINDS:
             raise ValueError(f"unknown decision kind {kind!r}; known: {KINDS}")
-        row = _plain({"time": time.time(), "kind": kind, "model": model, **fields})
+        now, self.pending = self.pending, Ledger()
+        self.total.add(now)
+        row = _plain({"time": time.time(), "kind": kind, "model": model, **fields,
+                      **now.fields(),
+                      "learning_cost_per_served_dollar": self.total.ratio()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
         if self.metrics is not None:
             self.metrics.decision(kind, model)
+            self.metrics.spent(model, now, self.total.ratio())
         return row
 
     def read(self) -> list[dict[str, Any]]:
@@ -68,6 +89,26 @@ class DecisionLog:
             if isinstance(row, dict):
                 out.append(row)
         return out
+
+
+class Ledger:
+    """Calls and dollars of learning, and dollars of traffic."""
+
+    def __init__(self, calls: int = 0, dollars: float = 0.0, traffic: float = 0.0):
+        self.calls, self.dollars, self.traffic = calls, dollars, traffic
+
+    def add(self, other: "Ledger") -> None:
+        self.calls += other.calls
+        self.dollars += other.dollars
+        self.traffic += other.traffic
+
+    def ratio(self) -> float | None:
+        """Learning dollars per served dollar (None before any traffic was paid for)."""
+        return self.dollars / self.traffic if self.traffic > 0 else None
+
+    def fields(self) -> dict[str, Any]:
+        return {"extra_calls": self.calls, "extra_dollars": self.dollars,
+                "traffic_dollars": self.traffic}
 
 
 @lru_cache(maxsize=1)
@@ -87,6 +128,18 @@ def _series() -> dict[str, Any]:
                               ("model", "policy")),
         "version": metrics.Gauge("conductor_online_served_version",
                                  "registry version the online loop last served", ("model",)),
+        "extra_calls": metrics.Counter("conductor_online_extra_calls",
+                                       "worker calls the online loop made to learn",
+                                       ("model",)),
+        "extra_dollars": metrics.Counter("conductor_online_extra_dollars",
+                                         "dollars the online loop's own worker calls cost",
+                                         ("model",)),
+        "traffic_dollars": metrics.Counter("conductor_online_traffic_dollars",
+                                           "dollars the learned models' served traffic cost",
+                                           ("model",)),
+        "ratio": metrics.Gauge("conductor_online_learning_cost_per_served_dollar",
+                               "the online loop's learning dollars per served dollar",
+                               ("model",)),
     }
 
 
@@ -113,6 +166,34 @@ class OnlineMetrics:
     def eval_reward(self, model: str, policy: str, value: float) -> None:
         if (s := self._on()) is not None and math.isfinite(value):
             s["eval"].set(value, tags={"model": model, "policy": policy})
+
+    def spent(self, model: str, ledger: Ledger, ratio: float | None) -> None:
+        if (s := self._on()) is None:
+            return
+        tags = {"model": model}
+        if ledger.calls:
+            s["extra_calls"].inc(ledger.calls, tags=tags)
+        if ledger.dollars > 0:
+            s["extra_dollars"].inc(ledger.dollars, tags=tags)
+        if ledger.traffic > 0:
+            s["traffic_dollars"].inc(ledger.traffic, tags=tags)
+        if ratio is not None and math.isfinite(ratio):
+            s["ratio"].set(ratio, tags=tags)
+
+    def publish(self, app: str, model: str, total: Ledger, pending: Ledger) -> None:
+        """The running learning cost where the app's `/healthz` reads it (Ray's internal
+        KV, key `KV_PREFIX + app/model`); nothing without Ray."""
+        if self._on() is None:
+            return
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        t = Ledger(total.calls, total.dollars, total.traffic)
+        t.add(pending)
+        body = {"model": model, "extra_calls": t.calls, "extra_dollars": t.dollars,
+                "traffic_dollars": t.traffic,
+                "learning_cost_per_served_dollar": t.ratio(), "time": time.time()}
+        _internal_kv_put(f"{KV_PREFIX}{app}/{model}", json.dumps(_plain(body)),
+                         overwrite=True)
 
     def served_version(self, model: str, version: int) -> None:
         if (s := self._on()) is not None:

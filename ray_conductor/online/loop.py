@@ -33,13 +33,16 @@ import numpy as np
 from ray_conductor.errors import ConductorError, ConfigError, DataError
 from ray_conductor.online.anchor import Anchors, anchor_rows, combined
 from ray_conductor.online.config import RetrainConfig
-from ray_conductor.online.decisions import DecisionLog, OnlineMetrics
+from ray_conductor.online.cells import CellBroker, answer_prints, traffic_dollars
+from ray_conductor.online.decisions import DecisionLog, Ledger, OnlineMetrics
 from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable
 from ray_conductor.online.rewards import LoggedRow, held_back, rewarded_rows
-from ray_conductor.online.state import LoopState, Watch, remember
-from ray_conductor.online.stats import drop_test, paired_test
+from ray_conductor.online.rows import choose
+from ray_conductor.online.state import LoopState, Watch
 from ray_conductor.online.trainer import Counterfactual, Trainer
 from ray_conductor.online.triggers import Trigger
+from ray_conductor.online.verdict import PairedSettings, promotion
+from ray_conductor.online.watch import watch
 
 log = logging.getLogger(__name__)
 REGISTRY = "registry:"
@@ -99,7 +102,10 @@ class Retrainer:
         self.root = Path(cfg.state_dir)
         self.state = LoopState.load(self.root)
         self.decisions = DecisionLog(self.root / "decisions.jsonl", OnlineMetrics())
+        self.decisions.total = Ledger(self.state.extra_calls, self.state.extra_dollars,
+                                      self.state.traffic_dollars)
         self.metrics = self.decisions.metrics
+        self._broker: CellBroker | None = None  # this round's cells under the budget
         age = cfg.reroll.max_age_hours
         self.cache = AnswerCache(self.root / "answers.jsonl", clock=clock,
                                  max_age_s=None if age is None else age * 3600.0)
@@ -135,6 +141,7 @@ class Retrainer:
 
     def _round(self, force: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        self._broker = None
         if self.state.started is None:
             self.state.started = self.clock()
         reg, pv = self._serving(out)
@@ -154,7 +161,10 @@ class Retrainer:
             self.state.last_train = self.clock()
             out += self._train_round(rows, new, reg, pv, trainer, why)
         self.state.rounds += 1
+        t = self.decisions.total
+        self.state.extra_calls, self.state.extra_dollars = t.calls, t.dollars
         self.state.save(self.root)
+        self.metrics.publish(self.cfg.app, self.cfg.model, t, self.decisions.pending)
         return out
 
     def learners(self) -> list[str]:
@@ -172,7 +182,7 @@ class Retrainer:
                     "with the rest")))
         lo, hi = self._reward_range()
         ignored: list[str] = []
-        rows = rewarded_rows(df, cost_penalty=self._penalty(), verifier=self.app.verifier(),
+        rows = rewarded_rows(df, cost_penalty=self.penalty(), verifier=self.app.verifier(),
                              models={*self.learners()},
                              correct_threshold=self.cfg.correct_threshold,
                              answer_format=self.cfg.answer_format, reward_range=(lo, hi),
@@ -183,6 +193,11 @@ class Retrainer:
                 request_ids=ignored[self.state.ignored_rewards:][:20], reason=(
                     f"posted rewards outside [{lo:g}, {hi:g}] ignored")))
         self.state.ignored_rewards = len(ignored)
+        self.state.rewarded_rows = max(self.state.rewarded_rows, len(rows))  # earns the budget
+        paid = traffic_dollars(df, set(self.learners()))
+        if paid > self.state.traffic_dollars:
+            self.decisions.spend(traffic_dollars=paid - self.state.traffic_dollars)
+            self.state.traffic_dollars = paid
         return rows
 
     def _reward_range(self) -> tuple[float, float]:
@@ -196,7 +211,7 @@ class Retrainer:
         return (lo if fb.reward_min is None else fb.reward_min,
                 hi if fb.reward_max is None else fb.reward_max)
 
-    def _penalty(self) -> float:
+    def penalty(self) -> float:
         assert self.state.cost_penalty is not None
         return self.state.cost_penalty
 
@@ -246,99 +261,10 @@ class Retrainer:
             self._trainer = self.make_trainer(self.state.cost_penalty, kind=pv.kind)
         return self._trainer
 
-    # -- the watch after a promotion ---------------------------------------------------------
+    # -- the watch after a promotion (`watch`) ----------------------------------------------
     def _watch(self, rows: list[LoggedRow], reg: Any, trainer: Trainer
                ) -> list[dict[str, Any]]:
-        w, cfg, model = self.state.watch, self.cfg.rollback, self.cfg.model
-        if w is None:
-            return []
-        current = reg.promoted()
-        if current is None or current.version != w.version:
-            self.state.watch = None
-            return [self.decisions.append("kept", model, version=w.tag, reason=(
-                "the registry's promoted version changed outside the loop; watch ended"))]
-        live = [r for r in rows if r.model == model and r.version == w.tag and r.time >= w.since]
-        if len(live) < cfg.window:
-            return []
-        window = live[:cfg.window]
-        self.state.watch = None
-        fell_back = None
-        if cfg.test == "paired":
-            paired, fell_back = self._paired_watch(window, w, reg, trainer)
-            if paired is not None:
-                res, figures = paired
-                return self._watch_verdict(reg, w, res.passed, figures, (
-                    f"live reward of {w.tag} {figures['live_mean']:.4f} vs "
-                    f"{figures['previous_replayed_mean']:.4f} for {w.previous_tag} replayed "
-                    f"on the same {res.n} questions (p={res.p_value:.3g})"))
-        mine = [r.reward for r in window]
-        before = [r.reward for r in rows if r.model == model and r.version == w.previous_tag
-                  and r.time < w.since][-cfg.baseline:]
-        extra = {"paired_skipped": fell_back} if fell_back else {}
-        if len(before) < cfg.min_baseline:
-            return [self.decisions.append("kept", model, version=w.tag, reason=(
-                f"only {len(before)} live rewards of {w.previous_tag}: nothing to compare"),
-                mean_live=float(np.mean(mine)), **extra)]
-        res = drop_test(mine, before, alpha=cfg.alpha, margin=cfg.margin)
-        return self._watch_verdict(reg, w, res.dropped, {"test": res.figures(), **extra}, (
-            f"live reward of {w.tag} dropped: {res.mean_new:.4f} vs {res.mean_old:.4f} "
-            f"(p={res.p_value:.3g})"))
-
-    def _paired_watch(self, window: list[LoggedRow], w: Watch, reg: Any, trainer: Trainer
-                      ) -> tuple[tuple[Any, dict[str, Any]] | None, str | None]:
-        """The paired live test: on the window's judgeable questions, the promoted version's
-        live reward (its served answer judged as the replay judges one, so feedback on
-        another scale compares alike) against the previous version replayed on every
-        worker's re-rolled answer. ((result, figures), None), or (None, why not)."""
-        cfg = self.cfg.rollback
-        judged = list({r.key: r for r in judgeable(window)}.values())
-        if len(judged) < cfg.min_paired:
-            return None, (f"{len(judged)} judgeable questions of {len(window)}; the paired "
-                          f"test needs rollback.min_paired={cfg.min_paired}")
-        try:
-            previous, promoted = reg.get(w.previous), reg.get(w.version)
-        except (ConfigError, KeyError, OSError) as e:
-            return None, f"version {w.previous_tag} cannot be loaded: {str(e)[:200]}"
-        if previous.kind != promoted.kind:
-            return None, (f"{w.previous_tag} is a {previous.kind} policy and {w.tag} a "
-                          f"{promoted.kind} one: one trainer cannot replay both")
-        t0 = time.perf_counter()
-        answers, stats, workers = self._reroll(judged)
-        data = Counterfactual([r for r in judged if r.key in answers], answers, workers)
-        if len(data) < cfg.min_paired:
-            return None, (f"only {len(data)} of {len(judged)} questions have every worker's "
-                          f"answer; the paired test needs {cfg.min_paired}")
-        try:
-            before = trainer.score(Path(previous.path), data)
-            replayed = trainer.score(Path(promoted.path), data)
-        except ConfigError as e:  # e.g. a worker the previous version plans with has left
-            return None, f"{w.previous_tag} cannot be replayed: {str(e)[:200]}"
-        verifier = self.app.verifier()
-        live = np.array([float(r.judge(r.answer, verifier)) - self._penalty() * r.cost
-                         for r in data.rows])
-        res = paired_test(before - live, alpha=cfg.alpha, min_gain=cfg.margin,
-                          method=self.cfg.evaluation.test,
-                          samples=self.cfg.evaluation.bootstrap_samples,
-                          seed=self.cfg.training.seed)
-        return (res, {"test_kind": "paired", "n": len(data), "window": len(window),
-                      "live_mean": float(live.mean()),
-                      "previous_replayed_mean": float(before.mean()),
-                      "promoted_replayed_mean": float(replayed.mean()),
-                      "test": res.figures(), "reroll": vars(stats),
-                      "reroll_s": time.perf_counter() - t0}), None
-
-    def _watch_verdict(self, reg: Any, w: Watch, dropped: bool, figures: dict[str, Any],
-                       why: str) -> list[dict[str, Any]]:
-        model = self.cfg.model
-        if not dropped:
-            return [self.decisions.append("kept", model, version=w.tag, previous=w.previous_tag,
-                                          **figures)]
-        t0 = time.perf_counter()
-        back = reg.rollback(reason=why)
-        tag = self.app.swap(model, f"{REGISTRY}{reg.root}@{back.version}")
-        self.metrics.served_version(model, back.version)
-        return [self.decisions.append("rolled_back", model, version=tag, previous=w.tag,
-                                      reason=why, **figures, wall_s=time.perf_counter() - t0)]
+        return watch(self, rows, reg, trainer)
 
     def _live_gauge(self, rows: list[LoggedRow]) -> None:
         by: dict[str, list[float]] = {}
@@ -352,63 +278,78 @@ class Retrainer:
     # -- train, evaluate, decide -------------------------------------------------------------
     def _train_round(self, rows: list[LoggedRow], new: list[LoggedRow], reg: Any, pv: Any,
                      trainer: Trainer, why: str) -> list[dict[str, Any]]:
-        cfg, model = self.cfg, self.cfg.model
+        cfg, model, tr = self.cfg, self.cfg.model, self.cfg.training
         fresh = list({r.key: r for r in judgeable(new)}.values())  # the latest row per question
-        hold = cfg.evaluation.holdout
-        train_new = [r for r in fresh if not held_back(r.key, hold)]
-        self.state.held = remember(self.state.held, [r.key for r in fresh
-                                                     if held_back(r.key, hold)],
-                                   cfg.evaluation.rows)
         latest = {r.key: r for r in judgeable(rows)}
-        older = [k for k in self.state.buffer if k in latest and
-                 k not in {r.key for r in train_new}]
-        self.state.buffer = remember(self.state.buffer, [r.key for r in train_new],
-                                     cfg.training.buffer_rows)
-        n_recent = min(len(older), max(0, cfg.training.recent_rows - len(train_new)))
-        recent, rest = older[len(older) - n_recent:], older[:len(older) - n_recent]
-        n_old = min(len(rest), round(cfg.training.replay_ratio * len(train_new)))
-        rng = np.random.default_rng(cfg.training.seed + self.state.rounds)
-        replay = [latest[k] for k in recent] + [
-            latest[rest[i]] for i in sorted(rng.choice(len(rest), n_old, replace=False))]
-        held = [latest[k] for k in self.state.held if k in latest]
-        train = train_new + replay
-        taken = {r.key for r in train} | {r.key for r in held}
-        anchors = [r for r in self._anchor_rows() if r.key not in taken]
-        train += anchors  # after the traffic: the call budget goes to the traffic first
-        held_anchors = [r for r in self._anchor_rows(held=True) if r.key not in taken]
+        anchors = {r.key: r for r in self._anchor_rows()}
+        held_anchors = {r.key: r for r in self._anchor_rows(held=True)}
+        pick = choose([r.key for r in fresh], self.state.buffer, self.state.held, set(latest),
+                      is_held=lambda k: held_back(k, cfg.evaluation.holdout),
+                      buffer_rows=tr.buffer_rows, recent_rows=tr.recent_rows,
+                      replay_ratio=tr.replay_ratio, eval_rows=cfg.evaluation.rows,
+                      rng=np.random.default_rng(tr.seed + self.state.rounds),
+                      anchors=list(anchors), held_anchors=list(held_anchors))
+        self.state.buffer, self.state.held = pick.buffer, pick.held_keys
+        look = {**held_anchors, **anchors, **latest}
+        train, held = [look[k] for k in pick.train], [look[k] for k in pick.held]
+        hanchors = [look[k] for k in pick.held_anchors]
         t0 = time.perf_counter()
-        answers, stats, workers = self._reroll(held + train + held_anchors)
-        held_cf = Counterfactual([r for r in held if r.key in answers], answers, workers)
-        anchor_cf = Counterfactual([r for r in held_anchors if r.key in answers], answers,
-                                   workers)
+        cells = self.cells()
+        workers = cells.workers
+        if self.full_reroll:  # every worker's answer, first first (traffic before anchors)
+            answers, stats = cells.answers(held + train + hanchors)
+        else:
+            answers, stats = cells.explore(trainer, Path(pv.path), train, held + hanchors,
+                                           self.penalty())
+        if self.full_reroll:  # complete rows only; budgeted: filled after training
+            held, hanchors = ([r for r in rs if r.key in answers] for rs in (held, hanchors))
+        held_cf = Counterfactual(held, answers, workers)
+        anchor_cf = Counterfactual(hanchors, answers, workers)
         train_cf = Counterfactual([r for r in train if r.key in answers], answers, workers)
         counts = {"trigger": why, "new_rows": len(new), "new_questions": len(fresh),
-                  "train_rows": len(train_cf), "replayed": len(replay),
-                  "anchor_rows": sum(r.key in answers for r in anchors),
-                  "held_anchor_rows": len(anchor_cf),
-                  "held_rows": len(held_cf), "reroll": vars(stats),
-                  "reroll_s": time.perf_counter() - t0}
-        if len(train_cf) < cfg.training.min_rows or len(held_cf) < cfg.evaluation.min_rows:
+                  "train_rows": len(train_cf), "replayed": len(pick.replay),
+                  "anchor_rows": sum(k in answers for k in pick.anchors),
+                  "held_anchor_rows": len(anchor_cf), "held_rows": len(held_cf),
+                  "reroll": vars(stats), "reroll_s": time.perf_counter() - t0}
+        if len(train_cf) < tr.min_rows or len(held_cf) < cfg.evaluation.min_rows:
             return [self.decisions.append("skipped", model, version=pv.tag, reason=(
-                f"{len(train_cf)} training and {len(held_cf)} held-back questions with every "
-                f"worker's answer; need {cfg.training.min_rows} and {cfg.evaluation.min_rows}"),
-                **counts)]
+                f"{len(train_cf)} training and {len(held_cf)} held-back questions with "
+                f"{'every' if self.full_reroll else 'an observed'} worker's answer; need "
+                f"{tr.min_rows} and {cfg.evaluation.min_rows}"), **counts)]
         out_dir = self.root / "candidates" / f"round-{self.state.rounds:05d}"
+        if hasattr(trainer, "stale"):  # the prior's outcomes of these workers no longer hold
+            trainer.stale = cells.stale()
+        if hasattr(trainer, "cells"):  # a trainer that asks for cells itself (`fetch`)
+            trainer.cells = cells
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]
+        held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf)
+        anchor_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], anchor_cf)
+        if len(held_cf) < cfg.evaluation.min_rows:
+            shutil.rmtree(cand_dir, ignore_errors=True)
+            return out + [self.decisions.append("skipped", model, version=pv.tag, reason=(
+                f"only {len(held_cf)} held-back questions could be scored within the call "
+                f"budget; need {cfg.evaluation.min_rows}"))]
         out += self._decide(reg, pv, trainer, cand_dir, held_cf, anchor_cf)
         return out
 
-    def _reroll(self, rows: list[LoggedRow]) -> tuple[dict[str, Any], Any, list[Any]]:
-        """Every worker's answer to `rows` (first first, within one round's call budget),
-        through the app's proxies at rollout priority: (answers, stats, the pool's workers)."""
-        pool, prints = self.app.rollout_pool()
-        verifier = combined(self.app.verifier(), self._anchors.data if self._anchors else None)
-        rr = Reroller(pool, prints, self.cache, verifier,
-                      concurrency=self.cfg.reroll.concurrency, timeout_s=self.cfg.reroll.timeout_s)
-        answers, stats = rr.answers(rows, self.cfg.reroll.calls_per_round)
-        return answers, stats, list(pool.workers())
+    @property
+    def full_reroll(self) -> bool:
+        return self.cfg.reroll.calls_per_row is None
+
+    def cells(self) -> CellBroker:
+        """This round's cells under the budget (the pool is looked up once a round)."""
+        if self._broker is None:
+            pool, prints = self.app.rollout_pool()
+            verifier = combined(self.app.verifier(),
+                                self._anchors.data if self._anchors else None)
+            r = self.cfg.reroll
+            rr = Reroller(pool, answer_prints(self.app, prints), self.cache, verifier,
+                          concurrency=r.concurrency, timeout_s=r.timeout_s, reprice=r.reprice)
+            self._broker = CellBroker(rr, list(pool.workers()), r, self.decisions,
+                                      self.state.rewarded_rows)
+        return self._broker
 
     def _anchor_rows(self, held: bool = False) -> list[LoggedRow]:
         """The anchor questions (`training.anchor`) to train on, or (`held`) the held-back
@@ -436,76 +377,33 @@ class Retrainer:
     def _decide(self, reg: Any, pv: Any, trainer: Trainer, cand_dir: Path,
                 held: Counterfactual, anchors: Counterfactual | None = None
                 ) -> list[dict[str, Any]]:
-        """The paired test on held-back traffic; with held-back anchors (at least
-        `evaluation.min_rows`), the test is two-sided in effect: a candidate passes on
-        traffic only if it is not significantly worse on the anchors (`anchor_guard`), and
-        on the anchors only if it is better there and its mean gain on held-back traffic is
-        not negative."""
-        cfg, model = self.cfg.evaluation, self.cfg.model
-
-        def paired(diffs: np.ndarray, min_gain: float) -> Any:
-            return paired_test(diffs, alpha=cfg.alpha, min_gain=min_gain, method=cfg.test,
-                               samples=cfg.bootstrap_samples, seed=self.cfg.training.seed)
-
-        def test(data: Counterfactual) -> tuple[Any, np.ndarray, np.ndarray]:
-            serving, candidate = trainer.score(Path(pv.path), data), trainer.score(cand_dir, data)
-            return paired(candidate - serving, cfg.min_gain), serving, candidate
-
-        res, serving, candidate = test(held)
+        """Score both policies on held-back traffic (and anchors) and apply the verdict
+        (`verdict.promotion`)."""
+        model = self.cfg.model
+        serving, candidate = trainer.score(Path(pv.path), held), trainer.score(cand_dir, held)
+        a_serving = a_candidate = None
+        if anchors is not None and len(anchors) >= self.cfg.evaluation.min_rows:
+            a_serving, a_candidate = (trainer.score(Path(pv.path), anchors),
+                                      trainer.score(cand_dir, anchors))
+        v = promotion(serving, candidate, self.test_settings(), a_serving, a_candidate)
         self.metrics.eval_reward(model, "serving", float(serving.mean()))
         self.metrics.eval_reward(model, "candidate", float(candidate.mean()))
-        figures: dict[str, Any] = {"n": len(held), "serving_mean": float(serving.mean()),
-                                   "candidate_mean": float(candidate.mean()),
-                                   "test": res.figures()}
-        passed_by = "traffic" if res.passed else None
-        if anchors is not None and len(anchors) >= cfg.min_rows:
-            ares, aserving, acandidate = test(anchors)
-            figures["anchors"] = {"n": len(anchors), "serving_mean": float(aserving.mean()),
-                                  "candidate_mean": float(acandidate.mean()),
-                                  "test": ares.figures()}
-            if cfg.anchor_guard:  # significantly worse on the anchors by more than allowed?
-                worse = paired(aserving - acandidate, cfg.max_anchor_loss)
-                figures["anchors"]["worse"] = worse.figures()
-                if worse.passed and passed_by == "traffic":
-                    passed_by, figures["guarded"] = None, True
-            if passed_by is None and ares.passed and res.mean >= 0:
-                passed_by = "anchors"
-        figures["passed_by"] = passed_by
-        out = [self.decisions.append("evaluated", model, version=pv.tag, **figures)]
-        if passed_by is None:
+        out = [self.decisions.append("evaluated", model, version=pv.tag, **v.figures)]
+        if v.passed_by is None:
             shutil.rmtree(cand_dir, ignore_errors=True)
-            why = (f"lower bound {res.lcb:.4f} of the mean gain {res.mean:.4f} is not above "
-                   f"min_gain {cfg.min_gain:g} (p={res.p_value:.3g}, n={res.n})")
-            if figures.get("guarded"):
-                why = (f"the held-back traffic gain {res.mean:.4f} passed (lower bound "
-                       f"{res.lcb:.4f}, n={res.n})")
-            if "anchors" in figures:
-                a = figures["anchors"]["test"]
-                why += (f"; on {figures['anchors']['n']} held-back anchors the gain is "
-                        f"{a['mean']:.4f} (lower bound {a['lcb']:.4f})"
-                        + (", but the traffic gain is negative" if a["passed"] else ""))
-                if figures.get("guarded"):
-                    bound = -figures["anchors"]["worse"]["lcb"]
-                    why += (f", significantly worse than the serving policy (upper bound "
-                            f"{bound:.4f} below -max_anchor_loss {cfg.max_anchor_loss:g})")
             return out + [self.decisions.append("rejected", model, version=pv.tag,
-                                                reason=why, **figures)]
-        return out + [self._promote(reg, pv, cand_dir, figures, trainer)]
+                                                reason=v.reason, **v.figures)]
+        return out + [self._promote(reg, pv, cand_dir, v.figures, trainer, v.reason)]
+
+    def test_settings(self) -> PairedSettings:
+        return PairedSettings.of(self.cfg.evaluation, self.cfg.training.seed)
 
     def _promote(self, reg: Any, pv: Any, cand_dir: Path, figures: dict[str, Any],
-                 trainer: Trainer) -> dict[str, Any]:
+                 trainer: Trainer, reason: str) -> dict[str, Any]:
         model, t0 = self.cfg.model, time.perf_counter()
         keep = trainer.meta(cand_dir) if hasattr(trainer, "meta") else {}
         new = reg.publish(cand_dir, kind=getattr(trainer, "kind", pv.kind),
                           meta={"parent": pv.version, **keep, **figures})
-        reason = (f"held-back reward {figures['candidate_mean']:.4f} vs "
-                  f"{figures['serving_mean']:.4f}, lower bound of the gain "
-                  f"{figures['test']['lcb']:.4f} (n={figures['n']})")
-        if figures.get("passed_by") == "anchors":
-            a = figures["anchors"]
-            reason += (f"; on {a['n']} held-back anchors {a['candidate_mean']:.4f} vs "
-                       f"{a['serving_mean']:.4f}, lower bound of the gain "
-                       f"{a['test']['lcb']:.4f}")
         reg.promote(new.version, reason=reason, figures=figures)
         try:
             tag = self.app.swap(model, f"{REGISTRY}{reg.root}@{new.version}")

@@ -102,6 +102,51 @@ class LoggedRow:
     reward: float
     source: str  # feedback | label | verifier
     judge: Judge | None  # None: no way to judge other answers to it (live reward only)
+    served: tuple["ServedCell", ...] = ()  # what its workflow's workers answered (the trace)
+
+
+@dataclass(frozen=True)
+class ServedCell:
+    """One worker's answer to the question itself, as serving paid for it (a trace step that
+    saw only the question, with the router's subtask: what a re-roll would ask)."""
+
+    worker: str
+    text: str
+    answer: str | None  # the extracted comparable answer the step recorded
+    cost: float
+    input_tokens: int
+    output_tokens: int
+    ok: bool  # a text came back
+    error_code: str | None = None
+
+
+def served_cells(trace: Any) -> tuple[ServedCell, ...]:
+    """The (question, worker) cells of a logged trace (JSON text or dict): each worker's
+    first step that saw only the question under the router's subtask; program steps
+    (votes), skipped steps and steps that read other outputs are not such cells."""
+    import json
+
+    from ray_conductor.workflow.model import ROUTER_SUBTASK
+
+    if isinstance(trace, str):
+        try:
+            trace = json.loads(trace)
+        except ValueError:
+            return ()
+    if not isinstance(trace, dict):
+        return ()
+    out: dict[str, ServedCell] = {}
+    for s in trace.get("steps") or []:
+        if not isinstance(s, dict) or s.get("program") or s.get("skipped") or s.get("access") \
+                or s.get("subtask") != ROUTER_SUBTASK or not s.get("worker"):
+            continue
+        w = str(s["worker"])
+        if w not in out:
+            out[w] = ServedCell(w, str(s.get("text") or ""), s.get("answer"),
+                                float(s.get("cost") or 0.0), int(s.get("input_tokens") or 0),
+                                int(s.get("output_tokens") or 0), s.get("error") is None,
+                                s.get("error_code"))
+    return tuple(out.values())
 
 
 def _value(x: Any) -> Any:
@@ -172,4 +217,5 @@ def _row(r: dict[str, Any], penalty: float, verifier: Verifier | None, threshold
         qid = recorded.query_id
     return LoggedRow(r["request_id"], _epoch(r["time"]), str(r.get("model")),
                      str(_value(r.get("policy_version")) or ""), question, qid,
-                     query_key(qid, question), answer, cost, live, source, judge)
+                     query_key(qid, question), answer, cost, live, source, judge,
+                     served_cells(_value(r.get("trace"))) if judge is not None else ())

@@ -39,6 +39,10 @@ class LoopState:
     rounds: int = 0
     started: float | None = None
     ignored_rewards: int = 0  # logged rewards out of range, already reported
+    rewarded_rows: int = 0  # rewarded traffic rows read: what the call budget is earned by
+    extra_calls: int = 0  # worker calls the loop made (what learning cost, in calls)
+    extra_dollars: float = 0.0  # ... and in dollars
+    traffic_dollars: float = 0.0  # what the learners' served traffic cost, as logged
 
     @classmethod
     def load(cls, root: Path) -> "LoopState":
@@ -68,11 +72,12 @@ class LoopState:
             value = getattr(self, name)
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise TypeError(f"`{name}` must be a list of texts")
-        for name in ("last_train", "cost_penalty", "started"):
+        for name in ("last_train", "cost_penalty", "started", "extra_dollars",
+                     "traffic_dollars"):
             value = getattr(self, name)
             if value is not None and not _finite(value):
                 raise ValueError(f"`{name}` must be a finite number or null")
-        for name in ("rounds", "ignored_rewards"):
+        for name in ("rounds", "ignored_rewards", "rewarded_rows", "extra_calls"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be an integer >= 0")

@@ -15,6 +15,15 @@ per-worker estimates the net reads) on those rows, clones the new selector's cho
 continues PPO from there (features leave each row out of the prior fit on it); the better of
 the two runs on the training rows is the candidate. A worker the policy has never seen
 extends its action space first (`extend`).
+
+Partial-information rows: a question's data may hold only some workers' answers (what its
+served trace carried, plus the cells a budgeted re-roll asked). Training sees only the
+observed cells (`LiteTable.observed`: an episode never calls an unobserved worker; the
+prior's estimates count observed outcomes only, see `lite.selector`). Scoring is exact or
+not done: `needed` names the unobserved cells a policy's greedy rollout would read, the loop
+asks them within its budget, and the paired test compares only questions whose every step
+is observed. The greedy check that picks the best PPO iteration on training rows reads an
+unobserved cell as a failed call (it favours observed choices; the paired test decides).
 """
 
 from __future__ import annotations
@@ -28,11 +37,11 @@ import numpy as np
 
 from ray_conductor.errors import ConfigError
 from ray_conductor.lite.conductor import LiteConductor
-from ray_conductor.lite.table import LiteTable, worker_strength
+from ray_conductor.lite.table import NO_ANSWER, LiteTable, worker_strength
 from ray_conductor.online.anchor import ANCHOR
 from ray_conductor.online.config import TrainingConfig
 from ray_conductor.online.extend import clone_worker, extend_workers
-from ray_conductor.online.reroll import Answer, build_table
+from ray_conductor.online.reroll import RerollAnswer, build_table
 from ray_conductor.online.rewards import LoggedRow
 from ray_conductor.workers.base import WorkerInfo
 
@@ -41,10 +50,11 @@ DEFAULT_PENALTY = 30.0  # train-lite's default, for a policy that does not say i
 
 @dataclass
 class Counterfactual:
-    """Complete questions: each row's every-worker answers, over the pool's `workers`."""
+    """Questions and the workers' answers known for each (every worker's after a full
+    re-roll; some of them in partial-information rows), over the pool's `workers`."""
 
     rows: list[LoggedRow]
-    answers: dict[str, dict[str, Answer]]
+    answers: dict[str, dict[str, RerollAnswer]]
     workers: list[WorkerInfo]
 
     def __len__(self) -> int:
@@ -90,7 +100,9 @@ def soften(net: Any, temperature: float) -> None:
 def stand_in(table: LiteTable, old: list[str], new: str, penalty: float) -> str:
     """The old worker whose single-call reward on these questions is closest to the new
     one's: the new worker starts as its clone (PPO then tells them apart)."""
-    reward = (table.correct - penalty * table.cost).mean(axis=0)
+    seen = table.seen  # partial rows: each worker's mean over its observed cells
+    reward = ((table.correct - penalty * table.cost) * seen).sum(axis=0) / np.maximum(
+        seen.sum(axis=0), 1)
     j = table.workers.index(new)
     gaps = [abs(reward[table.workers.index(w)] - reward[j]) for w in old]
     return old[int(np.argmin(gaps))]
@@ -107,12 +119,15 @@ class LiteTrainer:
 
     def __init__(self, settings: TrainingConfig, cost_penalty: float):
         self.settings, self.cost_penalty = settings, float(cost_penalty)
+        self.stale: set[str] = set()  # workers whose answers changed since the policy's fit
+        self._judge_table: LiteTable | None = None  # partial rows, estimates filled in
         self._emb: dict[tuple[str, str], np.ndarray] = {}  # (featurizer, key) -> embedding
 
     def load(self, policy_dir: Path | str) -> LiteConductor:
         return LiteConductor.load(policy_dir)
 
-    def table(self, conductor: LiteConductor, data: Counterfactual) -> LiteTable:
+    def table(self, conductor: LiteConductor, data: Counterfactual,
+              keep_empty: bool = False) -> LiteTable:
         """`data` as a table over the conductor's workers, then any new ones (vote
         strengths: the conductor's own, and a new worker's price)."""
         known = {w.name: w for w in data.workers}
@@ -124,7 +139,7 @@ class LiteTrainer:
         names = [*conductor.workers, *(w.name for w in new)]
         strength = np.concatenate([conductor.strength, worker_strength(new)])
         return build_table(data.rows, data.answers, self._embed(conductor, data.rows), names,
-                           strength)
+                           strength, keep_empty)
 
     def _embed(self, conductor: LiteConductor, rows: list[LoggedRow]) -> np.ndarray:
         tag = repr(conductor.featurizer.to_dict())
@@ -147,23 +162,118 @@ class LiteTrainer:
         return r.correct.astype(np.float64) - self.cost_penalty * r.cost
 
     def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray:
+        """Each question's greedy reward, aligned with `data.rows` (exact where every cell
+        the rollout reads is observed: `needed`)."""
         conductor = self.load(policy_dir)
-        return self.rewards(conductor, self.table(conductor, data))
+        return self.rewards(conductor, self.table(conductor, data, keep_empty=True))
+
+    def needed(self, policy_dir: Path, data: Counterfactual) -> dict[str, list[str]]:
+        """Per question key, the unobserved cells the policy's greedy rollout reads (none:
+        its score on the question is exact). Asking them and calling again converges in at
+        most `max_calls` passes (each pass reveals the next step's cell)."""
+        conductor = self.load(policy_dir)
+        table = self.table(conductor, data, keep_empty=True).reorder(conductor.workers)
+        if table.observed is None:
+            return {}
+        r = conductor.rollout(table)
+        out: dict[str, list[str]] = {}
+        for i, wf in enumerate(r.workflows):
+            miss = [conductor.workers[j] for j in wf if not table.observed[i, j]]
+            if miss:
+                out[table.query_ids[i]] = miss
+        return out
+
+    def estimates(self, policy_dir: Path, data: Counterfactual
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """Per row of `data` (in order) and worker: estimated correctness, the observed
+        neighbours behind it, each worker's mean $ per call, and the worker names: from the
+        policy's prior (its single-worker programs), else each worker's observed rate."""
+        conductor = self.load(policy_dir)
+        names = [w.name for w in data.workers]
+        none = RerollAnswer(None, False, 0.0, False)
+        got = [[data.answers.get(r.key, {}).get(w) for w in names] for r in data.rows]
+        seen = np.array([[a is not None for a in row] for row in got], bool).reshape(
+            len(got), len(names))
+        correct = np.array([[(a or none).correct for a in row] for row in got],
+                           float).reshape(seen.shape)
+        cost = np.array([[(a or none).cost for a in row] for row in got], float).reshape(
+            seen.shape)
+        n_w = seen.sum(axis=0)
+        rate = (correct.sum(axis=0) + 1.0) / (n_w + 2.0)  # a Beta(1, 1) start
+        mean_cost = np.where(n_w > 0, cost.sum(axis=0) / np.maximum(n_w, 1), 0.0)
+        p = np.repeat(rate[None, :], len(got), axis=0)
+        n = np.repeat(n_w[None, :].astype(float), len(got), axis=0)
+        prior = conductor.prior
+        if prior is not None and data.rows:
+            singles = {p_.workers[0]: k for k, p_ in enumerate(prior.programs)
+                       if len(p_.workers) == 1}
+            probs, den = prior.evidence(self._embed(conductor, data.rows))
+            for j, name in enumerate(names):
+                if name in conductor.workers and conductor.workers.index(name) in singles:
+                    k = singles[conductor.workers.index(name)]
+                    p[:, j], n[:, j] = probs[:, k], den[:, k]
+        return p, n, mean_cost, names
+
+    def _imputed(self, conductor: LiteConductor, table: LiteTable) -> LiteTable | None:
+        """Partial rows with every unobserved cell drawn from the prior's estimate (updated
+        by these rows: `update_selector`): correct with its estimated probability, at the
+        worker's mean observed cost, an answer of its own (the right one where correct).
+        What the greedy checks (best iteration, plain vs refit run) and the demonstrations
+        read; PPO's episodes never do (they call observed cells only), nor does the paired
+        test. None for complete rows or a policy without a prior."""
+        if table.observed is None or conductor.prior is None:
+            return None
+        from ray_conductor.lite.selector import update_selector
+
+        table = table.reorder(table.workers)
+        stale = {conductor.workers.index(w) for w in self.stale if w in conductor.workers}
+        sel = update_selector(conductor.prior, table, stale)
+        probs = sel.probs(table.features)
+        seen = table.seen
+        p, prior_cost = np.full(seen.shape, 0.5), np.zeros(seen.shape[1])
+        for k, prog in enumerate(sel.programs):
+            if len(prog.workers) == 1:
+                p[:, prog.workers[0]] = probs[:, k]
+                prior_cost[prog.workers[0]] = sel.mean_cost[k]
+        n = seen.sum(axis=0)  # a worker never observed costs what the prior says
+        mean_cost = np.where(n > 0, (table.cost * seen).sum(axis=0) / np.maximum(n, 1),
+                             prior_cost)
+        rng = np.random.default_rng(self.settings.seed)
+        draw = rng.random(seen.shape) < p
+        correct = np.where(seen, table.correct, draw)
+        right = np.where(table.correct & seen, table.answers, NO_ANSWER).max(axis=1)
+        right = np.where(right == NO_ANSWER, 1000, right)  # a code for the right answer
+        wrong = 2000 + np.arange(seen.shape[1])[None, :]  # wrong answers disagree
+        answers = np.where(seen, table.answers,
+                           np.where(draw, right[:, None], wrong)).astype(np.int32)
+        return replace(table, correct=correct, answers=answers,
+                       cost=np.where(seen, table.cost, mean_cost[None, :]),
+                       responded=np.where(seen, table.responded, True), observed=None)
 
     def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
         """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
         `table`, the re-rolled rows of the current world, and behaviour-clone the new
-        selector's choices into the net (from its current weights). {} when skipped."""
+        selector's choices into the net (from its current weights). {} when skipped.
+        Partial-information rows *update* the prior instead (`update_selector`: its fit
+        rows stay, so `refit_min_rows` does not apply: a few dozen rows cannot undo it)."""
+        partial = table.observed is not None
         if (not self.settings.refit_prior or conductor.prior is None
-                or len(table) < self.settings.refit_min_rows):
+                or (not partial and len(table) < self.settings.refit_min_rows)):
             return {}
         from ray_conductor.lite.bc import behaviour_clone, demonstrations
         from ray_conductor.lite.selector import SelectorConfig, choose, fit_selector
 
         old = conductor.prior
-        cfg = SelectorConfig(shrink=old.shrink)
-        sel = fit_selector(table, max_calls=conductor.max_calls,
-                           cost_penalty=self.cost_penalty, cfg=cfg)
+        if partial:  # few, partial rows: update the prior, keep what still holds
+            from ray_conductor.lite.selector import update_selector
+
+            stale = {conductor.workers.index(w) for w in self.stale
+                     if w in conductor.workers}
+            sel = update_selector(old, table.reorder(table.workers), stale)
+        else:
+            cfg = SelectorConfig(shrink=old.shrink)
+            sel = fit_selector(table, max_calls=conductor.max_calls,
+                               cost_penalty=self.cost_penalty, cfg=cfg)
 
         def singles(programs: Any) -> list[tuple[int, ...]]:
             return [p.workers for p in programs if len(p.workers) == 1]
@@ -172,15 +282,17 @@ class LiteTrainer:
         if singles(sel.programs) != singles(old.programs):
             return {}
         conductor.prior = sel
-        feats = conductor.question_features(table.features, leave_one_out=True)
-        picks = choose(sel.probs(table.features, leave_one_out=True), sel.mean_cost,
-                       self.cost_penalty)
+        feats = conductor.question_features(table.features, leave_one_out=not partial)
+        probs = sel.probs(table.features, leave_one_out=not partial)
+        if partial:  # the demonstrations step through estimated cells where unobserved
+            table = self._judge_table if self._judge_table is not None else table
+        picks = choose(probs, sel.mean_cost, self.cost_penalty)
         demos = demonstrations(table.with_features(feats), sel.programs, picks,
                                max_calls=conductor.max_calls, cost_scale=conductor.cost_scale,
                                cost_penalty=self.cost_penalty)
         stats = behaviour_clone(conductor.net, demos, steps=self.settings.bc_steps,
                                 seed=self.settings.seed)
-        return {"rows": len(table), "bc": stats}
+        return {"rows": len(table), "bc": stats, "updated": partial}
 
     def _continue(self, conductor: LiteConductor, table: LiteTable,
                   refit: bool = False) -> dict[str, Any]:
@@ -189,14 +301,13 @@ class LiteTrainer:
         (the start included) whose greedy reward on these rows is best. `refit`: the prior
         was fit on exactly these rows, so each row is left out of it (else it would see its
         own answer)."""
-        from ray_conductor.lite.ppo import build_ppo, iteration_metrics, net_state
+        from ray_conductor.lite.ppo import build_ppo
+        from ray_conductor.lite.train import continue_ppo
 
         assert conductor.net is not None
         feats = conductor.question_features(table.features, leave_one_out=refit)
         soften(conductor.net, self.settings.temperature)
         start = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
-        first = float(self.rewards(conductor, table, feats).mean())
-        best = {"reward": first, "iteration": 0, "state": start}
         settings = replace(_ppo(self.settings.ppo), hidden=list(conductor.net.hidden))
         noise = np.zeros(feats.shape[1], np.float32)  # on the projected embedding only
         noise[:conductor.projection.dim] = self.settings.feature_noise
@@ -204,18 +315,16 @@ class LiteTrainer:
                          max_calls=conductor.max_calls, cost_penalty=self.cost_penalty,
                          cost_scale=conductor.cost_scale, seed=self.settings.seed,
                          init_state=start, feature_noise=noise)
-        curve = [first]
         try:
-            for it in range(1, self.settings.iterations + 1):
-                iteration_metrics(algo.train())
-                conductor.net.load_state_dict(net_state(algo))
-                reward = float(self.rewards(conductor, table, feats).mean())
-                curve.append(reward)
-                if reward > best["reward"]:
-                    best = {"reward": reward, "iteration": it, "state": net_state(algo)}
+            judged = self._judge_table if table.observed is not None else None
+            best, curve, _ = continue_ppo(
+                algo, conductor, self.settings.iterations,
+                lambda c: (float(self.rewards(c, table if judged is None else judged,
+                                                feats).mean()), {}))
         finally:
             algo.stop()
-        return {**best, "first": first, "curve": curve}
+        return {"reward": best["score"], "iteration": best["iteration"],
+                "state": best["state"], "first": curve[0], "curve": curve}
 
     def improve(self, policy_dir: Path, data: Counterfactual, out_dir: Path
                 ) -> tuple[Path, dict[str, Any]]:
@@ -242,13 +351,14 @@ class LiteTrainer:
         assert conductor.net is not None
         old_prior = conductor.prior
         old_state = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
+        self._judge_table = self._imputed(conductor, table)
         plain = self._continue(conductor, table)
         refit, run = {}, plain
         if self.settings.refit_prior:
             conductor.net.load_state_dict(old_state)
             refit = self._refit_prior(conductor, table)
             if refit:
-                taught = self._continue(conductor, table, refit=True)
+                taught = self._continue(conductor, table, refit=not refit["updated"])
                 refit["best_reward"], refit["kept"] = taught["reward"], False
                 if taught["reward"] > plain["reward"]:
                     run, refit["kept"] = taught, True

@@ -169,6 +169,25 @@ def _local_loader(cfg: Any, workers: list[Any]) -> Any:
     return lambda ref: load_policy(ref, ctx)
 
 
+def online_learning_cost() -> dict[str, Any]:
+    """Per served model of this app, the online loop's running learning cost (extra calls
+    and dollars, traffic dollars, learning $ per served $), as the loop publishes it to
+    Ray's internal KV (`online.decisions.OnlineMetrics.publish`); {} where no loop runs."""
+    import json
+
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+    prefix = f"conductor_online_cost/{serve.get_replica_context().app_name}/"  # the loop's
+    out: dict[str, Any] = {}
+    for key in _internal_kv_list(prefix):
+        try:
+            body = json.loads(_internal_kv_get(key) or b"{}")
+        except ValueError:
+            continue
+        out[key.decode()[len(prefix):] if isinstance(key, bytes) else key[len(prefix):]] = body
+    return out
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -264,7 +283,8 @@ class Ingress:
         if me.get("planner_error"):
             return JSONResponse({"status": "degraded", "ingress": me,
                                  "error": me["planner_error"]}, 503)
-        return JSONResponse({"status": "ok", "ingress": me, "client": _client(request)})
+        return JSONResponse({"status": "ok", "ingress": me, "client": _client(request),
+                             "learning": online_learning_cost()})
 
     # -- called through a deployment handle (`app.served`, `app.swap_policy`) ----------------
     async def describe(self) -> dict[str, dict[str, Any]]:

@@ -60,12 +60,41 @@ class WorkerPoolConfig:
     queue_timeout_s: float = 300.0
 
 
+def _hash(d: Any) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def fingerprint(cfg: WorkerConfig, replay: str | None = None,
                 queue_timeout_s: float | None = None) -> str:
     """A short hash of everything a proxy was built from for this worker, so a running proxy
-    is reused only by callers with the same config."""
-    d = {"worker": asdict(cfg), "replay": replay, "queue_timeout_s": queue_timeout_s}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    is reused only by callers with the same config (its answers and its prices: the
+    `answer_fingerprint` and the `price_fingerprint` together, and how it is called)."""
+    return _hash({"worker": asdict(cfg), "replay": replay, "queue_timeout_s": queue_timeout_s})
+
+
+# What a worker's config says about *how* it is called or *what it costs*, not what it
+# answers: a change to these leaves every recorded answer valid. Every other field (the
+# provider model, its endpoint and key, fallbacks, and any field added later) counts as
+# changing answers, so a new field errs on the side of asking again.
+PRICE_FIELDS = ("input_price_per_mtok", "output_price_per_mtok")
+CALL_FIELDS = ("rpm", "tpm", "max_concurrency", "timeout_s", "retries", "backoff_base_s",
+               "backoff_max_s", "description", "cache", "cache_ttl_s", "cache_size",
+               "circuit_failures", "circuit_cooldown_s", "window_s")
+
+
+def answer_fingerprint(cfg: WorkerConfig, replay: str | None = None) -> str:
+    """What changes this worker's answers: provider model, parameters, endpoint, pool (the
+    replay pool a `replay/` worker without an `api_base` answers from). A price change keeps
+    it: the online loop re-prices cached answers from their tokens and asks nothing."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in PRICE_FIELDS + CALL_FIELDS}
+    return _hash({"worker": d, "replay": None if cfg.api_base else replay})
+
+
+def price_fingerprint(input_price_per_mtok: float | None,
+                      output_price_per_mtok: float | None) -> str:
+    """What changes only this worker's cost: its $/1M input and output tokens (a config's
+    overrides, or the cost map's list price as a `WorkerInfo` quotes it)."""
+    return _hash({"in": input_price_per_mtok, "out": output_price_per_mtok})
 
 
 def replay_workers(pool_spec: str | None, models: Iterable[str | WorkerInfo], **overrides: Any

@@ -1,0 +1,150 @@
+"""One round's (question, worker) cells under the call budget (`CellBroker`): what costs
+nothing (served traces, the cache), exploration on the training rows (`explore`), the
+cells a paired test needs to score both policies exactly (`scorable`), and the full
+re-roll (`full`); every call is spent from the allowance (`explore.allowance`) and noted
+in the decision log's ledger (the next decision carries it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_conductor.online.decisions import DecisionLog
+from ray_conductor.online.explore import allowance, rank_cells, spread
+from ray_conductor.online.reroll import Cells, Reroller, RerollStats, merge
+from ray_conductor.online.rewards import LoggedRow
+from ray_conductor.online.trainer import Counterfactual, Trainer
+
+
+def answer_prints(app: Any, prints: dict[str, str]) -> dict[str, str]:
+    """Each worker's answer fingerprint (what the cache is keyed by: a price change keeps
+    it), from the app's worker pool config where it shows one; else `prints` as given."""
+    settings = getattr(app, "settings", None)
+    if settings is None:
+        return dict(prints)
+    from ray_conductor.workers.config import answer_fingerprint, as_pool_config
+
+    pool_cfg = as_pool_config(settings()["pool_config"])
+    return {w.name: answer_fingerprint(w, pool_cfg.replay) for w in pool_cfg.workers}
+
+
+def traffic_dollars(df: Any, models: set[str]) -> float:
+    """What the answered requests of `models` in the traffic log cost."""
+    if not len(df) or "cost" not in df or "model" not in df:
+        return 0.0
+    ok = df["model"].isin(models) & (df["status"] == 200 if "status" in df else True)
+    return float(df.loc[ok, "cost"].fillna(0.0).sum())
+
+
+class CellBroker:
+    def __init__(self, rr: Reroller, workers: list[Any], cfg: Any, log: DecisionLog,
+                 rewarded_rows: int):
+        """`cfg`: the loop's `RerollConfig`; `rewarded_rows`: the rewarded traffic rows
+        read so far (what the budget is earned by)."""
+        self.rr, self.workers, self.cfg, self.log = rr, workers, cfg, log
+        self.rewarded_rows, self.round_calls = rewarded_rows, 0
+
+    @property
+    def full(self) -> bool:
+        return self.cfg.calls_per_row is None
+
+    def allowance(self) -> int:
+        """Calls the loop may still make now: earned by rewarded rows (`calls_per_row`),
+        less those spent, within this round's `calls_per_round`."""
+        spent = self.log.total.calls + self.log.pending.calls
+        return allowance(self.rewarded_rows, self.cfg.calls_per_row, spent,
+                         cap=max(0, self.cfg.calls_per_round - self.round_calls))
+
+    def spend(self, stats: RerollStats) -> None:
+        self.round_calls += stats.calls
+        self.log.spend(stats.calls, stats.dollars)
+
+    def stale(self) -> set[str]:
+        """Workers whose answer fingerprint changed while the loop ran (their answers from
+        before, the serving policy's fit included, are another config's)."""
+        fp = self.rr.fingerprints
+        return {w for w in self.rr.workers if w in fp and self.rr.cache.since(w, fp[w]) > 0}
+
+    def fetch(self, wanted: list[tuple[LoggedRow, str]], have: Cells | None = None) -> Cells:
+        """The budgeted-cells API for a trainer (the LM tier's GRPO: a sampled plan whose
+        step needs an unobserved cell): the `wanted` (question, worker) cells, most valuable
+        first, cached ones free, within what is left of the allowance; the calls are spent
+        and accounted. A cell not returned is out of budget: that plan is not scored."""
+        budget = self.allowance() if not self.full else self.cfg.calls_per_round
+        got, st = self.rr.cells(wanted, budget, have)
+        self.spend(st)
+        return got
+
+    def answers(self, rows: list[LoggedRow]) -> tuple[Cells, RerollStats]:
+        """The full re-roll: every worker's answer, first rows first."""
+        answers, stats = self.rr.answers(rows, self.allowance())
+        self.spend(stats)
+        return answers, stats
+
+    def known(self, rows: list[LoggedRow], stats: RerollStats) -> Cells:
+        """What costs nothing: the rows' served cells and their cached ones."""
+        answers = self.rr.served(rows, stats)
+        got, st = self.rr.cells([(r, w) for r in rows for w in self.rr.workers], 0, answers)
+        for k in ("cached", "repriced", "price_change_reasks", "expired"):
+            setattr(stats, k, getattr(stats, k) + getattr(st, k))
+        return merge(answers, got)
+
+    def explore(self, trainer: Trainer, policy: Path, train: list[LoggedRow],
+                evaluate: list[LoggedRow], penalty: float) -> tuple[Cells, RerollStats]:
+        """The free cells of every row, then up to `explore_share` of the allowance on the
+        training rows' most valuable unobserved cells (`explore.rank_cells`: from the
+        policy's estimates where the trainer offers them, else one worker per row)."""
+        stats = RerollStats(rows=len(train) + len(evaluate))
+        answers = self.known(train + evaluate, stats)
+        budget = int(self.allowance() * self.cfg.explore_share)
+        if budget > 0 and train:
+            names = self.rr.workers
+            if hasattr(trainer, "estimates"):
+                p, n, cost, names = trainer.estimates(
+                    policy, Counterfactual(train, answers, self.workers))
+                seen = np.array([[w in answers.get(r.key, {}) for w in names] for r in train])
+                ranked = spread(rank_cells(p, n, cost, penalty, seen), 1)
+            else:
+                ranked = spread([(i, j) for i, r in enumerate(train) for j, w in
+                                 enumerate(names) if w not in answers.get(r.key, {})], 1)
+            got, st = self.rr.cells([(train[i], names[j]) for i, j in ranked], budget, answers)
+            merge(answers, got)
+            self.spend(st)
+            for k in ("calls", "dollars", "failed", "out_of_budget"):
+                setattr(stats, k, getattr(stats, k) + getattr(st, k))
+        stats.complete = len(answers)
+        return answers, stats
+
+    def scorable(self, trainer: Trainer, policies: list[Path], data: Counterfactual,
+                 passes: int = 8) -> Counterfactual:
+        """Ask the unobserved cells the `policies`' greedy rollouts read on `data`'s
+        questions, within the allowance (each pass reveals the next step's cell); the
+        questions on which every step they take is observed (exact scores). Without
+        `trainer.needed`: the questions with every worker's answer. Full re-roll: `data`."""
+        if self.full or not len(data):
+            return data
+        need: dict[str, set[str]] = {}
+        for _ in range(passes):
+            need = {}
+            if hasattr(trainer, "needed"):
+                for p in policies:
+                    for k, ws in trainer.needed(p, data).items():
+                        need.setdefault(k, set()).update(ws)
+            else:
+                need = {r.key: set(self.rr.workers) - set(data.answers.get(r.key, {}))
+                        for r in data.rows}
+                need = {k: v for k, v in need.items() if v}
+            budget = self.allowance()
+            if not need or budget <= 0:
+                break
+            wanted = [(r, w) for r in data.rows for w in sorted(need.get(r.key, ()))]
+            got, st = self.rr.cells(wanted, budget, data.answers)
+            merge(data.answers, got)
+            self.spend(st)
+            if not st.calls and not got:
+                break
+        return Counterfactual([r for r in data.rows if r.key not in need], data.answers,
+                              data.workers)
