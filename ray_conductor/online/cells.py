@@ -88,8 +88,7 @@ class CellBroker:
         """What costs nothing: the rows' served cells and their cached ones."""
         answers = self.rr.served(rows, stats)
         got, st = self.rr.cells([(r, w) for r in rows for w in self.rr.workers], 0, answers)
-        for k in ("cached", "repriced", "price_change_reasks", "expired"):
-            setattr(stats, k, getattr(stats, k) + getattr(st, k))
+        stats.add(st, "cached", "repriced", "price_change_reasks", "expired")
         return merge(answers, got)
 
     def explore(self, trainer: Trainer, policy: Path, train: list[LoggedRow],
@@ -113,8 +112,7 @@ class CellBroker:
             got, st = self.rr.cells([(train[i], names[j]) for i, j in ranked], budget, answers)
             merge(answers, got)
             self.spend(st)
-            for k in ("calls", "dollars", "failed", "out_of_budget"):
-                setattr(stats, k, getattr(stats, k) + getattr(st, k))
+            stats.add(st, "calls", "dollars", "failed", "out_of_budget")
         stats.complete = len(answers)
         return answers, stats
 

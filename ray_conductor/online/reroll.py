@@ -181,9 +181,10 @@ class RerollStats:
     retry: int = 0  # questions left out for a transient failure (asked again next round)
     expired: int = 0  # cached answers too old to use (asked again)
 
-    def add(self, other: "RerollStats") -> None:
-        for k, v in vars(other).items():
-            setattr(self, k, getattr(self, k) + v)
+    def add(self, other: "RerollStats", *only: str) -> None:
+        """Add `other`'s counts (`only` these fields where given)."""
+        for k in only or vars(other):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
 
 
 class Reroller:
