@@ -46,6 +46,8 @@ class CellBroker:
         read so far (what the budget is earned by)."""
         self.rr, self.workers, self.cfg, self.log = rr, workers, cfg, log
         self.rewarded_rows, self.round_calls = rewarded_rows, 0
+        self.fetched = RerollStats()  # what a trainer's `fetch`es got and cost this round
+        self.fetch_left: int | None = None  # the calls a trainer's fetches may still make
 
     @property
     def full(self) -> bool:
@@ -71,11 +73,18 @@ class CellBroker:
     def fetch(self, wanted: list[tuple[LoggedRow, str]], have: Cells | None = None) -> Cells:
         """The budgeted-cells API for a trainer (the LM tier's GRPO: a sampled plan whose
         step needs an unobserved cell): the `wanted` (question, worker) cells, most valuable
-        first, cached ones free, within what is left of the allowance; the calls are spent
-        and accounted. A cell not returned is out of budget: that plan is not scored."""
-        budget = self.allowance() if not self.full else self.cfg.calls_per_round
+        first, cached ones free, within what is left of the allowance (and of the
+        exploration share `explore` left to the trainer); the calls are spent and accounted
+        (`fetched` keeps the round's sums). A cell not returned is out of budget (or a
+        transient failure): that plan is not scored."""
+        budget = self.allowance()
+        if self.fetch_left is not None:
+            budget = min(budget, self.fetch_left)
         got, st = self.rr.cells(wanted, budget, have)
         self.spend(st)
+        if self.fetch_left is not None:
+            self.fetch_left -= st.calls
+        self.fetched.add(st, "calls", "dollars", "cached", "failed", "out_of_budget")
         return got
 
     def answers(self, rows: list[LoggedRow]) -> tuple[Cells, RerollStats]:
@@ -95,11 +104,15 @@ class CellBroker:
                 evaluate: list[LoggedRow], penalty: float) -> tuple[Cells, RerollStats]:
         """The free cells of every row, then up to `explore_share` of the allowance on the
         training rows' most valuable unobserved cells (`explore.rank_cells`: from the
-        policy's estimates where the trainer offers them, else one worker per row)."""
+        policy's estimates where the trainer offers them, else one worker per row). A
+        trainer that asks for cells itself (a `cells` attribute: the LM tier, whose sampled
+        plans name the cells they need) is left that share for its `fetch`es instead."""
         stats = RerollStats(rows=len(train) + len(evaluate))
         answers = self.known(train + evaluate, stats)
         budget = int(self.allowance() * self.cfg.explore_share)
-        if budget > 0 and train:
+        if hasattr(trainer, "cells"):
+            self.fetch_left = budget
+        elif budget > 0 and train:
             names = self.rr.workers
             if hasattr(trainer, "estimates"):
                 p, n, cost, names = trainer.estimates(
