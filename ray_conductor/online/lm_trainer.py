@@ -61,6 +61,7 @@ SETTINGS_FILE = "conductor.json"
 UNOBSERVED = "unobserved"  # a step's cell nobody observed: no failure of the worker's
 PASSES = 4  # fetch-and-run-again rounds for the sampled plans
 Cell = tuple[str, str]  # (question key, worker)
+Job = Callable[[Any], Awaitable[tuple[Any, Any]]]  # a pool -> (its result, its trace)
 
 
 def conductor_settings(policy_dir: Path | str) -> dict[str, Any]:
@@ -128,7 +129,7 @@ class CounterfactualPool:
     def judgements(self, key: str) -> dict[str, bool]:
         """Completion text -> correct, for one question (equal comparable answers are judged
         alike, so one text has one judgement)."""
-        return {self.text(w, a): bool(a.correct) for w, a in self.data.answers[key].items()
+        return {self.text(w, a): bool(a.correct) for w, a in self.data.answers.get(key, {}).items()
                 if a.responded}
 
     def judge(self, key: str, text: str) -> bool:
@@ -149,6 +150,25 @@ class PlanView:
         if c.error_code == UNOBSERVED:
             self.asked.append((str((params.get("metadata") or {}).get("query_id")), worker))
         return c
+
+
+def worth_asking(asked: list[Cell], trace: Any) -> list[Cell]:
+    """The `asked` cells a call is worth now: not the cell of a conditional step that ran
+    only as far as anyone knows (it sees a step whose cell is missing, or a vote or
+    condition that depends on one): once that cell is known, it may not run. The next
+    pass asks it if it does. (A plain step's counterfactual answer does not depend on
+    what it reads, so only conditions and votes carry the doubt.)"""
+    if trace is None:
+        return list(asked)
+    unsure: set[int] = set()
+    sure, doubtful = set(), set()
+    for st in sorted(trace.steps, key=lambda t: t.index):  # a step sees earlier steps only
+        depends = any(k in unsure for k in st.access)
+        if st.error_code == UNOBSERVED:
+            (doubtful if st.when is not None and depends else sure).add(st.worker)
+        if st.error_code == UNOBSERVED or ((st.program or st.when is not None) and depends):
+            unsure.add(st.index)
+    return [c for c in asked if c[1] in sure or c[1] not in doubtful]
 
 
 def trainable(samples: Sequence[Any]) -> list[Any]:
@@ -243,38 +263,40 @@ class LMTrainer:
         return [p.workflow for p in got]
 
     @staticmethod
-    def _play(conductor: Any, pool: CounterfactualPool,
-              jobs: list[Callable[[WorkerPool], Awaitable[Any]]]) -> list[tuple[Any, list[Cell]]]:
-        """Each job run on its own view of the pool: its result and the unobserved cells it
-        asked for. One event loop; no fetch in it."""
+    def _play(conductor: Any, pool: CounterfactualPool, jobs: list[Job]
+              ) -> list[tuple[Any, bool, list[Cell]]]:
+        """Each job run on its own view of the pool: its result, whether it met an
+        unobserved cell, and the cells worth fetching (`worth_asking`). One event loop; no
+        fetch in it."""
         from ray_conductor.policy.runner import with_recursion
 
-        async def run() -> list[tuple[Any, list[Cell]]]:
+        async def run() -> list[tuple[Any, bool, list[Cell]]]:
             sem = asyncio.Semaphore(64)
 
-            async def one(job: Callable[[WorkerPool], Awaitable[Any]]) -> tuple[Any, list[Cell]]:
+            async def one(job: Job) -> tuple[Any, bool, list[Cell]]:
                 view = PlanView(pool)
                 async with sem:
-                    return await job(with_recursion(view, conductor)), view.asked
+                    result, trace = await job(with_recursion(view, conductor))
+                return result, bool(view.asked), worth_asking(view.asked, trace)
 
             return list(await asyncio.gather(*(one(j) for j in jobs)))
 
         return asyncio.run(run()) if jobs else []
 
     def _play_greedy(self, conductor: Any, workflows: list[Any], rows: list[Any],
-                     pool: CounterfactualPool) -> list[tuple[float, list[Cell]]]:
-        """Each greedy plan's reward (correct - penalty * dollars; an empty plan: 0) and the
-        unobserved cells it asked for."""
+                     pool: CounterfactualPool) -> list[tuple[float, bool, list[Cell]]]:
+        """Each greedy plan's reward (correct - penalty * dollars; an empty plan: 0), as
+        `_play` returns it."""
         from ray_conductor.workflow import execute
 
-        def job(wf: Any, q: Query) -> Callable[[WorkerPool], Awaitable[float]]:
-            async def run(view: WorkerPool) -> float:
+        def job(wf: Any, q: Query) -> Job:
+            async def run(view: WorkerPool) -> tuple[float, Any]:
                 if not len(wf):  # an empty plan: no answer, nothing spent
-                    return 0.0
+                    return 0.0, None
                 trace = await execute(wf, q.query, view, query_id=q.query_id,
                                       answer_format=q.answer_format)
-                return float(pool.judge(q.query_id, trace.answer)) - \
-                    self.cost_penalty * trace.cost
+                return (float(pool.judge(q.query_id, trace.answer))
+                        - self.cost_penalty * trace.cost), trace
             return run
 
         return self._play(conductor, pool, [job(wf, as_query(r))
@@ -298,7 +320,7 @@ class LMTrainer:
         return n
 
     def _passes(self, conductor: Any, pool: CounterfactualPool,
-                jobs: list[Callable[[WorkerPool], Awaitable[Any]]], data: Counterfactual,
+                jobs: list[Job], data: Counterfactual,
                 tally: dict[str, Any]) -> tuple[list[Any], list[bool]]:
         """Run the jobs; the unobserved cells they asked for are fetched (`_fetch`) and the
         jobs that asked run again, `PASSES` times at most, until nothing more comes. Each
@@ -307,12 +329,12 @@ class LMTrainer:
         pending = list(range(len(jobs)))
         for k in range(PASSES):
             got = self._play(conductor, pool, [jobs[i] for i in pending])
-            asked: list[Cell] = []
-            for i, (res, cells) in zip(pending, got):
+            wanted: list[Cell] = []
+            for i, (res, _, cells) in zip(pending, got):
                 results[i] = res
-                asked += cells
-            pending = [i for i, (_, cells) in zip(pending, got) if cells]
-            if not pending or k == PASSES - 1 or not self._fetch(asked, data, tally):
+                wanted += cells
+            pending = [i for i, (_, short, _) in zip(pending, got) if short]
+            if not pending or k == PASSES - 1 or not self._fetch(wanted, data, tally):
                 break
         exact = [True] * len(jobs)
         for i in pending:
@@ -329,7 +351,7 @@ class LMTrainer:
             return np.zeros(0)
         pool = pool or CounterfactualPool(data)
         got = self._play_greedy(conductor, self._plans(conductor, rows, pool), rows, pool)
-        return np.asarray([np.nan if exact and asked else r for r, asked in got],
+        return np.asarray([np.nan if exact and short else r for r, short, _ in got],
                           dtype=np.float64)
 
     def score(self, policy_dir: Path, data: Counterfactual) -> np.ndarray:
@@ -337,7 +359,7 @@ class LMTrainer:
         pool = CounterfactualPool(data)
         conductor, plans = self._greedy(policy_dir, data.rows, pool)
         got = self._play_greedy(conductor, plans, data.rows, pool)
-        return np.asarray([r for r, _ in got], dtype=np.float64)
+        return np.asarray([r for r, _, _ in got], dtype=np.float64)
 
     def needed(self, policy_dir: Path, data: Counterfactual) -> dict[str, list[str]]:
         """Per question key, the unobserved cells the policy's greedy plan reads (none: its
@@ -347,8 +369,8 @@ class LMTrainer:
         pool = CounterfactualPool(data)
         conductor, plans = self._greedy(policy_dir, data.rows, pool)
         out: dict[str, list[str]] = {}
-        for _, asked in self._play_greedy(conductor, plans, data.rows, pool):
-            for key, w in asked:
+        for _, _, wanted in self._play_greedy(conductor, plans, data.rows, pool):
+            for key, w in wanted:
                 if w not in out.setdefault(key, []):
                     out[key].append(w)
         return out
@@ -365,12 +387,16 @@ class LMTrainer:
         names = [w.name for w in conductor.offered(worker.workers())]
         qs = {q.query_id: q for q in questions}
 
-        def job(t: Any) -> Callable[[WorkerPool], Awaitable[Any]]:
+        def job(t: Any) -> Job:
             q = qs[t.query_id]
             wf = parse(t.info["text"], names, max_steps=conductor.cfg.max_steps) \
                 if t.parsed else None  # as the rollout parsed it: one first attempt
-            return lambda view: score_plan(wf, q.query, q.query_id, view, pool.judge,
-                                           reward_cfg, answer_format=q.answer_format)
+
+            async def run(view: WorkerPool) -> tuple[Any, Any]:
+                got = await score_plan(wf, q.query, q.query_id, view, pool.judge, reward_cfg,
+                                       answer_format=q.answer_format)
+                return got, got.trace
+            return run
 
         results, exact = self._passes(conductor, pool, [job(t) for t in trajs], data, tally)
         return [replace(t, reward=s.reward, cost=s.cost, calls=s.calls, correct=s.correct)

@@ -305,7 +305,9 @@ class Retrainer:
             held, hanchors = ([r for r in rs if r.key in answers] for rs in (held, hanchors))
         held_cf = Counterfactual(held, answers, workers)
         anchor_cf = Counterfactual(hanchors, answers, workers)
-        train_cf = Counterfactual([r for r in train if r.key in answers], answers, workers)
+        fetches = hasattr(trainer, "cells") and not self.full_reroll  # asks for its cells
+        train_cf = Counterfactual([r for r in train if r.key in answers or fetches], answers,
+                                  workers)
         counts = {"trigger": why, "new_rows": len(new), "new_questions": len(fresh),
                   "train_rows": len(train_cf), "replayed": len(pick.replay),
                   "anchor_rows": sum(k in answers for k in pick.anchors),
