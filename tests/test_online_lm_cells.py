@@ -242,6 +242,19 @@ def test_a_cascade_fetches_the_third_cell_only_once_its_condition_holds(tmp_path
     assert [t.reward for t in scored] == pytest.approx([-10 * 0.003] * 2)
 
 
+def test_a_fetching_trainer_gets_the_exploration_share_and_no_more(tmp_path):
+    pool = Letters({"cheap": "B", "good": "A"})
+    cells = broker(tmp_path, pool, 1.0, rewarded_rows=10)  # 10 calls earned
+    rows = [row(i) for i in range(10)]
+    trainer = LMTrainer(RetrainConfig().training.lm, cost_penalty=10.0)
+    cells.explore(trainer, tmp_path, rows, [], 10.0)
+    assert pool.calls == 0 and cells.fetch_left == 5  # explore_share 0.5, left to fetches
+    got = cells.fetch([(r, w) for r in rows for w in ("good", "cheap")])
+    assert pool.calls == 5 and sum(len(c) for c in got.values()) == 5
+    assert cells.fetch([(rows[9], "good")]) == {} and pool.calls == 5
+    assert cells.allowance() == 5  # the rest: the cells the paired test needs
+
+
 # -- greedy scoring: needed and scorable ------------------------------------------------------
 
 
