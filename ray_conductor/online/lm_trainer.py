@@ -399,7 +399,8 @@ class LMTrainer:
             return run
 
         results, exact = self._passes(conductor, pool, [job(t) for t in trajs], data, tally)
-        return [replace(t, reward=s.reward, cost=s.cost, calls=s.calls, correct=s.correct)
+        return [replace(t, reward=s.reward, cost=s.cost, calls=s.calls, correct=s.correct,
+                        info={**t.info, "final_worker": s.final_worker})
                 if ok else None for t, s, ok in zip(trajs, results, exact)]
 
     # -- training ----------------------------------------------------------------------------
