@@ -18,6 +18,18 @@ held-back traffic (mean gain >= 0: a candidate that only fits the anchors' quest
 kept out when the traffic's mix has moved). A worker whose answers change *without* a
 config change (a provider swapping models under one name) is re-asked only with an age
 limit (`reroll.max_age_hours`).
+
+Recorded anchors (`training.anchor.recorded`, on by default): an anchor pool is a recording
+(`ray-conductor record`, or the pool the serving policy was fitted on), its answers already
+paid for. Each anchor row carries them as its served cells, dated 0: the re-roll reads a
+served cell only if it was served after its worker's current answer fingerprint was first
+seen, and a worker's first fingerprint dates from 0, so a recorded answer counts for the
+worker's config the loop first saw (re-priced from its recorded tokens when only the price
+moved: a price change asks nothing) and never after that worker's model, parameters,
+endpoint or pool changed (then it is asked again, within the budget). A worker the recording
+lacks (a new one) has no recorded cells. The assumption, stated: the recording was made with
+the workers as the loop first sees them; where it was not, turn `recorded` off and the
+anchors are asked of the workers.
 """
 
 from __future__ import annotations
@@ -25,16 +37,33 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 from ray_conductor.data.splits import unit_hash
-from ray_conductor.online.rewards import VERIFIER, Judge, LoggedRow, held_back, query_key
+from ray_conductor.online.rewards import (VERIFIER, Judge, LoggedRow, ServedCell, held_back,
+                                         query_key)
 
 ANCHOR = "anchor"  # the model name anchor rows carry (they were never served)
 
 
+def recorded_cells(data: Any, query_id: str) -> tuple[ServedCell, ...]:
+    """The pool's recorded answers to one question, as served cells (a hole: no answer)."""
+    out = []
+    for model in getattr(data, "models", ()):
+        r = data.record(query_id, model)
+        if r is None:
+            continue
+        ok = r.response is not None
+        out.append(ServedCell(model, r.response or "", r.answer if ok else None,
+                              float(r.cost or 0.0), int(r.input_tokens or 0),
+                              int(r.output_tokens or 0), ok, None if ok else "missing_answer"))
+    return tuple(out)
+
+
 def anchor_rows(data: Any, split: str, rows: int, holdout: float, held: bool = False,
-                salt: str = "online-anchor") -> list[LoggedRow]:
+                salt: str = "online-anchor", recorded: bool = False) -> list[LoggedRow]:
     """Up to `rows` questions of `data`'s `split` (a hashed, stable sample: growing `rows`
     keeps the earlier ones), each judged by the pool: those outside the held-back slice (to
-    train on), or with `held` those inside it (to evaluate on, never trained on)."""
+    train on), or with `held` those inside it (to evaluate on, never trained on). With
+    `recorded`, each row carries the pool's recorded answers as served cells dated 0 (see
+    the module's docstring)."""
     picked = []
     for q in data.queries(split):
         key = query_key(q.query_id, q.query)
@@ -43,7 +72,8 @@ def anchor_rows(data: Any, split: str, rows: int, holdout: float, held: bool = F
         picked.append((unit_hash(f"{salt}/{q.query_id}"), q, key))
     picked.sort(key=lambda t: t[0])
     return [LoggedRow(f"{ANCHOR}:{q.query_id}", 0.0, ANCHOR, "", q.query, q.query_id, key,
-                      "", 0.0, 0.0, ANCHOR, Judge(VERIFIER, q.answer_format, query_id=q.query_id))
+                      "", 0.0, 0.0, ANCHOR, Judge(VERIFIER, q.answer_format, query_id=q.query_id),
+                      recorded_cells(data, q.query_id) if recorded else ())
             for _, q, key in picked[:rows]]
 
 

@@ -72,6 +72,10 @@ class AnchorConfig:
     split: str = opt("train", "the anchor pool's rows (never test)", choices=("train", "all"))
     rows: int = opt(1000, "anchor questions at most (a stable hashed sample); each costs one "
                           "call per worker whenever that worker's config changes", min=1)
+    recorded: bool = opt(True, "the pool's recorded answers count as the workers' answers for "
+                               "the config the loop first sees (free; re-priced on a price "
+                               "change; asked again after a worker's model, parameters, "
+                               "endpoint or pool changes); off: every anchor is asked")
 
 
 @dataclass

@@ -360,7 +360,8 @@ class Retrainer:
         if not a.pool or (held and not self.cfg.evaluation.anchor_rows):
             return []
         data_dir = a.data_dir or self.app.config().data_dir
-        tag = f"{a.pool}|{data_dir}|{a.split}|{a.rows}|{self.cfg.evaluation.anchor_rows}"
+        tag = (f"{a.pool}|{data_dir}|{a.split}|{a.rows}|{self.cfg.evaluation.anchor_rows}"
+               f"|{a.recorded}")
         if self._anchors is None or self._anchors.tag != tag:
             from ray_conductor.data.pools import load_pool
 
@@ -371,9 +372,10 @@ class Retrainer:
                                   f"{str(e).splitlines()[0][:200]}; name a pool spec such as "
                                   "mmlu_pro or parquet:PATH, or leave it null") from None
             hold = self.cfg.evaluation.holdout
-            self._anchors = Anchors(tag, data, anchor_rows(data, a.split, a.rows, hold),
-                                    anchor_rows(data, a.split, self.cfg.evaluation.anchor_rows,
-                                                hold, held=True))
+            self._anchors = Anchors(
+                tag, data, anchor_rows(data, a.split, a.rows, hold, recorded=a.recorded),
+                anchor_rows(data, a.split, self.cfg.evaluation.anchor_rows, hold, held=True,
+                            recorded=a.recorded))
         return self._anchors.held if held else self._anchors.train
 
     def _decide(self, reg: Any, pv: Any, trainer: Trainer, cand_dir: Path,

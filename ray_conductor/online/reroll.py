@@ -49,6 +49,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ray_conductor.lite.table import NO_ANSWER, LiteTable, answer_codes
+from ray_conductor.online.anchor import ANCHOR
 from ray_conductor.online.rewards import LoggedRow, ServedCell, Verifier
 from ray_conductor.verify.answers import comparable, extract_answer
 from ray_conductor.workers.base import WorkerPool, permanent_failure
@@ -174,6 +175,7 @@ class RerollStats:
     dollars: float = 0.0  # what those calls cost
     cached: int = 0
     served: int = 0  # cells read from served traces
+    recorded: int = 0  # anchors' cells read from their pool's recording (`anchor.recorded`)
     repriced: int = 0  # cached answers re-priced after a price-only change (no call)
     price_change_reasks: int = 0  # calls made only because a worker's price changed
     failed: int = 0  # calls that failed (transient ones are asked again next round)
@@ -226,7 +228,9 @@ class Reroller:
 
     def served(self, rows: Iterable[LoggedRow], stats: RerollStats | None = None) -> Cells:
         """The judged cells of the rows' served traces (free), at today's prices; a cell
-        served before its worker's current answer fingerprint was first seen is left out."""
+        served before its worker's current answer fingerprint was first seen is left out.
+        An anchor row's cells are its pool's recording, dated 0 (`anchor.recorded_cells`):
+        they count for a worker's first answer fingerprint only."""
         out: Cells = {}
         for row in rows:
             if row.judge is None:
@@ -238,7 +242,10 @@ class Reroller:
                 a = self._from_served(row, c)
                 out.setdefault(row.key, {})[c.worker] = a
                 if stats is not None:
-                    stats.served += 1
+                    if row.source == ANCHOR:
+                        stats.recorded += 1
+                    else:
+                        stats.served += 1
         return out
 
     def _from_served(self, row: LoggedRow, c: ServedCell) -> RerollAnswer:
