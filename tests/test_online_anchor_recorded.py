@@ -98,3 +98,49 @@ def test_recorded_anchors_are_free_repriced_on_a_price_rise_and_asked_after_a_mo
     assert all(len(have[r.key]) == len(NAMES) - 1 for r in rows)
     got, st = rr.cells(wanted, budget=10, have=have)
     assert st.calls == pool.calls == 10 and st.out_of_budget == len(rows) - 10
+
+
+# -- a replay worker's answer fingerprint is its recording, not the pool's file name -------------
+
+
+def test_a_replay_workers_fingerprint_follows_its_own_recording(tmp_path, demo):
+    import pyarrow.parquet as pq
+
+    from ray_conductor.data.pools import load_table
+    from ray_conductor.online.cells import answer_prints
+    from ray_conductor.workers.config import WorkerPoolConfig, replay_workers
+
+    table = load_table("demo", default_data_dir())[0]
+    models = table.column("model").to_pylist()
+    keep = [m != "gpt-4o" for m in models]
+    pq.write_table(table, tmp_path / "a.parquet")
+    pq.write_table(table.filter(keep), tmp_path / "minus.parquet")  # gpt-4o left out
+    resp = table.column("response").to_pylist()
+    changed = [("degraded" if m == "gpt-4o" and r else r) for m, r in zip(models, resp)]
+    pq.write_table(table.set_column(table.schema.get_field_index("response"), "response",
+                                    pa_array(changed)), tmp_path / "degraded.parquet")
+
+    class App:
+        def __init__(self, spec):
+            self.cfg = WorkerPoolConfig(workers=replay_workers(spec, NAMES))
+
+        def settings(self):
+            from omegaconf import OmegaConf
+            return {"pool_config": OmegaConf.structured(self.cfg)}
+
+        def config(self):
+            class C:
+                data_dir = None
+            return C()
+
+    full, minus, degraded = (answer_prints(App(f"parquet:{tmp_path / f}"), {})
+                             for f in ("a.parquet", "minus.parquet", "degraded.parquet"))
+    for w in NAMES[1:]:  # the same recording of them in all three files
+        assert full[w] == minus[w] == degraded[w]
+    assert full["gpt-4o"] != degraded["gpt-4o"]  # its answers changed
+    assert "gpt-4o" in minus and minus["gpt-4o"] != full["gpt-4o"]  # no recording of it
+
+
+def pa_array(values):
+    import pyarrow as pa
+    return pa.array(values, type=pa.string())

@@ -21,14 +21,48 @@ from ray_conductor.online.trainer import Counterfactual, Trainer
 
 def answer_prints(app: Any, prints: dict[str, str]) -> dict[str, str]:
     """Each worker's answer fingerprint (what the cache is keyed by: a price change keeps
-    it), from the app's worker pool config where it shows one; else `prints` as given."""
+    it), from the app's worker pool config where it shows one; else `prints` as given. A
+    `replay/` worker's is keyed by its recording (`recordings`), not the pool's file."""
     settings = getattr(app, "settings", None)
     if settings is None:
         return dict(prints)
     from ray_conductor.workers.config import answer_fingerprint, as_pool_config
 
     pool_cfg = as_pool_config(settings()["pool_config"])
-    return {w.name: answer_fingerprint(w, pool_cfg.replay) for w in pool_cfg.workers}
+    config = getattr(app, "config", None)
+    digests = recordings(pool_cfg, config().data_dir if config else None)
+    return {w.name: answer_fingerprint(w, pool_cfg.replay, digests.get(w.name))
+            for w in pool_cfg.workers}
+
+
+_RECORDINGS: dict[tuple, dict[str, str]] = {}  # (spec, data_dir, files' mtimes) -> digests
+
+
+def recordings(pool_cfg: Any, data_dir: str | None) -> dict[str, str]:
+    """worker name -> the digest of its recorded answers, for the `replay/` workers of a pool
+    config (a pool that cannot be read: none, and the spec stays in the fingerprint).
+    Memoised per pool file version: a round reads them once."""
+    from ray_conductor.data.pools import load_pool, parse_spec
+
+    out: dict[str, str] = {}
+    for w in pool_cfg.workers:
+        spec = w.api_base or pool_cfg.replay
+        if not w.model.startswith("replay/") or not spec:
+            continue
+        try:
+            files = parse_spec(spec, data_dir)[1]
+            key = (spec, data_dir, tuple((str(f), f.stat().st_mtime_ns) for f in files))
+            if key not in _RECORDINGS:
+                data = load_pool(spec, data_dir)
+                if len(_RECORDINGS) > 8:
+                    _RECORDINGS.clear()
+                _RECORDINGS[key] = {m: d for m in data.models
+                                    if (d := data.answer_digest(m)) is not None}
+        except Exception:  # noqa: BLE001 -- an unreadable pool keeps the spec fingerprint
+            continue
+        if (d := _RECORDINGS[key].get(w.model.split("/", 1)[1])) is not None:
+            out[w.name] = d
+    return out
 
 
 def traffic_dollars(df: Any, models: set[str]) -> float:

@@ -82,11 +82,18 @@ CALL_FIELDS = ("rpm", "tpm", "max_concurrency", "timeout_s", "retries", "backoff
                "circuit_failures", "circuit_cooldown_s", "window_s")
 
 
-def answer_fingerprint(cfg: WorkerConfig, replay: str | None = None) -> str:
+def answer_fingerprint(cfg: WorkerConfig, replay: str | None = None,
+                       recording: str | None = None) -> str:
     """What changes this worker's answers: provider model, parameters, endpoint, pool (the
     replay pool a `replay/` worker without an `api_base` answers from). A price change keeps
-    it: the online loop re-prices cached answers from their tokens and asks nothing."""
+    it: the online loop re-prices cached answers from their tokens and asks nothing. For a
+    `replay/` worker, `recording` (a digest of its recorded answers, `ReplayData.
+    answer_digest`) stands for the pool: a pool file rewritten with only another worker's
+    answers changed (or a worker added) keeps this worker's fingerprint."""
     d = {k: v for k, v in asdict(cfg).items() if k not in PRICE_FIELDS + CALL_FIELDS}
+    if recording is not None and cfg.model.startswith("replay/"):
+        d["api_base"] = None
+        return _hash({"worker": d, "recording": recording})
     return _hash({"worker": d, "replay": None if cfg.api_base else replay})
 
 
