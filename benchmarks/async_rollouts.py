@@ -83,7 +83,7 @@ def run(overlap: bool, url: str, args, overrides: list[str]) -> dict:
             f"warm_start.epochs={args.warm_epochs}", "warm_start.lr=5e-3",
             "graph.rollout.torch_threads=1",
             "graph.learner.torch_threads=1", "ray.namespace=bench_async_rollouts", *overrides])
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), loadavg()
         result = train(cfg, pool=partial(served_pool, url))
         wall = time.perf_counter() - t0
         ray.shutdown()
@@ -100,8 +100,75 @@ def run(overlap: bool, url: str, args, overrides: list[str]) -> dict:
             "calls_per_plan": round(mean(r["calls_per_plan"] for r in rows), 3),
             "parse_rate": round(mean(r["parse_rate"] for r in rows), 3),
             "phases": {k: round(mean(r.get(f"time/{k}", 0.0) for r in timed), 3)
-                       for k in ("rollout_s", "generate_s", "update_s", "sync_s")},
-            "total_wall_s": round(wall, 1)}
+                       for k in PHASES},
+            "timeline": timeline(rows),
+            "total_wall_s": round(wall, 1), "loadavg": [load0, loadavg()]}
+
+
+# per timed iteration (mean s): the driver's wait for the batch (rollout_s), the rollout's
+# parts (see RolloutWorker.rollout) and the learner's update and the weight sync
+PHASES = ("rollout_s", "generate_s", "generate_cpu_s", "version_wait_s", "lock_wait_s",
+          "workers_s", "swap_wait_s", "swap_s", "update_s", "sync_s", "iteration_s")
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _union(intervals: list, lo: float, hi: float) -> list[list[float]]:
+    """The intervals clipped to [lo, hi], merged."""
+    out: list[list[float]] = []
+    for a, b in sorted([max(a, lo), min(b, hi)] for a, b in intervals if b > lo and a < hi):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _length(iv: list) -> float:
+    return sum(b - a for a, b in iv)
+
+
+def _overlap(x: list, y: list) -> float:
+    return sum(max(0.0, min(b, d) - max(a, c)) for a, b in x for c, d in y)
+
+
+def timeline(rows: list[dict]) -> dict:
+    """Over the timed iterations (end of the first to end of the last, wall clock across the
+    processes): seconds per iteration the rollout actor samples, the learner updates, both
+    at once, only worker calls are waited on, and nothing runs (the driver, Ray, logging)."""
+    lo, hi = rows[0]["time"], rows[-1]["time"]
+    get = {k: [iv for r in rows for iv in r.get("clock", {}).get(k, [])]
+           for k in ("generate", "workers", "update", "sync")}
+    gen, upd = _union(get["generate"], lo, hi), _union(get["update"], lo, hi)
+    busy = _union(get["generate"] + get["update"] + get["sync"], lo, hi)
+    anything = _union(get["generate"] + get["update"] + get["sync"] + get["workers"], lo, hi)
+    per = max(len(rows) - 1, 1)
+    return {k: round(v / per, 3) for k, v in {
+        "generate_s": _length(gen), "update_s": _length(upd),
+        "generate_and_update_s": _overlap(gen, upd),
+        "only_worker_waits_s": _length(anything) - _length(busy),
+        "idle_s": (hi - lo) - _length(anything), "iteration_s": hi - lo}.items()}
+
+
+def bounds(sync: dict, bound: int) -> dict:
+    """What overlapping can give at most, from the synchronous run's phases (one rollout
+    actor: its sampling rounds run one after another).
+
+    - `pipelined`: sampling and the update on separate cores, each as fast as in the sync
+      run; an iteration takes at least one sampling round, one update + sync, and 1/(1+bound)
+      of the chain sample -> execute -> update -> sync that a batch `bound` ahead waits for.
+    - `shared_cores`: sampling and the update take turns on the CPU (a loaded machine), so only
+      the waits on worker calls overlap.
+    - `rollout_vs_update` = (R + T) / max(R, T), R the rollout, T the update and sync."""
+    p = sync["phases"]
+    g, w, t = p["generate_s"], p["workers_s"], p["update_s"] + p["sync_s"]
+    it, r = sync["mean_iteration_s"], p["rollout_s"]
+    chain = g + w + t
+    return {"pipelined": round(it / max(g, t, chain / (1 + bound)), 3),
+            "shared_cores": round(it / max(g + t, it - w), 3),
+            "rollout_vs_update": round((r + t) / max(r, t), 3)}
 
 
 def main(argv: list[str]) -> int:
@@ -130,16 +197,23 @@ def main(argv: list[str]) -> int:
         calls = len(server.requests())
     finally:
         server.stop()
+    ideal = bounds(sync, args.bound)
     summary = {"sync_samples_per_s": sync["samples_per_s"],
                "async_samples_per_s": overlapped["samples_per_s"],
                "speedup": round(overlapped["samples_per_s"] / sync["samples_per_s"], 3),
+               "ideal_speedup": ideal["pipelined"],
+               "ideal_speedup_shared_cores": ideal["shared_cores"],
                "max_staleness": overlapped["max_staleness"], "bound": args.bound,
-               "reward_gap": round(overlapped["reward_last"] - sync["reward_last"], 4)}
-    write_report({"summary": summary, "sync": sync, "async": overlapped,
+               "reward_gap": round(overlapped["reward_last"] - sync["reward_last"], 4),
+               "loadavg_1m": [sync["loadavg"][0][0], overlapped["loadavg"][1][0]]}
+    write_report({"summary": summary, "sync": sync, "async": overlapped, "ideal_speedup": ideal,
                   "server_calls": calls, "config": vars(args), "overrides": overrides,
                   "machine": environment(1),
                   "note": "a shared 2-core machine loaded by other agents; the two runs are "
-                          "back to back in one process"}, args.out)
+                          "back to back in one process; loadavg = os.getloadavg() before and "
+                          "after each run. phases: mean s per timed iteration as each process "
+                          "measured it; timeline: the same iterations laid side by side on the "
+                          "wall clock; ideal_speedup: see bounds() in the script"}, args.out)
     return 0
 
 
