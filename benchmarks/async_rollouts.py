@@ -102,6 +102,7 @@ def run(overlap: bool, url: str, args, overrides: list[str]) -> dict:
             "phases": {k: round(mean(r.get(f"time/{k}", 0.0) for r in timed), 3)
                        for k in PHASES},
             "timeline": timeline(rows),
+            "iterations": [iteration_row(r, rows[0]["time"]) for r in rows],
             "total_wall_s": round(wall, 1), "loadavg": [load0, loadavg()]}
 
 
@@ -150,6 +151,14 @@ def timeline(rows: list[dict]) -> dict:
         "generate_and_update_s": _overlap(gen, upd),
         "only_worker_waits_s": _length(anything) - _length(busy),
         "idle_s": (hi - lo) - _length(anything), "iteration_s": hi - lo}.items()}
+
+
+def iteration_row(row: dict, t0: float) -> dict:
+    """One iteration's phases and its wall-clock intervals, in s since the end of the first."""
+    rel = {k: [[round(a - t0, 2), round(b - t0, 2)] for a, b in v]
+           for k, v in row.get("clock", {}).items()}
+    return {"iteration": row["iteration"], "staleness": row["staleness"],
+            **{k: round(row.get(f"time/{k}", 0.0), 3) for k in PHASES}, "clock": rel}
 
 
 def bounds(sync: dict, bound: int) -> dict:
