@@ -9,9 +9,9 @@ RoPE and a padded row's numbers match an unpadded forward pass. The prefix that 
 batch share (the conductor's long instructions; a GRPO group's repeated prompt) is run once.
 
 With `constraints` (one `PlanGrammar`-like checker per prompt), a row only ever writes text
-its checker accepts: a drawn token that would leave the language is masked and the row draws
-again from what is left (exactly a draw from the allowed tokens, renormalised), and after
-`MAX_REJECTIONS` misses in a row every token is checked. EOS is allowed only where the text
+its checker accepts: a drawn token that would leave the language is refused and the row draws
+again (exactly a draw from the allowed tokens, renormalised), and after `MAX_REJECTIONS`
+misses every token is checked. EOS is allowed only where the text
 may end. Log-probs stay the unconstrained policy's (the learner's convention, see `engine`).
 
 On a CPU, torch's thread count matters more than anything here: on a busy 2-core box one
@@ -239,17 +239,33 @@ class TransformersEngine:
             new = self._advance(check, states[r], tok)
             if new is None:
                 row = logits[r : r + 1].clone()
-                for _ in range(MAX_REJECTIONS):
-                    row[0, tok] = float("-inf")
-                    tok = int(_pick(row, temperature, top_p, gen)[0])
-                    new = self._advance(check, states[r], tok)
-                    if new is not None:
-                        break
-                else:
-                    tok, new = self._scan(row, check, states[r], temperature, top_p, gen)
+                row[0, tok] = float("-inf")
+                tok, new = self._redraw(row, check, states[r], temperature, top_p, gen)
             out[r] = tok
             states[r] = new if new is not None else states[r]
         return out
+
+    def _redraw(self, row: torch.Tensor, check: Any, state: Any, temperature: float,
+                top_p: float, gen: torch.Generator) -> tuple[int, Any]:
+        """A token the checker allows, drawn from `row` (refused tokens at -inf) restricted to
+        the allowed ones. Sampling at top_p=1: `MAX_REJECTIONS` independent draws at once,
+        the first allowed one wins (exactly a draw from the allowed tokens, renormalised).
+        Greedy or top-p: one at a time, each refused token masked. None allowed: `_scan`."""
+        if temperature > 0 and top_p >= 1.0:
+            draws = _draws(torch.softmax(row / temperature, -1), MAX_REJECTIONS, gen)
+            for tok in dict.fromkeys(draws[0].tolist()):
+                new = self._advance(check, state, tok)
+                if new is not None:
+                    return tok, new
+                row[0, tok] = float("-inf")
+        else:
+            for _ in range(MAX_REJECTIONS):
+                tok = int(_pick(row, temperature, top_p, gen)[0])
+                new = self._advance(check, state, tok)
+                if new is not None:
+                    return tok, new
+                row[0, tok] = float("-inf")
+        return self._scan(row, check, state, temperature, top_p, gen)
 
     def _scan(self, row: torch.Tensor, check: Any, state: Any, temperature: float,
               top_p: float, gen: torch.Generator) -> tuple[int, Any]:
@@ -316,7 +332,16 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float,
         drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keeps at least the top token
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    return _draws(probs, 1, gen).squeeze(1)
+
+
+def _draws(probs: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """`n` independent draws per row, by inverse CDF. `torch.multinomial` draws a single
+    sample with exponential noise over the whole row: ~1 ms a row of 49k tokens on a CPU,
+    most of a constrained plan's sampling time; this costs ~0.05 ms."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], n, generator=gen, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
