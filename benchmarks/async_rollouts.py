@@ -10,8 +10,14 @@ is the tiny model with structure-constrained decoding (every plan parses and cal
 first warm-started on 16 of the lite tier's programs (the same seeded warm start for both).
 
 Summary: `sync_samples_per_s`, `async_samples_per_s`, `speedup`, `max_staleness` (<= the
-bound), `reward_gap` (mean reward over the last iterations, overlapped minus sync).
-Measured on a shared, loaded 2-core machine: compare the two only within one run.
+bound), `reward_gap` (mean reward over the last iterations, overlapped minus sync), and
+`ideal_speedup`: what overlapping can give at most given the sync run's phases (`bounds`).
+Each mode also reports `phases` (mean s per timed iteration: sampling wall and CPU time, the
+waits for weights, for the engine and on worker calls, the weight swap, the update and the
+sync), a `timeline` (the same iterations on the wall clock across the processes: sampling,
+updating, both at once, only worker calls in flight, nothing) and each iteration's intervals.
+Measured on a shared, loaded 2-core machine: compare the two only within one run, with the
+load averages recorded beside them.
 """
 
 from __future__ import annotations
@@ -138,7 +144,9 @@ def _overlap(x: list, y: list) -> float:
 def timeline(rows: list[dict]) -> dict:
     """Over the timed iterations (end of the first to end of the last, wall clock across the
     processes): seconds per iteration the rollout actor samples, the learner updates, both
-    at once, only worker calls are waited on, and nothing runs (the driver, Ray, logging)."""
+    at once, only worker calls are waited on, and nothing runs (the driver, Ray, logging);
+    and the mean time from the end of an update to its weights landing in the rollout actor
+    (the state dict copied, through the object store, swapped in)."""
     lo, hi = rows[0]["time"], rows[-1]["time"]
     get = {k: [iv for r in rows for iv in r.get("clock", {}).get(k, [])]
            for k in ("generate", "workers", "update", "sync")}
@@ -146,16 +154,21 @@ def timeline(rows: list[dict]) -> dict:
     busy = _union(get["generate"] + get["update"] + get["sync"], lo, hi)
     anything = _union(get["generate"] + get["update"] + get["sync"] + get["workers"], lo, hi)
     per = max(len(rows) - 1, 1)
-    return {k: round(v / per, 3) for k, v in {
+    # from the end of the update that made a version to its landing in the rollout actor
+    made = {r["weights_version"]: r["clock"]["update"][0][1] for r in rows if r.get("clock")}
+    lags = {v: t - made[v] for r in rows for v, t in r.get("clock", {}).get("loaded", [])
+            if v in made}
+    return {"sync_latency_s": round(mean(lags.values()), 3) if lags else None,
+            **{k: round(v / per, 3) for k, v in {
         "generate_s": _length(gen), "update_s": _length(upd),
         "generate_and_update_s": _overlap(gen, upd),
         "only_worker_waits_s": _length(anything) - _length(busy),
-        "idle_s": (hi - lo) - _length(anything), "iteration_s": hi - lo}.items()}
+        "idle_s": (hi - lo) - _length(anything), "iteration_s": hi - lo}.items()}}
 
 
 def iteration_row(row: dict, t0: float) -> dict:
     """One iteration's phases and its wall-clock intervals, in s since the end of the first."""
-    rel = {k: [[round(a - t0, 2), round(b - t0, 2)] for a, b in v]
+    rel = {k: [[a if k == "loaded" else round(a - t0, 2), round(b - t0, 2)] for a, b in v]
            for k, v in row.get("clock", {}).items()}
     return {"iteration": row["iteration"], "staleness": row["staleness"],
             **{k: round(row.get(f"time/{k}", 0.0), 3) for k in PHASES}, "clock": rel}

@@ -111,7 +111,8 @@ class RolloutWorker:
             "swap_wait_s": swap.get("wait_s", 0.0), "swap_s": swap.get("load_s", 0.0),
             # wall-clock stamps (time.time(), comparable across processes): a timeline
             "clock": {"start": t_start, "ready": t_ready, "gen0": gen["t0"],
-                      "gen1": gen["t1"], "done": t_done, "swap": swap.get("t_loaded")},
+                      "gen1": gen["t1"], "done": t_done, "version": version,
+                      "loaded": swap.get("t_loaded")},
         }
         for t in out:
             t.info.update(timing)

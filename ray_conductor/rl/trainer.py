@@ -116,14 +116,16 @@ def rollout_times(trajs: list) -> dict[str, float]:
 
 def timeline(trajs: list, t_step: float, times: dict[str, float]) -> dict[str, list]:
     """Wall-clock intervals (time.time(), comparable across processes) of one iteration:
-    each rollout part's sampling and worker calls, this step's update and sync; what
+    each rollout part's sampling and worker calls, this step's update and sync, and when the
+    weights a part sampled with (`loaded`: [version, time]) landed in its actor; what
     `benchmarks/async_rollouts.py` lays side by side to find idle and overlapped time."""
     parts = {tuple(sorted(c.items())): c for t in trajs if (c := t.info.get("clock"))}
     t_update = t_step + times.get("update_s", 0.0)
     return {"generate": [[c["gen0"], c["gen1"]] for c in parts.values()],
             "workers": [[c["gen1"], c["done"]] for c in parts.values()],
             "update": [[t_step, t_update]],
-            "sync": [[t_update, t_update + times.get("sync_s", 0.0)]]}
+            "sync": [[t_update, t_update + times.get("sync_s", 0.0)]],
+            "loaded": [[c["version"], c["loaded"]] for c in parts.values() if c.get("loaded")]}
 
 
 def worker_shares(trajs: list) -> dict[str, float]:
@@ -292,7 +294,7 @@ def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> 
         step = grpo_step(trajs, graph.learners, sync, version, cfg.learner)  # update + sync
         version = step.version
         m = {**rollout_metrics(trajs), **{f"learner/{k}": v for k, v in step.stats.items()},
-             "staleness": step.staleness, "time/rollout_s": t_roll,
+             "staleness": step.staleness, "weights_version": version, "time/rollout_s": t_roll,
              **{f"time/{k}": v for k, v in step.times.items()},
              "time/iteration_s": time.perf_counter() - t0,
              "clock": timeline(trajs, t_step, step.times)}
