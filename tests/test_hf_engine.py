@@ -159,3 +159,16 @@ def test_common_prefix_leaves_each_row_a_token():
     assert _common_prefix([[1, 2, 3], [1, 2, 3]]) == 2
     assert _common_prefix([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert _common_prefix([[9], [1, 2]]) == 0
+
+
+def test_draws_follow_the_distribution_and_never_pick_a_zero():
+    from ray_conductor.policy.hf_engine import _draws
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    gen = torch.Generator().manual_seed(0)
+    d = _draws(probs, 100_000, gen)
+    share = torch.stack([torch.bincount(row, minlength=6) for row in d]).float() / 100_000
+    assert share[0].tolist() == pytest.approx([0.0, 0.5, 0.0, 0.3, 0.2, 0.0], abs=0.01)
+    assert share[0, [0, 2, 5]].sum() == 0 and share[1].tolist() == [0, 0, 0, 0, 0, 1.0]
+    again = _draws(probs, 100_000, torch.Generator().manual_seed(0))
+    assert torch.equal(d, again)  # a seed makes it reproducible

@@ -1,20 +1,25 @@
 """The LM tier's training pieces: the lite teacher's programs as SFT targets, the supervised
 step, the cost-aware reward, one GRPO step and the overlapped rollout schedule."""
 
+import asyncio
 import threading
 import time
 
 import pytest
 import torch
 
+from ray_conductor.data.replay import Query
+from ray_conductor.policy.conductor import ConductorConfig
 from ray_conductor.policy.plan_grammar import PlanGrammar
+from ray_conductor.policy.scripted_engine import ScriptedEngine
 from ray_conductor.rl import schedule
 from ray_conductor.rl.grpo import grpo_step, sft_epochs, staleness
 from ray_conductor.rl.learner import Learner, LearnerConfig, batch_advantages
 from ray_conductor.rl.rewards import RewardConfig, reward
+from ray_conductor.rl.rollout import RolloutWorker
 from ray_conductor.rl.types import Trajectory
 from ray_conductor.rl.warm_start import program_workflow, shape
-from ray_conductor.workers.base import WorkerInfo
+from ray_conductor.workers.base import Completion, WorkerInfo
 from ray_conductor.workflow import parse, render
 from ray_conductor.workflow.model import Step, Workflow
 from ray_conductor.workflow.programs import VOTE, with_programs
@@ -192,6 +197,73 @@ def test_min_version_is_the_sync_loop_at_bound_zero():
     assert [schedule.min_version(j, start=2, version0=5, bound=1) for j in (2, 3, 4)] == [5, 5, 6]
     with pytest.raises(ValueError):
         list(schedule.rollouts(lambda j, v: j, lambda h: [], 0, 1, bound=-1))
+
+
+class _VersionedEngine(ScriptedEngine):
+    """Writes one plan; its weights are a version number, noted at every sampling call."""
+
+    def __init__(self):
+        super().__init__([], "model_id = [0]\nsubtasks = ['solve']\naccess_list = [[]]")
+        self.weights, self.sampled_with = 0, []
+
+    def generate(self, *args, **kw):
+        self.sampled_with.append(self.weights)
+        return super().generate(*args, **kw)
+
+    def load_state_dict(self, state_dict):
+        self.weights = state_dict["v"]
+
+
+class _GatedPool:
+    """Two workers; once `armed`, the next round stops in `workers()` (after the rollout
+    looked up its weights version, before it samples) until `gate` opens."""
+
+    def __init__(self):
+        self.armed, self.entered, self.gate = False, threading.Event(), threading.Event()
+
+    def workers(self):
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.gate.wait(30)
+        return [WorkerInfo("flash"), WorkerInfo("pro")]
+
+    async def complete(self, worker, messages, metadata=None, **kw):
+        return Completion(worker, text="The answer is (A)", cost=0.1)
+
+
+def test_a_swap_waits_for_the_round_under_way_and_a_rollout_records_what_sampled_it():
+    """A weight swap asked for while a sampling round runs lands after it (the round's plans
+    and the version it records are the old weights'), and the next rollout samples with the
+    new ones; each rollout says where its time went."""
+    engine, pool = _VersionedEngine(), _GatedPool()
+    w = RolloutWorker(ConductorConfig(max_resamples=0, recursion_depth=0), RewardConfig(),
+                      pool, judge=lambda qid, text: True, engine=engine)
+    q = [Query("q1", "What?")]
+    got: dict = {}
+    pool.armed = True
+    roll = threading.Thread(target=lambda: got.update(
+        first=asyncio.run(w.rollout(q, 2, iteration=0))))
+    roll.start()
+    assert pool.entered.wait(30)
+    swap = threading.Thread(target=w.load_weights, args=({"v": 1}, 1))
+    swap.start()
+    swap.join(0.3)
+    assert swap.is_alive() and engine.weights == 0  # held back by the round under way
+    pool.gate.set()
+    roll.join(30)
+    swap.join(30)
+    assert engine.sampled_with == [0] and engine.weights == 1
+    assert {t.info["weights_version"] for t in got["first"]} == {0}
+    second = asyncio.run(w.rollout(q, 2, iteration=1, min_version=1))
+    assert engine.sampled_with == [0, 1]
+    assert {t.info["weights_version"] for t in second} == {1}
+    info = second[0].info
+    assert info["swap_s"] >= 0 and info["swap_wait_s"] == w.swaps[1]["wait_s"] > 0
+    assert all(info[k] >= 0 for k in ("generate_s", "generate_cpu_s", "version_wait_s",
+                                       "lock_wait_s", "workers_s"))
+    c = info["clock"]
+    assert c["start"] <= c["ready"] <= c["gen0"] <= c["gen1"] <= c["done"] and c["version"] == 1
 
 
 @pytest.mark.slow

@@ -169,6 +169,26 @@ def test_the_engine_writes_only_plans_that_parse(engine, temperature):
         engine.generate([prompt], n=1, temperature=1.0, max_tokens=4, constraints=[g, g])
 
 
+@pytest.mark.parametrize("ids", ["index", "name"])
+def test_the_engine_allows_exactly_the_tokens_the_grammar_accepts(engine, ids):
+    """The prefix-tree walk over the vocabulary finds, at every position of a plan, the
+    tokens that checking each token one by one finds, and the same states after them."""
+    g = PlanGrammar(NAMES, ids=ids, max_steps=4, max_subtask_chars=8)
+    wf = Workflow((Step("model-k", "Solve.", ()), Step("model-b", "Check.", "all"),
+                   Step("vote", "Vote.", (0, 1))))
+    text = render(wf, NAMES if ids == "index" else None)
+    texts = engine._texts()[0]
+    st = g.start()
+    for k, ch in enumerate(text):
+        if k % 5 == 0:
+            brute = {t: g.feed(st, x) for t, x in enumerate(texts) if x is not None}
+            brute = {t: s for t, s in brute.items() if s is not None and t not in engine.eos_ids}
+            brute.update({t: st for t in engine.eos_ids if g.complete(st)})
+            assert engine._allowed(g, st) == brute, (text[:k], st)
+        st = g.feed(st, ch)
+    assert g.complete(st) and set(engine._allowed(g, st)) >= engine.eos_ids
+
+
 def test_a_constrained_conductor_never_falls_back(engine):
     cfg = ConductorConfig(model="tiny-smollm2", programs=True, constrain=True, few_shot=False,
                           max_new_tokens=200, max_steps=4, batch_size=8, max_subtask_chars=12)

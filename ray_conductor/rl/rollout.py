@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -49,16 +50,26 @@ class RolloutWorker:
         self.judge = judge
         self.concurrency = concurrency
         self.weights_version = 0
+        # one sampling round (every engine call of a plan_many) or one weight swap at a time,
+        # so the version a rollout records is the one that sampled all of its plans
+        self._swap = threading.Lock()
+        self.swaps: dict[int, dict[str, float]] = {}  # version -> its swap's wait and load times
 
     def workers(self) -> list[WorkerInfo]:
         return list(self.pool.workers())
 
     def load_weights(self, state_dict: dict[str, Any], version: int) -> int:
-        """Swap the engine's weights between two generation calls (under the conductor's
-        lock): an overlapped rollout pauses for the swap only."""
-        with self.conductor._lock:
+        """Swap the engine's weights between two sampling rounds: an overlapped rollout
+        pauses for the swap only (the wait for a round under way is recorded as `wait_s`)."""
+        t0 = time.perf_counter()
+        with self._swap, self.conductor._lock:
+            t1 = time.perf_counter()
             self.conductor.engine.load_state_dict(state_dict)
             self.weights_version = version
+            t2 = time.perf_counter()
+        self.swaps[version] = {"wait_s": t1 - t0, "load_s": t2 - t1, "t_loaded": time.time()}
+        for old in [v for v in self.swaps if v < version - 8]:
+            del self.swaps[old]
         return version
 
     async def wait_for_version(self, version: int, timeout_s: float = 1800.0) -> None:
@@ -80,28 +91,44 @@ class RolloutWorker:
         raises `EngineError`: there is nothing to learn from a batch it did not sample.
         Sampling starts once weights of `min_version` or later are loaded; every trajectory
         records the version it was sampled with (`info["weights_version"]`)."""
+        t_start = time.time()
         await self.wait_for_version(min_version)
+        t_ready = time.time()
         flat = [q for q in questions for _ in range(group_size)]
-        t0 = time.perf_counter()
-        plans, version = await asyncio.to_thread(
+        plans, version, gen = await asyncio.to_thread(
             self._plan_many, [q.query for q in flat], temperature, seed)
-        generate_s = time.perf_counter() - t0
         sem = asyncio.Semaphore(self.concurrency)
         out = list(await asyncio.gather(*(self._score(q, p, iteration, sem, version)
                                           for q, p in zip(flat, plans))))
+        t_done = time.time()
+        swap = self.swaps.get(version, {})
+        timing = {
+            "generate_s": gen["t1"] - gen["t0"],  # sampling, wall (CPU shared with the learner)
+            "generate_cpu_s": gen["cpu_s"],  # this thread's CPU time while sampling
+            "version_wait_s": t_ready - t_start,  # for weights the staleness bound asks for
+            "lock_wait_s": gen["t0"] - t_ready,  # behind another round's sampling or a swap
+            "workers_s": t_done - gen["t1"],  # executing the plans: waits on worker calls
+            "swap_wait_s": swap.get("wait_s", 0.0), "swap_s": swap.get("load_s", 0.0),
+            # wall-clock stamps (time.time(), comparable across processes): a timeline
+            "clock": {"start": t_start, "ready": t_ready, "gen0": gen["t0"],
+                      "gen1": gen["t1"], "done": t_done, "version": version,
+                      "loaded": swap.get("t_loaded")},
+        }
         for t in out:
-            t.info["generate_s"] = generate_s
+            t.info.update(timing)
         return out
 
     def _plan_many(self, questions: list[str], temperature: float | None, seed: int | None
-                   ) -> tuple[list[PlanResult], int]:
-        """Plans and the weights version that sampled them (no swap can fall in between:
-        one sampling round, under the conductor's lock)."""
-        with self.conductor._lock:
+                   ) -> tuple[list[PlanResult], int, dict[str, float]]:
+        """Plans, the weights version that sampled them (no swap falls in between: the whole
+        round holds the swap lock) and the round's wall-clock start and end and CPU time."""
+        with self._swap:
+            t0, cpu0 = time.time(), time.thread_time()
             version = self.weights_version
-        plans = self.conductor.plan_many(questions, self.workers(), temperature=temperature,
-                                         seed=seed, strict=True)
-        return plans, version
+            plans = self.conductor.plan_many(questions, self.workers(), temperature=temperature,
+                                             seed=seed, strict=True)
+            gen = {"t0": t0, "t1": time.time(), "cpu_s": time.thread_time() - cpu0}
+        return plans, version, gen
 
     async def _score(self, q: Query, plan: PlanResult, iteration: int,
                      sem: asyncio.Semaphore, version: int) -> Trajectory:

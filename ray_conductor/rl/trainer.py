@@ -97,9 +97,35 @@ def rollout_metrics(trajs: list) -> dict[str, float]:
         "calls_per_plan": sum(t.calls for t in trajs) / n,
         "completion_tokens": sum(len(t.completion_ids) for t in trajs) / n,
         "trajectories": len(trajs),
-        "time/generate_s": max((t.info.get("generate_s", 0.0) for t in trajs), default=0.0),
+        **rollout_times(trajs),
         **worker_shares(trajs),
     }
+
+
+ROLLOUT_TIMES = ("generate_s", "generate_cpu_s", "version_wait_s", "lock_wait_s", "workers_s",
+                 "swap_wait_s", "swap_s")
+
+
+def rollout_times(trajs: list) -> dict[str, float]:
+    """Where a rollout's time went (`RolloutWorker.rollout`'s `info`): sampling (wall and CPU),
+    the waits for weights, for the engine and on worker calls, and the swap of the weights it
+    sampled with; the slowest of the rollout actors' parts."""
+    return {f"time/{k}": max((t.info.get(k, 0.0) for t in trajs), default=0.0)
+            for k in ROLLOUT_TIMES}
+
+
+def timeline(trajs: list, t_step: float, times: dict[str, float]) -> dict[str, list]:
+    """Wall-clock intervals (time.time(), comparable across processes) of one iteration:
+    each rollout part's sampling and worker calls, this step's update and sync, and when the
+    weights a part sampled with (`loaded`: [version, time]) landed in its actor; what
+    `benchmarks/async_rollouts.py` lays side by side to find idle and overlapped time."""
+    parts = {tuple(sorted(c.items())): c for t in trajs if (c := t.info.get("clock"))}
+    t_update = t_step + times.get("update_s", 0.0)
+    return {"generate": [[c["gen0"], c["gen1"]] for c in parts.values()],
+            "workers": [[c["gen1"], c["done"]] for c in parts.values()],
+            "update": [[t_step, t_update]],
+            "sync": [[t_update, t_update + times.get("sync_s", 0.0)]],
+            "loaded": [[c["version"], c["loaded"]] for c in parts.values() if c.get("loaded")]}
 
 
 def worker_shares(trajs: list) -> dict[str, float]:
@@ -264,12 +290,14 @@ def _train(cfg: TrainConfig, graph: Any, data: Any, train_q: list, run: Any) -> 
                                 version0=version, bound=bound)
     for it, trajs in batches:
         t_roll = time.perf_counter() - t0  # the wait for this iteration's rollouts
+        t_step = time.time()
         step = grpo_step(trajs, graph.learners, sync, version, cfg.learner)  # update + sync
         version = step.version
         m = {**rollout_metrics(trajs), **{f"learner/{k}": v for k, v in step.stats.items()},
-             "staleness": step.staleness, "time/rollout_s": t_roll,
+             "staleness": step.staleness, "weights_version": version, "time/rollout_s": t_roll,
              **{f"time/{k}": v for k, v in step.times.items()},
-             "time/iteration_s": time.perf_counter() - t0}
+             "time/iteration_s": time.perf_counter() - t0,
+             "clock": timeline(trajs, t_step, step.times)}
         run.log(it, m)  # log
         if cfg.log_samples:
             run.log_samples(it, sample_rows(trajs))
