@@ -110,20 +110,22 @@ class ReplayData:
                 self._gold[qid] = reference_answer(ref, fmt)
         return list(models)
 
-    def answer_digest(self, model: str) -> str | None:
-        """A digest of `model`'s recording here (each question's id, response and extracted
-        answer): equal for two pools holding the same recording of it, whatever else they
-        hold or their files are called; None if this pool has no rows of it."""
+    def answer_digests(self) -> dict[str, str]:
+        """model -> a digest of its recording here (each question's id, response and
+        extracted answer): equal for two pools holding the same recording of it, whatever
+        else they hold or their files are called. One pass over the rows."""
         import hashlib
 
-        rows = sorted((qid, r.response or "", r.answer or "") for (qid, m), r in
-                      self._records.items() if m == model)
-        if not rows:
-            return None
-        h = hashlib.sha256()
-        for row in rows:
-            h.update("\x1f".join(row).encode("utf-8", "replace") + b"\x1e")
-        return h.hexdigest()[:16]
+        rows: dict[str, list[tuple[str, str, str]]] = {}
+        for (qid, model), r in self._records.items():
+            rows.setdefault(model, []).append((qid, r.response or "", r.answer or ""))
+        out = {}
+        for model, got in rows.items():
+            h = hashlib.sha256()
+            for row in sorted(got):
+                h.update("\x1f".join(row).encode("utf-8", "replace") + b"\x1e")
+            out[model] = h.hexdigest()[:16]
+        return out
 
     def _remember(self, qid: str, fmt: str, resp: str, ok: bool | None, ans: str | None) -> None:
         """What the judge needs of a recorded answer: its verdict (label, code: nothing else

@@ -7,11 +7,13 @@ in the decision log's ledger (the next decision carries it).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ray_conductor.errors import DataError
 from ray_conductor.online.decisions import DecisionLog
 from ray_conductor.online.explore import allowance, rank_cells, spread
 from ray_conductor.online.reroll import Cells, Reroller, RerollStats, merge
@@ -35,34 +37,36 @@ def answer_prints(app: Any, prints: dict[str, str]) -> dict[str, str]:
             for w in pool_cfg.workers}
 
 
-_RECORDINGS: dict[tuple, dict[str, str]] = {}  # (spec, data_dir, files' mtimes) -> digests
-
-
 def recordings(pool_cfg: Any, data_dir: str | None) -> dict[str, str]:
     """worker name -> the digest of its recorded answers, for the `replay/` workers of a pool
-    config (a pool that cannot be read: none, and the spec stays in the fingerprint).
-    Memoised per pool file version: a round reads them once."""
-    from ray_conductor.data.pools import load_pool, parse_spec
+    config (a pool that cannot be read: none, and the spec stays in the fingerprint). Each
+    pool is read once per file version (`_digests`)."""
+    from ray_conductor.data.pools import parse_spec
 
     out: dict[str, str] = {}
+    by_spec: dict[str, dict[str, str]] = {}
     for w in pool_cfg.workers:
         spec = w.api_base or pool_cfg.replay
         if not w.model.startswith("replay/") or not spec:
             continue
-        try:
-            files = parse_spec(spec, data_dir)[1]
-            key = (spec, data_dir, tuple((str(f), f.stat().st_mtime_ns) for f in files))
-            if key not in _RECORDINGS:
-                data = load_pool(spec, data_dir)
-                if len(_RECORDINGS) > 8:
-                    _RECORDINGS.clear()
-                _RECORDINGS[key] = {m: d for m in data.models
-                                    if (d := data.answer_digest(m)) is not None}
-        except Exception:  # noqa: BLE001 -- an unreadable pool keeps the spec fingerprint
-            continue
-        if (d := _RECORDINGS[key].get(w.model.split("/", 1)[1])) is not None:
+        if spec not in by_spec:
+            try:
+                files = parse_spec(spec, data_dir)[1]
+                stamp = tuple((str(f), f.stat().st_mtime_ns) for f in files)
+                by_spec[spec] = _digests(spec, data_dir, stamp)
+            except (DataError, OSError, ValueError):  # unreadable: the spec fingerprint
+                by_spec[spec] = {}
+        if (d := by_spec[spec].get(w.model.split("/", 1)[1])) is not None:
             out[w.name] = d
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _digests(spec: str, data_dir: str | None, stamp: tuple) -> dict[str, str]:
+    """The pool's digests per model; `stamp` (its files' mtimes) keys a rewritten file anew."""
+    from ray_conductor.data.pools import load_pool
+
+    return load_pool(spec, data_dir).answer_digests()
 
 
 def traffic_dollars(df: Any, models: set[str]) -> float:

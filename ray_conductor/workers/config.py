@@ -88,7 +88,7 @@ def answer_fingerprint(cfg: WorkerConfig, replay: str | None = None,
     replay pool a `replay/` worker without an `api_base` answers from). A price change keeps
     it: the online loop re-prices cached answers from their tokens and asks nothing. For a
     `replay/` worker, `recording` (a digest of its recorded answers, `ReplayData.
-    answer_digest`) stands for the pool: a pool file rewritten with only another worker's
+    answer_digests`) stands for the pool: a pool file rewritten with only another worker's
     answers changed (or a worker added) keeps this worker's fingerprint."""
     d = {k: v for k, v in asdict(cfg).items() if k not in PRICE_FIELDS + CALL_FIELDS}
     if recording is not None and cfg.model.startswith("replay/"):
