@@ -70,7 +70,7 @@ def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, lis
     for q, (plan, trace) in zip(queries, got):
         steps = trace.steps if trace else []
         rows.append({"query_id": q.query_id, "shape": plan_shape(plan.workflow),
-                     "workers": list(plan.workflow.workers),
+                     "workers": list(plan.workflow.workers), "program": program_key(plan.workflow),
                      "correct": bool(trace) and bool(data.judge(q.query_id, trace.answer)),
                      "first_alone": bool(steps) and bool(data.judge(q.query_id, steps[0].text)),
                      "cost": trace.cost if trace else 0.0, "calls": trace.calls if trace else 0,
@@ -90,8 +90,16 @@ def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, lis
     return lm, shapes, rows
 
 
-def teacher(data, queries) -> dict:
-    """The warm start's targets on the test split: the lite programs as static plans."""
+def program_key(workflow) -> str:
+    """A plan as the program it runs: its workers in order, `?` after a conditional step
+    (subtask wording left out), e.g. `gemini-1.5-flash-002 > gemini-1.5-pro-002 > gpt-4o? >
+    vote`."""
+    return " > ".join(s.worker + ("?" if s.when else "") for s in workflow)
+
+
+def teacher(data, queries) -> tuple[dict, dict]:
+    """The warm start's targets on the test split: the lite programs as static plans; also
+    query_id -> the teacher's program key (what the LM would write if it cloned perfectly)."""
     from ray_conductor.data.replay import ReplayPool
     from ray_conductor.rl.warm_start import lite_programs
     from ray_conductor.workflow import execute
@@ -105,10 +113,25 @@ def teacher(data, queries) -> dict:
                                       for q in queries))
 
     traces = asyncio.run(run())
+    keys = {q.query_id: program_key(progs[q.query_id]) for q in queries}
     return {"accuracy": mean(bool(data.judge(q.query_id, t.answer)) for q, t in
                              zip(queries, traces)),
             "cost_per_query": mean(t.cost for t in traces),
-            "calls_per_query": mean(t.calls for t in traces)}
+            "calls_per_query": mean(t.calls for t in traces)}, keys
+
+
+def agreement(rows: list, keys: dict) -> dict:
+    """How closely the LM cloned its teacher on the test split: the share of questions where
+    it wrote the teacher's program, overall and per teacher program (n, share agreed)."""
+    out: dict = {"overall": round(mean(r["program"] == keys[r["query_id"]] for r in rows), 4)}
+    per: dict = {}
+    for r in rows:
+        k = keys[r["query_id"]]
+        n, a = per.get(k, (0, 0))
+        per[k] = (n + 1, a + (r["program"] == k))
+    out["by_teacher_program"] = {k: {"n": n, "agreed": round(a / n, 4)} for k, (n, a) in
+                                 sorted(per.items(), key=lambda kv: -kv[1][0])}
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -117,6 +140,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--run-dir", default="runs/bench_lm_quality")
     ap.add_argument("--limit", type=int, default=0, help="first N test questions; 0: all")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--judge-only", action="store_true",
+                    help="judge the conductor already trained in --run-dir (no training; the "
+                         "warm start's figures and curve are read from --out if it exists)")
     args, overrides = ap.parse_known_args(argv)
 
     from _bench import environment, write_report
@@ -132,13 +158,16 @@ def main(argv: list[str]) -> int:
     cfg = load(TrainConfig, ["config=train_cpu", *BUDGET, f"run_dir={args.run_dir}",
                              "overwrite=true", *overrides])
     times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    result = train(cfg)
-    times["train_s"] = time.perf_counter() - t0
-    ws = result.get("warm_start") or {}
-    times["warm_start_s"] = ws.get("wall_s", 0.0)
-    rows = [r for r in result["metrics"] if r["iteration"] >= 0]
-    times["grpo_s"] = sum(r.get("time/iteration_s", 0.0) for r in rows)
+    if args.judge_only:
+        ws, rows, times = _trained(args.run_dir, args.out)
+    else:
+        t0 = time.perf_counter()
+        result = train(cfg)
+        times["train_s"] = time.perf_counter() - t0
+        ws = result.get("warm_start") or {}
+        times["warm_start_s"] = ws.get("wall_s", 0.0)
+        rows = [r for r in result["metrics"] if r["iteration"] >= 0]
+        times["grpo_s"] = sum(r.get("time/iteration_s", 0.0) for r in rows)
 
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
     queries = select_queries(data, "test", args.limit or None)
@@ -155,7 +184,8 @@ def main(argv: list[str]) -> int:
     names = {"gpt4o": "single:gpt-4o", "knn": "knn", "oracle": "oracle"}
     summary = {"lm": brief(lm), **{k: brief(base[v]) for k, v in names.items()}}
     summary["lite"] = brief(next(v for k, v in base.items() if k.startswith("lite")))
-    summary["teacher"] = brief(teacher(data, queries))
+    taught, keys = teacher(data, queries)
+    summary["teacher"] = brief(taught)
     times["eval_baselines_s"] = time.perf_counter() - t2
     ratio = summary["lm"]["cost_per_query"] / summary["gpt4o"]["cost_per_query"]
     summary["lm_cost_vs_gpt4o"] = round(ratio, 3)
@@ -170,12 +200,28 @@ def main(argv: list[str]) -> int:
                                          "cost_per_plan", "calls_per_plan", "staleness",
                                          "time/iteration_s")} for r in rows],
         "lm_workers": _tally(r["workers"] for r in lm_rows),
+        "lm_programs": _tally([r["program"]] for r in lm_rows),
+        "teacher_agreement": agreement(lm_rows, keys),
         "config": to_dict(cfg), "machine": environment(args.threads),
         "note": "a shared 2-core machine loaded by other agents: wall times are loaded-machine "
                 "figures",
     }
     write_report(report, args.out)
     return 0
+
+
+def _trained(run_dir: str, out: str) -> tuple[dict, list, dict]:
+    """For --judge-only: the warm start's figures, the GRPO curve and the training wall times
+    of the run in `run_dir`, from its metrics log (and the earlier report at `out`)."""
+    import json
+
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        raise SystemExit(f"--judge-only: {metrics} is missing; train first (drop --judge-only)")
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    old = json.loads(Path(out).read_text()) if Path(out).is_file() else {}
+    times = {k: v for k, v in (old.get("wall_s") or {}).items() if not k.startswith("eval")}
+    return old.get("warm_start") or {}, [r for r in rows if r["iteration"] >= 0], times
 
 
 def _tally(plans) -> dict[str, int]:
