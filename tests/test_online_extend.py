@@ -307,5 +307,5 @@ def test_a_prior_refit_learns_a_newcomer_the_old_prior_never_saw(shipped, tmp_pa
     assert before == 0 and uses > 0.2  # clones never chose it (ties go to the old one)
 
     few = LiteTrainer(TrainingConfig(refit_min_rows=251), 30.0)
-    sel, how = few._new_prior(grown, t)
+    sel, how = few._new_prior(extend_workers(policy, ["newcomer"], [1.0], "like:gpt-4o"), t)
     assert how == "updated" and len(singles(sel.programs)) == old

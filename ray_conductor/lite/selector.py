@@ -217,10 +217,11 @@ def update_selector(old: Selector, table: LiteTable, stale: set[int]) -> Selecto
     answer. A new row counts for such a program only where all its cells are observed:
     a cascade ending in a stale worker would otherwise count on the rows where its first
     two agree (answered without the stale one, mostly right) and not where they disagree
-    (the stale cell unasked), an estimate selected on its outcome. Program costs are the old ones scaled by each worker's observed price ratio
-    (its mean cost on the new rows over its old single-call mean; 1 where unobserved), so
-    a price rise shows at once. The new rows are not left out of their own estimates (one
-    of `k` neighbours: stated, not corrected)."""
+    (the stale cell unasked), an estimate selected on its outcome. Program costs are the
+    old ones scaled by each worker's observed price ratio (its mean cost on the new rows
+    over its old single-call mean; 1 where unobserved), so a price rise shows at once. The
+    new rows are not left out of their own estimates (one of `k` neighbours: stated, not
+    corrected)."""
     programs = old.programs
     success, _cost = outcomes(table, programs)
     seen = program_seen(table, programs)

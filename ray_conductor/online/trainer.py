@@ -14,7 +14,10 @@ policy worse. With `refit_prior` it also refits the policy's prior (the selector
 per-worker estimates the net reads) on those rows, clones the new selector's choices and
 continues PPO from there (features leave each row out of the prior fit on it); the better of
 the two runs on the training rows is the candidate. A worker the policy has never seen
-extends its action space first (`extend`).
+extends its action space first (`extend`); its prior knows it only once enough rows observe
+it (recorded anchors do): the prior is then fit anew over every worker and the net reads the
+newcomer's estimate too (`widen_prior_inputs`), else an update of the old prior could never
+name it and the cloned choices would teach the net to leave it alone.
 
 Partial-information rows: a question's data may hold only some workers' answers (what its
 served trace carried, plus the cells a budgeted re-roll asked). Training sees only the
@@ -246,8 +249,8 @@ class LiteTrainer:
 
     def _imputed(self, conductor: LiteConductor, table: LiteTable) -> LiteTable | None:
         """Partial rows with every unobserved cell drawn from the prior's estimate (this
-        round's, from these rows: `_new_prior`): correct with its estimated probability, at the
-        worker's mean observed cost, an answer of its own (the right one where correct).
+        round's, from these rows: `_new_prior`): correct with its estimated probability, at
+        the worker's mean observed cost, an answer of its own (the right one where correct).
         What the greedy checks (best iteration, plain vs refit run) and the demonstrations
         read; PPO's episodes never do (they call observed cells only), nor does the paired
         test. None for complete rows or a policy without a prior."""
@@ -279,7 +282,7 @@ class LiteTrainer:
 
     def _new_prior(self, conductor: LiteConductor, table: LiteTable) -> tuple[Any, str]:
         """The prior for `table` (over the conductor's workers, in its order) and how it was
-        made: "updated" or "fit" (anew, over every worker of the table). Partial-information rows
+        made: "updated" or "fit" (anew, over every worker of the table). Partial rows
         *update* the old prior (`update_selector`: its fit rows stay, so a few dozen rows
         cannot undo it; a `stale` worker's old outcomes drop). A worker the old prior has
         no estimate of (one that joined the pool) gets one only from a fit over the table:
