@@ -15,7 +15,7 @@ from online_stubs import App
 from ray_conductor.lite.env import LiteEnv
 from ray_conductor.lite.selector import Selector, fit_selector
 from ray_conductor.online.config import RetrainConfig
-from ray_conductor.online.explore import allowance, rank_cells, spread
+from ray_conductor.online.explore import allowance, changed_first, rank_cells, spread
 from ray_conductor.online.loop import Retrainer
 from ray_conductor.online.reroll import AnswerCache, Reroller, build_table
 from ray_conductor.online.rewards import LABEL, Judge, LoggedRow, rewarded_rows
@@ -402,3 +402,69 @@ def test_estimated_cells_fill_only_what_is_unobserved():
     assert abs(got.correct[:, 2].mean() - 0.9) < 0.1  # pricey: right ~90% by its estimate
     both = got.correct[:, 0] & got.correct[:, 2]  # two right answers agree
     assert (got.answers[both, 0] == got.answers[both, 2]).all()
+
+
+def test_a_cascade_ending_in_a_stale_worker_counts_only_where_that_worker_was_asked():
+    """Scenario (c): `pricey`'s answers changed; the new rows observe `cheap` and `mid`
+    everywhere (recorded anchors) and `pricey` on 40 rows. A cascade (cheap, mid, pricey)
+    is answered without `pricey` where the first two agree: counting those rows and not the
+    ones where they disagree (pricey unasked) would estimate it on its easy rows only; it
+    counts on the 40 rows where every cell it may read is observed, and its estimate there
+    is its outcome on them."""
+    from dataclasses import replace
+
+    from lite_toy import toy_table
+
+    from ray_conductor.lite.selector import update_selector
+
+    old = fit_selector(toy_table(400), max_calls=3, cost_penalty=30)
+    t = toy_table(200, seed=1)
+    wrong = np.where(t.answers[:, 2] == 0, 1, t.answers[:, 2])  # pricey now always wrong
+    t = replace(t, correct=t.correct & [True, True, False],
+                answers=np.column_stack([t.answers[:, :2], wrong]).astype(np.int32))
+    seen = np.ones((200, 3), bool)
+    seen[40:, 2] = False
+    t = replace(t, observed=seen)
+    up = update_selector(old, t, stale={2})
+    new = up.seen[len(old.keys):]
+    agree = (t.answers[:, 0] == t.answers[:, 1])
+    for j, p in enumerate(up.programs):
+        if 2 in p.workers:
+            assert new[:, j].sum() == 40 and not up.seen[:len(old.keys), j].any()
+        elif len(p.workers) == 1:
+            assert new[:, j].all()
+    j = [p.workers for p in up.programs].index((0, 1, 2))
+    assert agree[:40].any() and (~agree[:40]).any()  # both kinds among the asked rows
+    from ray_conductor.lite.programs import outcomes
+
+    assert up.base_rate[j] == pytest.approx(outcomes(t, up.programs)[0][:40, j].mean())
+
+
+def test_changed_first_by_hand():
+    ranked = [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0)]
+    assert changed_first(ranked, ["a", "b"], set()) == spread(ranked, 1)
+    # b's cells first (one per row first), then the rest one per row, then what is left
+    assert changed_first(ranked, ["a", "b"], {"b"}) == [(0, 1), (1, 1), (0, 0), (1, 0), (2, 0)]
+
+
+def test_a_changed_workers_cells_are_explored_first_within_the_budget(tmp_path):
+    """`good`'s answers changed (a new answer fingerprint after the first): the explore
+    share of the allowance goes to its cells, one per row, before anyone else's; the
+    budget holds and every call is accounted."""
+    from ray_conductor.online.cells import CellBroker
+    from ray_conductor.online.config import RerollConfig
+    from ray_conductor.online.decisions import DecisionLog
+
+    pool = PricedPool({"cheap": (1.0, 1.0), "good": (1.0, 1.0)})
+    cache = AnswerCache(tmp_path / "a.jsonl", clock=lambda: 5000.0)
+    assert cache.since("good", "g1") == 0.0  # the first config the loop saw
+    rr = Reroller(pool, {"cheap": "c", "good": "g2"}, cache)
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    broker = CellBroker(rr, list(pool.workers()), RerollConfig(calls_per_row=1.0), log,
+                        rewarded_rows=8)  # 8 calls earned, half of them to explore
+    assert broker.stale() == {"good"}
+    rows = [row(i) for i in range(6)]
+    answers, stats = broker.explore(object(), Path("."), rows, [], 30.0)
+    asked = sorted((k, w) for k, ws in answers.items() for w in ws)
+    assert asked == [(f"k{i}", "good") for i in range(4)] and pool.calls == stats.calls == 4
+    assert log.append("trained", "m")["extra_calls"] == 4

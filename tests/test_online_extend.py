@@ -252,3 +252,60 @@ def test_a_refit_prior_is_kept_only_when_it_trains_better(ray_cluster, shipped, 
     out, figures = few.improve(default_policy_dir(), fit, tmp_path / "few")
     assert figures["prior_refit"] == {}
     assert len(LiteConductor.load(out).prior.keys) == len(policy.prior.keys)
+
+
+def test_widened_prior_inputs_change_nothing_until_trained(shipped):
+    """A prior that learnt a new worker shows the net one more estimate; the net reads it
+    with zero weights, so every logit and value stays what it was, whatever the estimate."""
+    from ray_conductor.online.trainer import widen_prior_inputs
+
+    policy, table = shipped
+    grown = extend_workers(policy, ["newcomer"], [1.0], "like:gpt-4o")
+    net = grown.net
+    n_q = net.obs_dim - state_dim(len(grown.workers), grown.max_calls)
+    feats = grown.question_features(table.features[:20])
+    obs = np.stack([observe(f, grown.new_episode(), grown.cost_scale)["observations"]
+                    for f in feats])
+    widen_prior_inputs(grown, 1)
+    assert grown.net.obs_dim == net.obs_dim + 1 and grown.net is not net
+    estimate = np.random.default_rng(0).random((len(obs), 1)).astype(np.float32)
+    wide = np.concatenate([obs[:, :n_q], estimate, obs[:, n_q:]], axis=1)
+    with torch.no_grad():
+        assert torch.equal(grown.net.pi(torch.as_tensor(wide)), net.pi(torch.as_tensor(obs)))
+        assert torch.equal(grown.net.vf(torch.as_tensor(wide)), net.vf(torch.as_tensor(obs)))
+
+
+def test_a_prior_refit_learns_a_newcomer_the_old_prior_never_saw(shipped, tmp_path):
+    """The pool gains a worker answering as gpt-4o does at a tenth of its price. The
+    served prior has no estimate of it, so updating it (a few partial rows) cannot teach the
+    net to call it; with `refit_min_rows` rows observing the newcomer (recorded anchors) the
+    prior is fit anew over every worker, the net reads the newcomer's estimate and the
+    cloned choices call it; with fewer, the old prior is updated and never names it."""
+    from ray_conductor.online.config import TrainingConfig
+    from ray_conductor.online.trainer import LiteTrainer, singles
+
+    policy, table = shipped
+    t = with_copy(table, "gpt-4o").take(np.arange(300))
+    seen = np.ones((300, len(t.workers)), bool)
+    seen[250:, -1] = False  # the newcomer observed on 250 rows (served traffic: fewer)
+    t = replace(t, observed=seen)
+    grown = extend_workers(policy, ["newcomer"], [1.0], "like:gpt-4o")
+    old = len(singles(grown.prior.programs))
+
+    trainer = LiteTrainer(TrainingConfig(refit_min_rows=200, bc_steps=300), 30.0)
+    sel, how = trainer._new_prior(grown, t)
+    assert how == "fit" and len(singles(sel.programs)) == old + 1
+    trainer._prior_fit, trainer._judge_table = (sel, how), None
+    trainer._judge_table = trainer._imputed(grown, t)
+    before = np.mean([len(grown.workers) - 1 in wf for wf in grown.rollout(
+        trainer._judge_table).workflows])
+    refit = trainer._refit_prior(grown, t)
+    assert refit["workers_estimated"] == ["newcomer"] and not refit["updated"]
+    assert grown.net.obs_dim == policy.net.obs_dim + 3 + 1  # its state (3) and estimate (1)
+    uses = np.mean([len(grown.workers) - 1 in wf for wf in grown.rollout(
+        trainer._judge_table).workflows])
+    assert before == 0 and uses > 0.2  # clones never chose it (ties go to the old one)
+
+    few = LiteTrainer(TrainingConfig(refit_min_rows=251), 30.0)
+    sel, how = few._new_prior(extend_workers(policy, ["newcomer"], [1.0], "like:gpt-4o"), t)
+    assert how == "updated" and len(singles(sel.programs)) == old

@@ -214,10 +214,14 @@ def update_selector(old: Selector, table: LiteTable, stale: set[int]) -> Selecto
     teach without discarding the thousands the prior was fit on. An old row's outcome of a
     program that calls a `stale` worker (its answers changed since: a new model, a new
     pool) no longer counts; every other old outcome still holds, since a price is not an
-    answer. Program costs are the old ones scaled by each worker's observed price ratio
-    (its mean cost on the new rows over its old single-call mean; 1 where unobserved), so
-    a price rise shows at once. The new rows are not left out of their own estimates (one
-    of `k` neighbours: stated, not corrected)."""
+    answer. A new row counts for such a program only where all its cells are observed:
+    a cascade ending in a stale worker would otherwise count on the rows where its first
+    two agree (answered without the stale one, mostly right) and not where they disagree
+    (the stale cell unasked), an estimate selected on its outcome. Program costs are the
+    old ones scaled by each worker's observed price ratio (its mean cost on the new rows
+    over its old single-call mean; 1 where unobserved), so a price rise shows at once. The
+    new rows are not left out of their own estimates (one of `k` neighbours: stated, not
+    corrected)."""
     programs = old.programs
     success, _cost = outcomes(table, programs)
     seen = program_seen(table, programs)
@@ -225,6 +229,7 @@ def update_selector(old: Selector, table: LiteTable, stale: set[int]) -> Selecto
     for j, p in enumerate(programs):
         if stale & set(p.workers):
             old_seen[:, j] = False
+            seen[:, j] &= table.seen[:, list(p.workers)].all(axis=1)
     single = {p.workers[0]: j for j, p in enumerate(programs) if len(p.workers) == 1}
     o = table.seen
     ratio = np.ones(len(table.workers))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ray_conductor.errors import DataError
 from ray_conductor.online.decisions import DecisionLog
-from ray_conductor.online.explore import allowance, rank_cells, spread
+from ray_conductor.online.explore import allowance, changed_first, rank_cells, spread
 from ray_conductor.online.reroll import Cells, Reroller, RerollStats, merge
 from ray_conductor.online.rewards import LoggedRow
 from ray_conductor.online.trainer import Counterfactual, Trainer
@@ -144,7 +144,10 @@ class CellBroker:
         training rows' most valuable unobserved cells (`explore.rank_cells`: from the
         policy's estimates where the trainer offers them, else one worker per row). A
         trainer that asks for cells itself (a `cells` attribute: the LM tier, whose sampled
-        plans name the cells they need) is left that share for its `fetch`es instead."""
+        plans name the cells they need) is left that share for its `fetch`es instead.
+        The cells of a worker whose answers changed (`stale`) or that nothing is known of
+        (no observed neighbour behind any estimate: one that joined) come first
+        (`explore.changed_first`)."""
         stats = RerollStats(rows=len(train) + len(evaluate))
         answers = self.known(train + evaluate, stats)
         budget = int(self.allowance() * self.cfg.explore_share)
@@ -156,10 +159,13 @@ class CellBroker:
                 p, n, cost, names = trainer.estimates(
                     policy, Counterfactual(train, answers, self.workers))
                 seen = np.array([[w in answers.get(r.key, {}) for w in names] for r in train])
-                ranked = spread(rank_cells(p, n, cost, penalty, seen), 1)
+                ranked = rank_cells(p, n, cost, penalty, seen)
+                unknown = {w for j, w in enumerate(names) if not np.asarray(n)[:, j].any()}
             else:
-                ranked = spread([(i, j) for i, r in enumerate(train) for j, w in
-                                 enumerate(names) if w not in answers.get(r.key, {})], 1)
+                ranked = [(i, j) for i, r in enumerate(train) for j, w in enumerate(names)
+                          if w not in answers.get(r.key, {})]
+                unknown = set()
+            ranked = changed_first(ranked, names, self.stale() | unknown)
             got, st = self.rr.cells([(train[i], names[j]) for i, j in ranked], budget, answers)
             merge(answers, got)
             self.spend(st)

@@ -55,3 +55,13 @@ def spread(ranked: list[tuple[int, int]], per_row: int) -> list[tuple[int, int]]
         count[r] = count.get(r, 0) + 1
         (first if count[r] <= per_row else later).append((r, w))
     return first + later
+
+
+def changed_first(ranked: list[tuple[int, int]], names: list[str], changed: set[str]
+                  ) -> list[tuple[int, int]]:
+    """`ranked` (row, worker) cells spread one per row (`spread`), those of the `changed`
+    workers first: a worker whose answers changed (or that is new) has estimates that are
+    another config's (or none), so its cells are worth the most whatever they are ranked
+    at; in their own order (most valuable first) among themselves."""
+    first = [c for c in ranked if names[c[1]] in changed]
+    return spread(first, 1) + spread([c for c in ranked if names[c[1]] not in changed], 1)

@@ -14,7 +14,10 @@ policy worse. With `refit_prior` it also refits the policy's prior (the selector
 per-worker estimates the net reads) on those rows, clones the new selector's choices and
 continues PPO from there (features leave each row out of the prior fit on it); the better of
 the two runs on the training rows is the candidate. A worker the policy has never seen
-extends its action space first (`extend`).
+extends its action space first (`extend`); its prior knows it only once enough rows observe
+it (recorded anchors do): the prior is then fit anew over every worker and the net reads the
+newcomer's estimate too (`widen_prior_inputs`), else an update of the old prior could never
+name it and the cloned choices would teach the net to leave it alone.
 
 Partial-information rows: a question's data may hold only some workers' answers (what its
 served trace carried, plus the cells a budgeted re-roll asked). Training sees only the
@@ -108,6 +111,35 @@ def stand_in(table: LiteTable, old: list[str], new: str, penalty: float) -> str:
     return old[int(np.argmin(gaps))]
 
 
+def singles(programs: Any) -> list[tuple[int, ...]]:
+    """The single-worker programs' workers, in order (what the net reads one estimate of)."""
+    return [p.workers for p in programs if len(p.workers) == 1]
+
+
+def widen_prior_inputs(conductor: LiteConductor, added: int) -> None:
+    """In place: the net reads `added` more prior estimates (new workers', after the old
+    ones in the question features), with zero weights: it computes what it did before until
+    it is trained on them."""
+    import torch
+
+    from ray_conductor.lite.episode import state_dim
+    from ray_conductor.lite.net import LiteNet
+
+    net = conductor.net
+    assert net is not None and added > 0
+    n_q = net.obs_dim - state_dim(len(conductor.workers), conductor.max_calls)
+    wide = LiteNet(net.obs_dim + added, net.n_actions, net.hidden)
+    wide.load_state_dict({k: v for k, v in net.state_dict().items()
+                          if k not in ("pi.0.weight", "vf.0.weight")}, strict=False)
+    with torch.no_grad():
+        for old, new in ((net.pi[0], wide.pi[0]), (net.vf[0], wide.vf[0])):
+            new.weight.zero_()
+            new.weight[:, :n_q] = old.weight[:, :n_q]
+            new.weight[:, n_q + added:] = old.weight[:, n_q:]
+    wide.eval()
+    conductor.net = wide
+
+
 def policy_penalty(conductor: LiteConductor) -> float:
     """The dollar penalty a lite policy was trained with (its reward's own exchange rate)."""
     trained = (conductor.info or {}).get("trained") or {}
@@ -121,6 +153,7 @@ class LiteTrainer:
         self.settings, self.cost_penalty = settings, float(cost_penalty)
         self.stale: set[str] = set()  # workers whose answers changed since the policy's fit
         self._judge_table: LiteTable | None = None  # partial rows, estimates filled in
+        self._prior_fit: tuple[Any, str] | None = None  # this round's prior (`_new_prior`)
         self._emb: dict[tuple[str, str], np.ndarray] = {}  # (featurizer, key) -> embedding
 
     def load(self, policy_dir: Path | str) -> LiteConductor:
@@ -215,19 +248,16 @@ class LiteTrainer:
         return p, n, mean_cost, names
 
     def _imputed(self, conductor: LiteConductor, table: LiteTable) -> LiteTable | None:
-        """Partial rows with every unobserved cell drawn from the prior's estimate (updated
-        by these rows: `update_selector`): correct with its estimated probability, at the
-        worker's mean observed cost, an answer of its own (the right one where correct).
+        """Partial rows with every unobserved cell drawn from the prior's estimate (this
+        round's, from these rows: `_new_prior`): correct with its estimated probability, at
+        the worker's mean observed cost, an answer of its own (the right one where correct).
         What the greedy checks (best iteration, plain vs refit run) and the demonstrations
         read; PPO's episodes never do (they call observed cells only), nor does the paired
         test. None for complete rows or a policy without a prior."""
         if table.observed is None or conductor.prior is None:
             return None
-        from ray_conductor.lite.selector import update_selector
-
         table = table.reorder(table.workers)
-        stale = {conductor.workers.index(w) for w in self.stale if w in conductor.workers}
-        sel = update_selector(conductor.prior, table, stale)
+        sel = (self._prior_fit or self._new_prior(conductor, table))[0]
         probs = sel.probs(table.features)
         seen = table.seen
         p, prior_cost = np.full(seen.shape, 0.5), np.zeros(seen.shape[1])
@@ -250,41 +280,58 @@ class LiteTrainer:
                        cost=np.where(seen, table.cost, mean_cost[None, :]),
                        responded=np.where(seen, table.responded, True), observed=None)
 
-    def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
-        """Refit the conductor's prior (the selector whose per-worker estimates it reads) on
-        `table`, the re-rolled rows of the current world, and behaviour-clone the new
-        selector's choices into the net (from its current weights). {} when skipped.
-        Partial-information rows *update* the prior instead (`update_selector`: its fit
-        rows stay, so `refit_min_rows` does not apply: a few dozen rows cannot undo it)."""
-        partial = table.observed is not None
-        if (not self.settings.refit_prior or conductor.prior is None
-                or (not partial and len(table) < self.settings.refit_min_rows)):
-            return {}
-        from ray_conductor.lite.bc import behaviour_clone, demonstrations
-        from ray_conductor.lite.selector import SelectorConfig, choose, fit_selector
+    def _new_prior(self, conductor: LiteConductor, table: LiteTable) -> tuple[Any, str]:
+        """The prior for `table` (over the conductor's workers, in its order) and how it was
+        made: "updated" or "fit" (anew, over every worker of the table). Partial rows
+        *update* the old prior (`update_selector`: its fit rows stay, so a few dozen rows
+        cannot undo it; a `stale` worker's old outcomes drop). A worker the old prior has
+        no estimate of (one that joined the pool) gets one only from a fit over the table:
+        done when at least `refit_min_rows` rows observe each such worker (the anchors'
+        recorded cells do), else the update (the newcomer stays the net's to learn).
+        Complete rows: a fit, if there are `refit_min_rows` of them (else None, "")."""
+        from ray_conductor.lite.selector import SelectorConfig, fit_selector, update_selector
 
         old = conductor.prior
-        if partial:  # few, partial rows: update the prior, keep what still holds
-            from ray_conductor.lite.selector import update_selector
-
-            stale = {conductor.workers.index(w) for w in self.stale
-                     if w in conductor.workers}
-            sel = update_selector(old, table.reorder(table.workers), stale)
-        else:
+        known = len(singles(old.programs))
+        seen = table.seen
+        unknown = list(range(known, len(table.workers)))
+        fit = (table.observed is None and len(table) >= self.settings.refit_min_rows) or (
+            bool(unknown) and all(seen[:, j].sum() >= self.settings.refit_min_rows
+                                  for j in unknown))
+        if fit:
             cfg = SelectorConfig(shrink=old.shrink)
-            sel = fit_selector(table, max_calls=conductor.max_calls,
-                               cost_penalty=self.cost_penalty, cfg=cfg)
+            return fit_selector(table, max_calls=conductor.max_calls,
+                                cost_penalty=self.cost_penalty, cfg=cfg), "fit"
+        if table.observed is None:
+            return None, ""
+        stale = {conductor.workers.index(w) for w in self.stale if w in conductor.workers}
+        return update_selector(old, table, stale), "updated"
 
-        def singles(programs: Any) -> list[tuple[int, ...]]:
-            return [p.workers for p in programs if len(p.workers) == 1]
-
-        # the net reads one estimate per single worker; cascades may reorder (by price)
-        if singles(sel.programs) != singles(old.programs):
+    def _refit_prior(self, conductor: LiteConductor, table: LiteTable) -> dict[str, Any]:
+        """Refit (or update: `_new_prior`) the conductor's prior (the selector whose
+        per-worker estimates it reads) on `table`, the re-rolled rows of the current world,
+        and behaviour-clone the new selector's choices into the net (from its current
+        weights). A prior that learnt new workers widens the net's inputs first
+        (`widen_prior_inputs`). {} when skipped."""
+        if not self.settings.refit_prior or conductor.prior is None:
             return {}
+        from ray_conductor.lite.bc import behaviour_clone, demonstrations
+        from ray_conductor.lite.selector import choose
+
+        old = conductor.prior
+        sel, how = self._prior_fit or self._new_prior(conductor, table)
+        # the net reads one estimate per single worker; cascades may reorder (by price)
+        if sel is None or singles(sel.programs)[:len(singles(old.programs))] != singles(
+                old.programs):
+            return {}
+        updated = how == "updated"
+        if len(singles(sel.programs)) > len(singles(old.programs)):  # new workers estimated
+            widen_prior_inputs(conductor, len(singles(sel.programs)) - len(singles(
+                old.programs)))
         conductor.prior = sel
-        feats = conductor.question_features(table.features, leave_one_out=not partial)
-        probs = sel.probs(table.features, leave_one_out=not partial)
-        if partial:  # the demonstrations step through estimated cells where unobserved
+        feats = conductor.question_features(table.features, leave_one_out=not updated)
+        probs = sel.probs(table.features, leave_one_out=not updated)
+        if table.observed is not None:  # demonstrations step through estimated cells
             table = self._judge_table if self._judge_table is not None else table
         picks = choose(probs, sel.mean_cost, self.cost_penalty)
         demos = demonstrations(table.with_features(feats), sel.programs, picks,
@@ -292,7 +339,9 @@ class LiteTrainer:
                                cost_penalty=self.cost_penalty)
         stats = behaviour_clone(conductor.net, demos, steps=self.settings.bc_steps,
                                 seed=self.settings.seed)
-        return {"rows": len(table), "bc": stats, "updated": partial}
+        return {"rows": len(table), "bc": stats, "updated": updated,
+                "workers_estimated": [table.workers[p[0]] for p in singles(
+                    sel.programs)[len(singles(old.programs)):]]}
 
     def _continue(self, conductor: LiteConductor, table: LiteTable,
                   refit: bool = False) -> dict[str, Any]:
@@ -349,8 +398,12 @@ class LiteTrainer:
             conductor.info.pop("pending_workers", None)
             added = [*added, *pending]
         assert conductor.net is not None
-        old_prior = conductor.prior
+        old_prior, old_net = conductor.prior, conductor.net
         old_state = {k: v.detach().clone() for k, v in conductor.net.state_dict().items()}
+        self._prior_fit = None
+        if conductor.prior is not None and (table.observed is not None or
+                                            self.settings.refit_prior):
+            self._prior_fit = self._new_prior(conductor, table)
         self._judge_table = self._imputed(conductor, table)
         plain = self._continue(conductor, table)
         refit, run = {}, plain
@@ -363,7 +416,7 @@ class LiteTrainer:
                 if taught["reward"] > plain["reward"]:
                     run, refit["kept"] = taught, True
         if not refit.get("kept"):
-            conductor.prior = old_prior
+            conductor.prior, conductor.net = old_prior, old_net
         conductor.net.load_state_dict(run["state"])
         soften(conductor.net, 1.0 / self.settings.temperature)  # back to its own scale
         figures = {"rows": len(table), "workers_added": list(added), "inits": inits,
