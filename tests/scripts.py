@@ -18,3 +18,21 @@ def load_script(relpath: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def tiny_checkpoint(parent: Path) -> Path:
+    """A trained-checkpoint directory (`parent/iter_000001`) holding the tiny model and a
+    conductor that writes constrained programs with worker names: what the plan benchmarks
+    load as `--run-dir` without training."""
+    import json
+
+    from ray_conductor.policy.loading import resolve_model_path
+
+    ckpt = parent / "iter_000001"
+    ckpt.mkdir()
+    (ckpt / "model").symlink_to(resolve_model_path("tiny-smollm2"), target_is_directory=True)
+    conductor = {"constrain": True, "programs": True, "worker_ids": "name", "few_shot": False,
+                 "max_subtask_chars": 8, "max_new_tokens": 200, "max_steps": 3,
+                 "batch_size": 8}
+    (ckpt / "trainer_state.json").write_text(json.dumps({"config": {"conductor": conductor}}))
+    return ckpt

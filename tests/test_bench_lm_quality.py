@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from scripts import load_script
+from scripts import load_script, tiny_checkpoint
 
-from ray_conductor.policy.loading import resolve_model_path
 from ray_conductor.workflow.model import Step, Workflow
 
 
@@ -47,13 +46,7 @@ def test_judge_only_needs_a_trained_run(bench, tmp_path):
 
 
 def test_judge_only_reports_a_trained_tiny_conductor(bench, tmp_path):
-    run = tmp_path / "iter_000001"
-    run.mkdir()
-    (run / "model").symlink_to(resolve_model_path("tiny-smollm2"), target_is_directory=True)
-    conductor = {"constrain": True, "programs": True, "worker_ids": "name", "few_shot": False,
-                 "max_subtask_chars": 8, "max_new_tokens": 200, "max_steps": 3,
-                 "batch_size": 8}
-    (run / "trainer_state.json").write_text(json.dumps({"config": {"conductor": conductor}}))
+    run = tiny_checkpoint(tmp_path)
     (run / "metrics.jsonl").write_text(
         json.dumps({"iteration": -1, "warm_start": 1, "learner/sft_loss": 0.5}) + "\n"
         + json.dumps({"iteration": 0, "reward_mean": 0.75, "time/iteration_s": 2.0}) + "\n")

@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import json
 
-from scripts import load_script
-
-from ray_conductor.policy.loading import resolve_model_path
+from scripts import load_script, tiny_checkpoint
 
 
 def test_tiny_checkpoint_writes_a_report_by_plan_shape(tmp_path):
-    ckpt = tmp_path / "iter_000001"
-    ckpt.mkdir()
-    (ckpt / "model").symlink_to(resolve_model_path("tiny-smollm2"), target_is_directory=True)
-    conductor = {"constrain": True, "programs": True, "worker_ids": "name", "few_shot": False,
-                 "max_subtask_chars": 8, "max_new_tokens": 200, "max_steps": 3,
-                 "batch_size": 8}
-    (ckpt / "trainer_state.json").write_text(json.dumps({"config": {"conductor": conductor}}))
+    ckpt = tiny_checkpoint(tmp_path)
     out = tmp_path / "payoff.json"
     load_script("benchmarks/plan_payoff.py").main(
         ["--run-dir", str(ckpt), "--limit", "2", "--threads", "1", "--round-bf16",
