@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from online_stubs import App
 
+from ray_conductor.data.splits import unit_hash
 from ray_conductor.online.cells import CellBroker
 from ray_conductor.online.config import RerollConfig, RetrainConfig
 from ray_conductor.online.decisions import DecisionLog
@@ -281,16 +282,58 @@ def test_needed_and_scorable_make_greedy_scores_exact_within_the_budget(tmp_path
     policy.mkdir()
     need = trainer.needed(policy, data)
     assert need == {f"k{i}": ["a1", "a2"] for i in range(3)}  # k3's two agree: exact
-    # 8 calls: pass 1 the 6 cheap cells of k0..k2 (they disagree), pass 2 the judge of k0
-    # and k1; k2's judge is out of budget, so k2 is not scored
+    # seed 4 walks k3, k2, k0, k1. 8 calls: pass 1 the 6 cheap cells of k2, k0, k1 (they
+    # disagree), pass 2 the judge of k2 and k0; k1's judge is out of budget, so the
+    # scored questions end before k1
+    assert sorted(data.rows, key=lambda r: unit_hash(f"scorable/4/{r.key}")) == [
+        rows[3], rows[2], rows[0], rows[1]]
     cells = broker(tmp_path, pool, 1.0, rewarded_rows=8)
-    exact = cells.scorable(trainer, [policy], data)
-    assert [r.key for r in exact.rows] == ["k0", "k1", "k3"] and pool.calls == 8
+    exact = cells.scorable(trainer, [policy], data, seed=4)
+    assert [r.key for r in exact.rows] == ["k0", "k2", "k3"] and pool.calls == 8
     assert trainer.needed(policy, exact) == {}
     assert trainer.score(policy, exact) == pytest.approx(
         [1 - 10 * 0.003, 1 - 10 * 0.003, 1 - 10 * 0.002])
     assert trainer.loads == 1  # loaded and planned once for every pass and the score
     assert cells.log.append("evaluated", "online")["extra_calls"] == 8
+
+
+def test_scorable_is_a_random_sample_not_the_questions_that_needed_nothing(tmp_path):
+    """Half the questions need nothing (their cascade's two cells agree, observed), half
+    need three cells; the budget completes about a third of the needy ones. The old rule
+    (keep what needs nothing, plus what the budget completed) scored a set two-thirds
+    free; the prefix of a random order keeps the needy share near the data's one half."""
+    pool = Letters({"a1": "A", "a2": "C", "judge": "A"})
+    rows = [row(i) for i in range(40)]
+    agree = {"a1": RerollAnswer("A", True, 0.001, True),
+             "a2": RerollAnswer("A", True, 0.001, True)}
+    trainer, policy = Scripted(CASCADE), tmp_path / "policy"
+    policy.mkdir()
+    shares, sizes = [], []
+    for seed in range(30):
+        data = Counterfactual(rows, {f"k{i}": dict(agree) for i in range(0, 40, 2)},
+                              list(pool.workers()))
+        (tmp_path / str(seed)).mkdir()
+        cells = broker(tmp_path / str(seed), pool, 1.0, rewarded_rows=21)
+        exact = cells.scorable(trainer, [policy], data, seed=seed)
+        assert trainer.needed(policy, exact) == {}  # every kept question scores exactly
+        assert cells.log.pending.calls <= 21  # within the budget
+        needy = sum(int(r.key[1:]) % 2 for r in exact.rows)
+        shares.append(needy / len(exact.rows))
+        sizes.append(len(exact.rows))
+    assert 0.4 < np.mean(shares) < 0.6, np.mean(shares)
+    assert 10 < np.mean(sizes) < 20  # about 7 needy and as many free
+    # the next round walks the same order: what this round bought is free, and the new
+    # allowance extends the prefix (with a question added, the order of the rest holds)
+    data = Counterfactual(rows, {f"k{i}": dict(agree) for i in range(0, 40, 2)},
+                          list(pool.workers()))
+    (tmp_path / "again").mkdir()
+    cells = broker(tmp_path / "again", pool, 1.0, rewarded_rows=21)
+    first = cells.scorable(trainer, [policy], data, seed=7)
+    cells.rewarded_rows += 21
+    second = cells.scorable(trainer, [policy], Counterfactual(
+        rows + [row(40)], data.answers, data.workers), seed=7)
+    assert {r.key for r in first.rows} < {r.key for r in second.rows}
+    assert cells.log.pending.calls <= 42
 
 
 # -- a loop round with the tiny model ----------------------------------------------------------

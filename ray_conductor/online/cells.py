@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ray_conductor.data.splits import unit_hash
 from ray_conductor.errors import DataError
 from ray_conductor.online.decisions import DecisionLog
 from ray_conductor.online.explore import allowance, changed_first, rank_cells, spread
@@ -174,32 +175,78 @@ class CellBroker:
         return answers, stats
 
     def scorable(self, trainer: Trainer, policies: list[Path], data: Counterfactual,
-                 passes: int = 8) -> Counterfactual:
-        """Ask the unobserved cells the `policies`' greedy rollouts read on `data`'s
-        questions, within the allowance (each pass reveals the next step's cell); the
-        questions on which every step they take is observed (exact scores). Without
-        `trainer.needed`: the questions with every worker's answer. Full re-roll: `data`."""
+                 passes: int = 8, seed: int = 0) -> Counterfactual:
+        """The questions of `data` on which every step the `policies`' greedy rollouts take
+        is observed (exact scores), after asking the unobserved cells they read within the
+        allowance (each pass reveals the next step's cell). Without `trainer.needed`: the
+        questions with every worker's answer. Full re-roll: `data`.
+
+        The questions are walked in a random order (a hash of `seed` and the question's
+        key: the same order every round, so the cells one round bought extend the next
+        round's prefix instead of being scattered over it) and the result is the longest
+        prefix of it that could be completed: a random sample of `data`, whether a question
+        is in it does not depend on which cells a policy needs there. Keeping every question
+        that needs nothing instead biases the paired test against a change: after a worker's
+        answers change, its old cells are void, so the questions that need nothing are the
+        ones where neither policy asks that worker, and a candidate that stops asking a
+        degraded worker is judged only where the serving policy did not ask it either. The
+        stopping rule (the prefix ends where the budget does) leaves a bias of order 1/n."""
         if self.full or not len(data):
             return data
-        need: dict[str, set[str]] = {}
+        rows = sorted(data.rows, key=lambda r: unit_hash(f"scorable/{seed}/{r.key}"))
+        kept: list[LoggedRow] = []
+        pos, size, calls0 = 0, 4, self.round_calls
+        while pos < len(rows):  # in chunks: a pass asks for a whole chunk's cells at once
+            chunk = Counterfactual(rows[pos:pos + size], data.answers, data.workers)
+            done = self._complete(trainer, policies, chunk, passes)
+            kept += done.rows
+            if len(done) < len(chunk):
+                break
+            pos += size
+            per_row = (self.round_calls - calls0) / pos  # the next chunk: twice as long,
+            size = 2 * size if per_row == 0 else max(  # or what the allowance left buys
+                1, min(2 * size, int(self.allowance() / per_row)))
+        keep = {r.key for r in kept}
+        return Counterfactual([r for r in data.rows if r.key in keep], data.answers,
+                              data.workers)
+
+    def _complete(self, trainer: Trainer, policies: list[Path], view: Counterfactual,
+                  passes: int) -> Counterfactual:
+        """The longest prefix of `view` whose needed cells the allowance could buy, in
+        passes (each pass asks every question's next cells, in order)."""
         for _ in range(passes):
-            need = {}
-            if hasattr(trainer, "needed"):
-                for p in policies:
-                    for k, ws in trainer.needed(p, data).items():
-                        need.setdefault(k, set()).update(ws)
-            else:
-                need = {r.key: set(self.rr.workers) - set(data.answers.get(r.key, {}))
-                        for r in data.rows}
-                need = {k: v for k, v in need.items() if v}
+            need = self._need(trainer, policies, view)
             budget = self.allowance()
             if not need or budget <= 0:
                 break
-            wanted = [(r, w) for r in data.rows for w in sorted(need.get(r.key, ()))]
-            got, st = self.rr.cells(wanted, budget, data.answers)
-            merge(data.answers, got)
+            wanted = [(r, w) for r in view.rows for w in sorted(need.get(r.key, ()))]
+            got, st = self.rr.cells(wanted, budget, view.answers)
+            merge(view.answers, got)
             self.spend(st)
+            view = _prefix(view, need)
             if not st.calls and not got:
                 break
-        return Counterfactual([r for r in data.rows if r.key not in need], data.answers,
-                              data.workers)
+        return _prefix(view, self._need(trainer, policies, view))
+
+    def _need(self, trainer: Trainer, policies: list[Path], data: Counterfactual
+              ) -> dict[str, set[str]]:
+        """Per question key, the unobserved cells the `policies` read there."""
+        need: dict[str, set[str]] = {}
+        if not len(data):
+            return need
+        if hasattr(trainer, "needed"):
+            for p in policies:
+                for k, ws in trainer.needed(p, data).items():
+                    need.setdefault(k, set()).update(ws)
+            return need
+        need = {r.key: set(self.rr.workers) - set(data.answers.get(r.key, {}))
+                for r in data.rows}
+        return {k: v for k, v in need.items() if v}
+
+
+def _prefix(view: Counterfactual, need: dict[str, set[str]]) -> Counterfactual:
+    """`view` up to its first question with a cell in `need` still unobserved."""
+    for i, r in enumerate(view.rows):
+        if any(w not in view.answers.get(r.key, {}) for w in need.get(r.key, ())):
+            return Counterfactual(view.rows[:i], view.answers, view.workers)
+    return view

@@ -326,8 +326,8 @@ class Retrainer:
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]
-        held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf)
-        anchor_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], anchor_cf)
+        held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf, seed=tr.seed)
+        anchor_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], anchor_cf, seed=tr.seed)
         if len(held_cf) < cfg.evaluation.min_rows:
             shutil.rmtree(cand_dir, ignore_errors=True)
             return out + [self.decisions.append("skipped", model, version=pv.tag, reason=(
