@@ -195,6 +195,7 @@ def retrain_config(name: str, state: Path, args: argparse.Namespace, seed: int) 
         cfg.training.anchor.split, cfg.training.anchor.rows = "all", args.anchor_rows
         cfg.reroll.calls_per_round = 20 * args.anchor_rows + 20000
         cfg.evaluation.anchor_rows = args.held_anchor_rows
+        cfg.evaluation.anchor_share = args.anchor_share
     return cfg
 
 
@@ -396,6 +397,9 @@ def main() -> None:
                     help="part A questions the loop re-asks and trains on (0: traffic only)")
     ap.add_argument("--held-anchor-rows", type=int, default=100,
                     help="held-back part A questions the paired test also compares on")
+    ap.add_argument("--anchor-share", type=float, default=0.0,
+                    help="share of the scoring calls kept for the held-back anchors "
+                         "(evaluation.anchor_share)")
     args = ap.parse_args()
 
     import torch

@@ -334,6 +334,13 @@ def test_scorable_is_a_random_sample_not_the_questions_that_needed_nothing(tmp_p
         rows + [row(40)], data.answers, data.workers), seed=7)
     assert {r.key for r in first.rows} < {r.key for r in second.rows}
     assert cells.log.pending.calls <= 42
+    # a cap below the allowance (the share kept for the anchors) holds
+    (tmp_path / "cap").mkdir()
+    cells = broker(tmp_path / "cap", pool, 1.0, rewarded_rows=21)
+    capped = cells.scorable(trainer, [policy], Counterfactual(
+        rows, {f"k{i}": dict(agree) for i in range(0, 40, 2)}, data.workers), seed=7, budget=5)
+    assert cells.log.pending.calls <= 5 and cells.allowance() >= 16
+    assert {r.key for r in capped.rows} <= {r.key for r in first.rows}
 
 
 # -- a loop round with the tiny model ----------------------------------------------------------

@@ -175,11 +175,13 @@ class CellBroker:
         return answers, stats
 
     def scorable(self, trainer: Trainer, policies: list[Path], data: Counterfactual,
-                 passes: int = 8, seed: int = 0) -> Counterfactual:
+                 passes: int = 8, seed: int = 0, budget: int | None = None
+                 ) -> Counterfactual:
         """The questions of `data` on which every step the `policies`' greedy rollouts take
         is observed (exact scores), after asking the unobserved cells they read within the
         allowance (each pass reveals the next step's cell). Without `trainer.needed`: the
-        questions with every worker's answer. Full re-roll: `data`.
+        questions with every worker's answer. Full re-roll: `data`. `budget`: at most
+        that many calls here (None: the allowance).
 
         The questions are walked in a random order (a hash of `seed` and the question's
         key: the same order every round, so the cells one round bought extend the next
@@ -196,27 +198,32 @@ class CellBroker:
         rows = sorted(data.rows, key=lambda r: unit_hash(f"scorable/{seed}/{r.key}"))
         kept: list[LoggedRow] = []
         pos, size, calls0 = 0, 4, self.round_calls
+        stop = None if budget is None else calls0 + max(0, int(budget))
+
+        def left() -> int:
+            return self.allowance() if stop is None else min(self.allowance(),
+                                                             stop - self.round_calls)
         while pos < len(rows):  # in chunks: a pass asks for a whole chunk's cells at once
             chunk = Counterfactual(rows[pos:pos + size], data.answers, data.workers)
-            done = self._complete(trainer, policies, chunk, passes)
+            done = self._complete(trainer, policies, chunk, passes, left)
             kept += done.rows
             if len(done) < len(chunk):
                 break
             pos += size
             per_row = (self.round_calls - calls0) / pos  # the next chunk: twice as long,
             size = 2 * size if per_row == 0 else max(  # or what the allowance left buys
-                1, min(2 * size, int(self.allowance() / per_row)))
+                1, min(2 * size, int(left() / per_row)))
         keep = {r.key for r in kept}
         return Counterfactual([r for r in data.rows if r.key in keep], data.answers,
                               data.workers)
 
     def _complete(self, trainer: Trainer, policies: list[Path], view: Counterfactual,
-                  passes: int) -> Counterfactual:
-        """The longest prefix of `view` whose needed cells the allowance could buy, in
+                  passes: int, left: Any) -> Counterfactual:
+        """The longest prefix of `view` whose needed cells `left()` calls could buy, in
         passes (each pass asks every question's next cells, in order)."""
         for _ in range(passes):
             need = self._need(trainer, policies, view)
-            budget = self.allowance()
+            budget = left()
             if not need or budget <= 0:
                 break
             wanted = [(r, w) for r in view.rows for w in sorted(need.get(r.key, ()))]

@@ -326,7 +326,10 @@ class Retrainer:
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
         out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
                                      **counts, training=figures)]
-        held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf, seed=tr.seed)
+        share = cfg.evaluation.anchor_share if len(anchor_cf) else 0.0
+        held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf, seed=tr.seed,
+                                 budget=None if not share else
+                                 int(cells.allowance() * (1 - share)))
         anchor_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], anchor_cf, seed=tr.seed)
         if len(held_cf) < cfg.evaluation.min_rows:
             shutil.rmtree(cand_dir, ignore_errors=True)
