@@ -62,6 +62,7 @@ def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, lis
 
     from ray_conductor.data.replay import ReplayPool
     from ray_conductor.policy.runner import load_conductor, run_conductor
+    from ray_conductor.rl.warm_start import program_key
 
     torch.set_num_threads(threads)
     conductor, _ = load_conductor(run_dir)
@@ -90,18 +91,11 @@ def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, lis
     return lm, shapes, rows
 
 
-def program_key(workflow) -> str:
-    """A plan as the program it runs: its workers in order, `?` after a conditional step
-    (subtask wording left out), e.g. `gemini-1.5-flash-002 > gemini-1.5-pro-002 > gpt-4o? >
-    vote`."""
-    return " > ".join(s.worker + ("?" if s.when else "") for s in workflow)
-
-
 def teacher(data, queries) -> tuple[dict, dict]:
     """The warm start's targets on the test split: the lite programs as static plans; also
     query_id -> the teacher's program key (what the LM would write if it cloned perfectly)."""
     from ray_conductor.data.replay import ReplayPool
-    from ray_conductor.rl.warm_start import lite_programs
+    from ray_conductor.rl.warm_start import lite_programs, program_key
     from ray_conductor.workflow import execute
 
     progs = lite_programs("lite:default", data, "test")

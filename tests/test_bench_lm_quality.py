@@ -10,22 +10,11 @@ import json
 import pytest
 from scripts import load_script, tiny_checkpoint
 
-from ray_conductor.workflow.model import Step, Workflow
 
 
 @pytest.fixture(scope="module")
 def bench():
     return load_script("benchmarks/lm_quality.py")
-
-
-def test_program_key_names_workers_in_order_and_marks_conditional_steps(bench):
-    wf = Workflow((Step("flash", "Answer."), Step("pro", "Answer the question."),
-                   Step("gpt-4o", "The answers differ.", "all", "disagree"),
-                   Step("vote", "Most common.", "all")))
-    assert bench.program_key(wf) == "flash > pro > gpt-4o? > vote"
-    # the subtask's wording is not part of the program
-    assert bench.program_key(Workflow.single("pro", "x")) == \
-        bench.program_key(Workflow.single("pro", "y")) == "pro"
 
 
 def test_agreement_counts_the_teacher_program_per_question(bench):

@@ -18,7 +18,7 @@ from ray_conductor.rl.learner import Learner, LearnerConfig, batch_advantages
 from ray_conductor.rl.rewards import RewardConfig, reward
 from ray_conductor.rl.rollout import RolloutWorker
 from ray_conductor.rl.types import Trajectory
-from ray_conductor.rl.warm_start import program_workflow, shape
+from ray_conductor.rl.warm_start import balanced, program_key, program_workflow, shape
 from ray_conductor.workers.base import Completion, WorkerInfo
 from ray_conductor.workflow import parse, render
 from ray_conductor.workflow.model import Step, Workflow
@@ -78,6 +78,33 @@ def test_cost_penalty_changes_the_reward_as_computed_by_hand():
              (0.0005, 0.005)]
     adv = batch_advantages(group, LearnerConfig())
     assert adv[0] > 0 > adv[1]
+
+
+def test_program_key_names_workers_in_order_and_marks_conditional_steps():
+    wf = Workflow((Step("flash", "Answer."), Step("pro", "Answer the question."),
+                   Step("gpt-4o", "The answers differ.", "all", "disagree"),
+                   Step("vote", "Most common.", "all")))
+    assert program_key(wf) == "flash > pro > gpt-4o? > vote"
+    # the subtask's wording is not part of the program
+    assert program_key(Workflow.single("pro", "x")) == \
+        program_key(Workflow.single("pro", "y")) == "pro"
+
+
+def test_balanced_resample_flattens_the_teachers_program_mix():
+    keys = ["pro"] * 640 + ["cascade"] * 160 + ["vote"] * 40  # a 16:4:1 teacher
+    assert balanced(keys, 0.0) == list(range(len(keys)))  # off: as written, in order
+
+    def shares(balance):
+        drawn = [keys[i] for i in balanced(keys, balance, seed=1)]
+        return {k: drawn.count(k) / len(drawn) for k in ("pro", "cascade", "vote")}
+
+    full, half = shares(1.0), shares(0.5)
+    assert all(abs(v - 1 / 3) < 0.05 for v in full.values())  # every program equally often
+    # 0.5: shares proportional to sqrt(count), 8:4:2 of 14 (was 16:4:1 of 21)
+    for k, want in (("pro", 8 / 14), ("cascade", 4 / 14), ("vote", 2 / 14)):
+        assert abs(half[k] - want) < 0.05, (k, half)
+    assert balanced(keys, 0.5, seed=1) == balanced(keys, 0.5, seed=1)  # seeded
+    assert len(balanced(keys, 0.5)) == len(keys)
 
 
 # -- the supervised step -----------------------------------------------------------------------
@@ -277,13 +304,15 @@ def test_a_tiny_run_warm_starts_from_the_lite_programs_then_overlaps(ray_cluster
         "progress=false", "checkpoint_every=100", "conductor.max_new_tokens=16",
         "conductor.programs=true", "conductor.worker_ids=name",
         "warm_start.source=lite:default", "warm_start.limit=4", "warm_start.batch=2",
-        "warm_start.epochs=1",
+        "warm_start.epochs=1", "warm_start.balance=0.5",
         "warm_start.lr=1e-3", "overlap=true", "max_staleness=1",
         "graph.rollout.torch_threads=1", "graph.learner.torch_threads=1",
         "ray.namespace=test_lm_tier_run"])
     result = train(cfg)
     ws = result["warm_start"]
     assert ws["examples"] == 4 and ws["steps"] == 2 and ws["version"] == 1
+    assert ws["balance"] == 0.5 and sum(ws["programs"].values()) == 4
+    assert sum(ws["drawn"].values()) == 4 and set(ws["drawn"]) <= set(ws["programs"])
     rows = result["metrics"]
     assert [r["iteration"] for r in rows] == [-2, -1, 0, 1, 2]
     assert all(r["warm_start"] == 1 and r["learner/lr"] == 1e-3 for r in rows[:2])

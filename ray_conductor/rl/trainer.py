@@ -349,11 +349,14 @@ def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, A
     the target of the LM's own prompt; `warm_start.epochs` passes of `sft_step`. Logged as
     iterations -steps..-1 (after a format warm-up's)."""
     from ray_conductor.rl.grpo import sft_epochs
-    from ray_conductor.rl.warm_start import lite_programs
+    from ray_conductor.rl.warm_start import balanced, lite_programs, program_key
 
     ws, t0 = cfg.warm_start, time.perf_counter()
     programs = lite_programs(ws.source, data, cfg.split)
     qs = [q for q in train_q if q.query_id in programs][:ws.limit]
+    keys = [program_key(programs[q.query_id]) for q in qs]
+    idx = balanced(keys, ws.balance, cfg.seed)
+    qs, drawn = [qs[i] for i in idx], [keys[i] for i in idx]
     examples = graph.rollouts.examples(qs, [programs[q.query_id] for q in qs])
     t_targets = time.perf_counter() - t0
     steps = ws.epochs * -(-len(examples) // ws.batch)
@@ -365,7 +368,15 @@ def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, A
     if ws.lr:
         graph.learners.set_lr(cfg.learner.lr)
     return {"examples": len(examples), "steps": steps, "epoch_loss": curve,
-            "targets_s": t_targets, "wall_s": time.perf_counter() - t0}
+            "targets_s": t_targets, "wall_s": time.perf_counter() - t0,
+            "balance": ws.balance, "programs": _top(keys), "drawn": _top(drawn)}
+
+
+def _top(keys: list[str], n: int = 8) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:n])
 
 
 def eval_report_path(run_dir: str, tag: str) -> Path:

@@ -36,6 +36,11 @@ class WarmStartConfig:
         "help": "the warm start's learning rate (null: learner.lr)", "gt": 0})
     limit: int | None = field(default=None, metadata={
         "help": "only the first N training questions (null: all)", "min": 1})
+    balance: float = field(default=0.0, metadata={
+        "help": "draw each example with probability proportional to its program's count to "
+                "the power -balance (0: as the teacher wrote them; 1: every program equally "
+                "often): the greedy LM otherwise collapses onto the teacher's majority "
+                "program", "min": 0, "max": 1})
 
 
 def program_workflow(calls: Sequence[str], answers: Sequence[Any], voted: bool) -> Workflow:
@@ -69,6 +74,30 @@ def shape(workflow: Workflow) -> str:
     if any(s.worker == VOTE for s in workflow):
         return f"vote{n}"
     return "single" if n == 1 else f"chain{n}"
+
+
+def program_key(workflow: Workflow) -> str:
+    """A plan as the program it runs: its workers in order, `?` after a conditional step
+    (subtask wording left out), e.g. `gemini-1.5-flash-002 > gemini-1.5-pro-002 > gpt-4o? >
+    vote`."""
+    return " > ".join(s.worker + ("?" if s.when else "") for s in workflow)
+
+
+def balanced(keys: Sequence[str], balance: float, seed: int = 0) -> list[int]:
+    """Indices of a resample of `keys` (one program key per example) as long as `keys`:
+    each draw picks example i with probability proportional to count(keys[i]) ** -balance,
+    so program k's share becomes proportional to count(k) ** (1 - balance). balance 0: every
+    index once, in order (no resample)."""
+    import numpy as np
+
+    if not balance or not keys:
+        return list(range(len(keys)))
+    counts: dict[str, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    w = np.array([counts[k] ** -float(balance) for k in keys])
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(len(keys), size=len(keys), replace=True, p=w / w.sum()).tolist())
 
 
 def lite_programs(source: str, data: Any, split: str = "train") -> dict[str, Workflow]:
