@@ -11,7 +11,6 @@ import pytest
 from scripts import load_script, tiny_checkpoint
 
 
-
 @pytest.fixture(scope="module")
 def bench():
     return load_script("benchmarks/lm_quality.py")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -218,7 +218,7 @@ class CellBroker:
                               data.workers)
 
     def _complete(self, trainer: Trainer, policies: list[Path], view: Counterfactual,
-                  passes: int, left: Any) -> Counterfactual:
+                  passes: int, left: Callable[[], int]) -> Counterfactual:
         """The longest prefix of `view` whose needed cells `left()` calls could buy, in
         passes (each pass asks every question's next cells, in order)."""
         for _ in range(passes):

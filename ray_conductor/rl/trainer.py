@@ -373,10 +373,9 @@ def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, A
 
 
 def _top(keys: list[str], n: int = 8) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:n])
+    from collections import Counter
+
+    return dict(Counter(keys).most_common(n))
 
 
 def eval_report_path(run_dir: str, tag: str) -> Path:

@@ -88,13 +88,13 @@ def balanced(keys: Sequence[str], balance: float, seed: int = 0) -> list[int]:
     each draw picks example i with probability proportional to count(keys[i]) ** -balance,
     so program k's share becomes proportional to count(k) ** (1 - balance). balance 0: every
     index once, in order (no resample)."""
+    from collections import Counter
+
     import numpy as np
 
     if not balance or not keys:
         return list(range(len(keys)))
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
+    counts = Counter(keys)
     w = np.array([counts[k] ** -float(balance) for k in keys])
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(len(keys), size=len(keys), replace=True, p=w / w.sum()).tolist())
