@@ -195,7 +195,8 @@ def retrain_config(name: str, state: Path, args: argparse.Namespace, seed: int) 
         cfg.training.anchor.split, cfg.training.anchor.rows = "all", args.anchor_rows
         cfg.reroll.calls_per_round = 20 * args.anchor_rows + 20000
         cfg.evaluation.anchor_rows = args.held_anchor_rows
-        cfg.evaluation.anchor_share = args.anchor_share
+        if args.anchor_share is not None:
+            cfg.evaluation.anchor_share = args.anchor_share
     return cfg
 
 
@@ -397,9 +398,9 @@ def main() -> None:
                     help="part A questions the loop re-asks and trains on (0: traffic only)")
     ap.add_argument("--held-anchor-rows", type=int, default=100,
                     help="held-back part A questions the paired test also compares on")
-    ap.add_argument("--anchor-share", type=float, default=0.0,
+    ap.add_argument("--anchor-share", type=float, default=None,
                     help="share of the scoring calls kept for the held-back anchors "
-                         "(evaluation.anchor_share)")
+                         "(evaluation.anchor_share; default: the config's, 0.5)")
     args = ap.parse_args()
 
     import torch

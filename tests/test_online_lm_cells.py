@@ -341,6 +341,13 @@ def test_scorable_is_a_random_sample_not_the_questions_that_needed_nothing(tmp_p
         rows, {f"k{i}": dict(agree) for i in range(0, 40, 2)}, data.workers), seed=7, budget=5)
     assert cells.log.pending.calls <= 5 and cells.allowance() >= 16
     assert {r.key for r in capped.rows} <= {r.key for r in first.rows}
+    # ... and the anchors, scored next as the loop does (`evaluation.anchor_share`), get
+    # the rest: a larger sample than the capped traffic's, the round's total still within
+    anchors = [row(i) for i in range(100, 140)]
+    held = cells.scorable(trainer, [policy], Counterfactual(
+        anchors, {f"k{i}": dict(agree) for i in range(100, 140, 2)}, data.workers), seed=7)
+    assert cells.log.pending.calls <= 21 and len(held.rows) > len(capped.rows)
+    assert trainer.needed(policy, held) == {}
 
 
 # -- a loop round with the tiny model ----------------------------------------------------------
