@@ -305,6 +305,22 @@ def test_promotion_verdict_by_hand():
     v = promotion(np.zeros(3), np.array([0.1, 0.2, 0.3]), s, np.zeros(3),
                   np.array([-0.1, -0.2, -0.3]))
     assert v.passed_by is None and v.figures["guarded"]
+    # traffic short of min_rows (the budget bought two questions) cannot pass a candidate
+    # however clear its gain, the anchors still can, unless those two say it is worse
+    v = promotion(np.zeros(2), np.array([0.3, 0.3]), s)
+    assert v.passed_by is None and "on only 2 questions" in v.reason
+    v = promotion(np.zeros(2), np.array([0.3, 0.3]), s, np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    assert v.passed_by == "anchors"
+    v = promotion(np.zeros(2), np.array([-0.3, 0.1]), s, np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    assert v.passed_by is None and "traffic gain is negative" in v.reason
+    # none scored at all: the anchors decide alone
+    v = promotion(np.zeros(0), np.zeros(0), s, np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    assert v.passed_by == "anchors" and v.figures["n"] == 0
+    assert v.figures["serving_mean"] is None and "no held-back traffic" in v.reason
+    from ray_conductor.online.command import describe
+
+    assert "no held-back question scored" in describe(
+        {"kind": "evaluated", "model": "m", "version": "v1", **v.figures})
 
 
 def test_partial_rows_update_the_prior_a_price_rise_shows_and_stale_outcomes_drop():

@@ -7,6 +7,7 @@ it was. (The end-to-end test drives the same loop against a real Serve app.)"""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -412,3 +413,37 @@ def test_a_traffic_pass_is_refused_when_the_anchors_get_significantly_worse(
         assert "significantly worse" in made[2]["reason"] and reg.promoted().version == 1
     else:
         assert ev["passed_by"] == "traffic" and reg.promoted().version == 2
+
+
+def test_a_round_whose_budget_scores_too_little_traffic_is_decided_on_the_anchors(tmp_path):
+    """A call budget that, with `anchor_share` 0.9, buys the cells of fewer held-back traffic
+    questions than `min_rows` but of enough held-back anchors: the round is not skipped,
+    the anchors decide. With a quarter of that budget neither reaches `min_rows`: skipped,
+    naming both counts."""
+    from ray_conductor.config import default_data_dir
+
+    loop, app, log, _, reg = setup(tmp_path, gain=0.5)
+    trainer = AnchorTrainer(0.5, 0.0)
+    loop.make_trainer = lambda penalty, kind="lite": trainer
+    loop.cfg.reroll.calls_per_row, loop.cfg.evaluation.anchor_share = 2.0, 0.9
+    a = loop.cfg.training.anchor
+    a.pool, a.rows, a.data_dir = "demo", 25, default_data_dir()
+    loop.cfg.evaluation.anchor_rows = 200
+    log.add(40, "v1", 0.5)
+    made = loop.round()
+    assert kinds(made) == ["trained", "evaluated", "promoted"], made[-1].get("reason")
+    ev = made[1]
+    assert ev["n"] < 5 <= ev["anchors"]["n"] and ev["passed_by"] == "anchors"
+    assert app.pool.calls <= 2.0 * 40 and reg.promoted().version == 2
+    (tmp_path / "plain").mkdir()
+    loop2, app2, log2, _, _ = setup(tmp_path / "plain", gain=0.5)
+    loop2.make_trainer = lambda penalty, kind="lite": trainer
+    loop2.cfg.reroll.calls_per_row = 0.5  # too little for either to reach min_rows
+    a = loop2.cfg.training.anchor
+    a.pool, a.rows, a.data_dir = "demo", 25, default_data_dir()
+    loop2.cfg.evaluation.anchor_rows = 200
+    log2.add(40, "v1", 0.5)
+    made = loop2.round()
+    assert kinds(made) == ["trained", "skipped"], made
+    assert re.search(r"only \d held-back questions and \d held-back anchors could be scored",
+                     made[-1]["reason"])

@@ -28,7 +28,9 @@ def describe(d: dict[str, Any]) -> str:
         t = d["test"]
         line = (f"evaluated {model} {d['version']}: candidate {d['candidate_mean']:.4f} vs "
                 f"serving {d['serving_mean']:.4f} on {d['n']} held-back questions, gain "
-                f"{t['mean']:+.4f} (lower bound {t['lcb']:+.4f}, p={t['p_value']:.3g})")
+                f"{t['mean']:+.4f} (lower bound {t['lcb']:+.4f}, p={t['p_value']:.3g})"
+                if d["n"] else f"evaluated {model} {d['version']}: no held-back question "
+                               "scored within the call budget")
         if "anchors" in d:
             a = d["anchors"]
             line += (f"; {a['n']} held-back anchors: gain {a['test']['mean']:+.4f} (lower "

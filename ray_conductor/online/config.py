@@ -27,7 +27,9 @@ class EvaluationConfig:
                                "on", gt=0, max=0.9)
     rows: int = opt(400, "most recent held-back questions the paired test compares on",
                     min=2)
-    min_rows: int = opt(30, "fewer held-back questions: skip the round (no decision)", min=2)
+    min_rows: int = opt(30, "fewer held-back questions scored (and fewer held-back anchors): "
+                            "skip the round (no decision); traffic this short cannot pass "
+                            "a candidate, anchors that reach it decide", min=2)
     test: str = opt("t", "paired t-test or percentile bootstrap", choices=("t", "bootstrap"))
     alpha: float = opt(0.05, "one-sided level of the paired test", gt=0, max=0.5)
     min_gain: float = opt(0.002, "the lower bound of the mean reward gain must exceed this "

@@ -331,11 +331,13 @@ class Retrainer:
                                  budget=None if not share else
                                  int(cells.allowance() * (1 - share)))
         anchor_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], anchor_cf, seed=tr.seed)
-        if len(held_cf) < cfg.evaluation.min_rows:
+        if len(held_cf) < cfg.evaluation.min_rows and len(anchor_cf) < cfg.evaluation.min_rows:
             shutil.rmtree(cand_dir, ignore_errors=True)
             return out + [self.decisions.append("skipped", model, version=pv.tag, reason=(
-                f"only {len(held_cf)} held-back questions could be scored within the call "
-                f"budget; need {cfg.evaluation.min_rows}"))]
+                f"only {len(held_cf)} held-back questions"
+                + (f" and {len(anchor_cf)} held-back anchors" if hanchors else "")
+                + f" could be scored within the call budget; need "
+                f"{cfg.evaluation.min_rows}"))]
         out += self._decide(reg, pv, trainer, cand_dir, held_cf, anchor_cf)
         return out
 
@@ -387,14 +389,18 @@ class Retrainer:
         """Score both policies on held-back traffic (and anchors) and apply the verdict
         (`verdict.promotion`)."""
         model = self.cfg.model
-        serving, candidate = trainer.score(Path(pv.path), held), trainer.score(cand_dir, held)
+        serving = candidate = np.zeros(0)  # none scored within the budget: the anchors decide
+        if len(held):
+            serving, candidate = trainer.score(Path(pv.path), held), trainer.score(cand_dir,
+                                                                                   held)
         a_serving = a_candidate = None
         if anchors is not None and len(anchors) >= self.cfg.evaluation.min_rows:
             a_serving, a_candidate = (trainer.score(Path(pv.path), anchors),
                                       trainer.score(cand_dir, anchors))
         v = promotion(serving, candidate, self.test_settings(), a_serving, a_candidate)
-        self.metrics.eval_reward(model, "serving", float(serving.mean()))
-        self.metrics.eval_reward(model, "candidate", float(candidate.mean()))
+        if len(serving):
+            self.metrics.eval_reward(model, "serving", float(serving.mean()))
+            self.metrics.eval_reward(model, "candidate", float(candidate.mean()))
         out = [self.decisions.append("evaluated", model, version=pv.tag, **v.figures)]
         if v.passed_by is None:
             shutil.rmtree(cand_dir, ignore_errors=True)

@@ -6,7 +6,9 @@ lower bound above `min_gain`); with at least `min_rows` held-back anchors the te
 two-sided in effect: a candidate passes on traffic only if it is not significantly worse on
 the anchors (the guard: the same test the other way round, against `max_anchor_loss`), and
 on the anchors only if it is better there and its mean gain on held-back traffic is not
-negative.
+negative. Held-back traffic short of `min_rows` (the call budget bought fewer) cannot pass
+a candidate, but the anchors still can: the round is decided on them, with the gain on the
+few traffic questions scored (none: no check) as the guard against a moved mix.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ def promotion(serving: np.ndarray, candidate: np.ndarray, s: PairedSettings,
     held-back anchors, if any): promote (by traffic, by anchors) or reject, with figures."""
     serving, candidate = np.asarray(serving, float), np.asarray(candidate, float)
     res = _test(candidate - serving, s.min_gain, s)
-    figures: dict[str, Any] = {"n": len(serving), "serving_mean": float(serving.mean()),
-                               "candidate_mean": float(candidate.mean()),
+    scored = len(serving) > 0
+    figures: dict[str, Any] = {"n": len(serving),
+                               "serving_mean": float(serving.mean()) if scored else None,
+                               "candidate_mean": float(candidate.mean()) if scored else None,
                                "test": res.figures()}
-    passed_by = "traffic" if res.passed else None
+    passed_by = "traffic" if res.passed and len(serving) >= s.min_rows else None
     if anchor_serving is not None and anchor_candidate is not None \
             and len(anchor_serving) >= s.min_rows:
         aserving, acandidate = np.asarray(anchor_serving, float), np.asarray(anchor_candidate,
@@ -83,7 +87,7 @@ def _why(res: Any, figures: dict[str, Any], s: PairedSettings) -> str:
     if figures["passed_by"] is not None:
         why = (f"held-back reward {figures['candidate_mean']:.4f} vs "
                f"{figures['serving_mean']:.4f}, lower bound of the gain {res.lcb:.4f} "
-               f"(n={figures['n']})")
+               f"(n={figures['n']})" if figures["n"] else "no held-back traffic scored")
         if figures["passed_by"] == "anchors":
             a = figures["anchors"]
             why += (f"; on {a['n']} held-back anchors {a['candidate_mean']:.4f} vs "
@@ -92,6 +96,9 @@ def _why(res: Any, figures: dict[str, Any], s: PairedSettings) -> str:
         return why
     why = (f"lower bound {res.lcb:.4f} of the mean gain {res.mean:.4f} is not above "
            f"min_gain {s.min_gain:g} (p={res.p_value:.3g}, n={res.n})")
+    if res.passed and res.n < s.min_rows:
+        why = (f"the held-back traffic gain {res.mean:.4f} is on only {res.n} questions "
+               f"(min_rows {s.min_rows})")
     if figures.get("guarded"):
         why = f"the held-back traffic gain {res.mean:.4f} passed (lower bound {res.lcb:.4f}, n={res.n})"
     if "anchors" in figures:
