@@ -371,9 +371,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     res = ROOT / "benchmarks" / "results"
     ap.add_argument("--out", default=str(res / "shift.json"))
-    ap.add_argument("--plot", default=str(res / "shift.png"))
+    ap.add_argument("--plot", default=None, help="default: --out with .png")
     ap.add_argument("--full-out", default=str(res / "shift_full_reroll.json"))
-    ap.add_argument("--full-plot", default=str(res / "shift_full_reroll.png"))
+    ap.add_argument("--full-plot", default=None, help="default: --full-out with .png")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench_shift"))
     ap.add_argument("--scenarios", default="abcd")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per scenario (>= 3 to report)")
@@ -414,8 +414,9 @@ def main() -> None:
             modes = [True] if args.full_reroll else [False, True] if args.both else [False]
             for full in modes:
                 args.full = full
-                run_mode(world, args, args.full_out if full else args.out,
-                         args.full_plot if full else args.plot)
+                out = args.full_out if full else args.out
+                png = (args.full_plot if full else args.plot) or Path(out).with_suffix(".png")
+                run_mode(world, args, out, str(png))
         finally:
             from ray import serve
 
