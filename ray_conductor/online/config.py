@@ -48,7 +48,7 @@ class EvaluationConfig:
                                    "what is left for scoring after training that is kept for "
                                    "the anchors' cells (the rest scores held-back traffic "
                                    "first; 0: traffic first, anchors get what it leaves; "
-                                   "0.5 measured best in shift.py (c) and (d), even in (b))",
+                                   "0.5: better in shift.py (c) and (d), no worse in (b))",
                               min=0, max=1)
 
 

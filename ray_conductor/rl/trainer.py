@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,8 +374,6 @@ def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, A
 
 
 def _top(keys: list[str], n: int = 8) -> dict[str, int]:
-    from collections import Counter
-
     return dict(Counter(keys).most_common(n))
 
 

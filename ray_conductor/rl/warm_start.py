@@ -11,6 +11,7 @@ Pure apart from `lite_programs`, which loads the lite policy and embeds the ques
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -88,8 +89,6 @@ def balanced(keys: Sequence[str], balance: float, seed: int = 0) -> list[int]:
     each draw picks example i with probability proportional to count(keys[i]) ** -balance,
     so program k's share becomes proportional to count(k) ** (1 - balance). balance 0: every
     index once, in order (no resample)."""
-    from collections import Counter
-
     import numpy as np
 
     if not balance or not keys:
