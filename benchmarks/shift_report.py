@@ -96,6 +96,11 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if "refit_after" in out:
         out["recovered_vs_refit"] = (round((out["online_after"] - out["frozen_after"]) / gap, 4)
                                      if gap > 1e-9 else None)
+    if "refit_unseen" in out:  # the end state, on the questions no seed streamed
+        gap = out["refit_unseen"] - out["frozen_unseen"]
+        out["recovered_vs_refit_unseen"] = (
+            round((out["online_final_unseen"] - out["frozen_unseen"]) / gap, 4)
+            if gap > 1e-9 else None)
     return out
 
 

@@ -200,6 +200,19 @@ def scenario_phases(key: str, w: World, n_before: int, n_after: int, seed: int =
                                   grow=[w.best])]
 
 
+def after_world(key: str, w: World, qids: set[str], path: Path) -> Path | None:
+    """Part B's questions `qids` as the world looks after scenario `key`'s shift: the best
+    worker's price x10 (b), its answers degraded (c), every worker (d). None for (a), whose
+    shift is the question mix, not the world."""
+    if key == "b":
+        return derive(w.table, path, qids, price=(w.best, PRICE_RISE))
+    if key == "c":
+        return derive(w.table, path, qids, degrade=(w.best, WEAK))
+    if key == "d":
+        return derive(w.table, path, qids)
+    return None
+
+
 def refit_policy(key: str, w: World) -> Path:
     """A lite policy trained from scratch, with the initial policy's budget, on part A as the
     world looks *after* the shift: what the lite tier reaches with plenty of data from the new
