@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import ENV, environment, local_ray, write_report
-from shift_report import aggregate, plot, summarize, tick_row
+from shift_report import aggregate, plot, share_of_gap, summarize, tick_row
 from shift_scenarios import (NAMES, WEAK, Phase, World, after_world, build_world, refit_policy,
                              scenario_phases)
 
@@ -314,14 +314,14 @@ def learning_summary(loop: Any) -> dict[str, Any]:
 # -- the lite tier's own ceiling ----------------------------------------------------------------
 
 
-def refit_reference(key: str, w: World, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def refit_reference(key: str, w: World, args: argparse.Namespace, initial: Path,
+                    phases: list[Phase]) -> dict[str, Any]:
     """The refit policy (`shift_scenarios.refit_policy`) and the frozen one, judged offline
     (replay table, the served reward) on the questions of the seed's `_after` window."""
     from ray_conductor.data.pools import load_pool
     from ray_conductor.lite import LiteConductor
     from ray_conductor.lite.table import build_table
 
-    initial, phases = scenario_phases(key, w, args.before, args.after, seed)
     last = phases[-1]
     start = len(last.questions) - args.after_window
     first = -(-start // args.tick) * args.tick  # the first tick inside the window, as summarize
@@ -340,7 +340,7 @@ def refit_reference(key: str, w: World, args: argparse.Namespace, seed: int) -> 
             "frozen_after_offline": round(reward(frozen), 4), "questions": len(table)}
 
 
-def unseen_reference(key: str, w: World, args: argparse.Namespace, seed: int,
+def unseen_reference(key: str, w: World, seed: int, initial: Path, phases: list[Phase],
                      online: str) -> dict[str, Any] | None:
     """The online loop's last promoted policy (`online`), the frozen one and the refit, judged
     offline (replay table, the served reward) on every part-B question the seed never
@@ -352,7 +352,6 @@ def unseen_reference(key: str, w: World, args: argparse.Namespace, seed: int,
     from ray_conductor.lite import LiteConductor
     from ray_conductor.lite.table import build_table
 
-    initial, phases = scenario_phases(key, w, args.before, args.after, seed)
     streamed = {q.query_id for p in phases for q in p.questions}
     unseen = {q.query_id for q in w.part_b} - streamed
     path = after_world(key, w, unseen, w.work / "pools" / f"{NAMES[key]}_s{seed}" /
@@ -375,20 +374,20 @@ def unseen_reference(key: str, w: World, args: argparse.Namespace, seed: int,
             "online_final_vs_frozen_unseen_se": round(float(diff.std(ddof=1) /
                                                             np.sqrt(len(diff))), 4),
             "unseen_questions": len(table),
-            "recovered_vs_refit_unseen": round(float(diff.mean()) / gap, 4) if gap > 1e-9
-            else None}
+            "recovered_vs_refit_unseen": share_of_gap(float(diff.mean()), gap)}
 
 
 def add_refit(run: dict[str, Any], key: str, w: World, args: argparse.Namespace) -> None:
     s = run["summary"]
-    ref = refit_reference(key, w, args, run["seed"])
+    initial, phases = scenario_phases(key, w, args.before, args.after, run["seed"])
+    ref = refit_reference(key, w, args, initial, phases)
     gap = ref["refit_after"] - ref["frozen_after_offline"]
     s.update(ref)
     s["refit_beats_frozen"] = gap > 1e-9
-    s["recovered_vs_refit"] = (round((s["online_after"] - s["frozen_after"]) / gap, 4)
-                               if gap > 1e-9 else None)
+    s["recovered_vs_refit"] = share_of_gap(s["online_after"] - s["frozen_after"], gap)
     if run.get("final_policy"):
-        s.update(unseen_reference(key, w, args, run["seed"], run["final_policy"]["path"]) or {})
+        s.update(unseen_reference(key, w, run["seed"], initial, phases,
+                                  run["final_policy"]["path"]) or {})
 
 
 # -- main ---------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def summarize(name: str, ticks: list[dict[str, Any]], phases: list[Phase], load:
         "frozen_after": round(frozen, 4), "online_after": round(online, 4),
         "oracle_after": round(oracle, 4), "best_single_after": round(after("best_single"), 4),
         "best_single_worker": window[-1]["best_single"]["worker"] if window else None,
-        "recovered": round((online - frozen) / gap, 4) if gap > 1e-9 else None,
+        "recovered": share_of_gap(online - frozen, gap),
         "online_beats_frozen": online > frozen,
         "accuracy_after": {k: round(after(k, "accuracy"), 4)
                            for k in ("frozen", "online", "best_single", "oracle")},
@@ -92,16 +92,21 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[k] = vals[0]
     out["online_beats_frozen"] = out.get("online_after", 0) > out.get("frozen_after", 0)
-    gap = out.get("refit_after", 0) - out.get("frozen_after_offline", 0)
     if "refit_after" in out:
-        out["recovered_vs_refit"] = (round((out["online_after"] - out["frozen_after"]) / gap, 4)
-                                     if gap > 1e-9 else None)
+        out["recovered_vs_refit"] = share_of_gap(
+            out["online_after"] - out["frozen_after"],
+            out["refit_after"] - out["frozen_after_offline"])
     if "refit_unseen" in out:  # the end state, on the questions no seed streamed
-        gap = out["refit_unseen"] - out["frozen_unseen"]
-        out["recovered_vs_refit_unseen"] = (
-            round((out["online_final_unseen"] - out["frozen_unseen"]) / gap, 4)
-            if gap > 1e-9 else None)
+        out["recovered_vs_refit_unseen"] = share_of_gap(
+            out["online_final_unseen"] - out["frozen_unseen"],
+            out["refit_unseen"] - out["frozen_unseen"])
     return out
+
+
+def share_of_gap(gain: float, gap: float) -> float | None:
+    """`gain` as a share of `gap` (what online recovered of what there was to recover),
+    rounded; None when there was nothing to recover (gap <= 0)."""
+    return round(gain / gap, 4) if gap > 1e-9 else None
 
 
 # -- the plot -----------------------------------------------------------------------------------
