@@ -83,6 +83,15 @@ COMMANDS: dict[str, Command] = {
                               "ray-conductor train-lite config=lite run_dir=runs/lite_mmlu",
                               "ray-conductor train-lite pool=demo run_dir=runs/lite_demo "
                               "budget=0.002 iterations=10"), outputs=("run_dir",)),
+    "fit-head": Command("ray_conductor.rl.program_head:FitHeadConfig",
+                        "ray_conductor.rl.program_head:run_fit_head",
+                        "fit the LM conductor's program head on a pool's recorded answers "
+                        "(serve it with conductor.head=OUT)", (
+                            "ray-conductor fit-head conductor=smollm2 pool=demo "
+                            "out=runs/head_demo",
+                            "ray-conductor fit-head conductor=runs/my_run pool=records:rec.jsonl "
+                            "budget=0.001 out=runs/head_mine"),
+                        outputs=("out",), inputs=("conductor",), remote_ok=False),
     "retrain": Command("ray_conductor.online.config:RetrainConfig",
                        "ray_conductor.online.command:run_retrain",
                        "retrain the served lite conductor on its rewarded traffic, promote "

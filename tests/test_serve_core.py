@@ -372,6 +372,58 @@ async def test_a_policy_plans_recursively_through_the_planner_port(gateway):
     assert row["query_id"] == q.query_id and "sk-test" not in json.dumps(row, default=str)
 
 
+async def test_an_lm_conductor_with_a_program_head_serves_its_chosen_program(tmp_path, demo):
+    """`policy=MODEL conductor.head=DIR`: the served plan is the head's program, run on the
+    pool; the policy version names the head. (A hand-made head that always prefers gpt-4o
+    alone: the plumbing, not the fit, which test_program_head.py checks.)"""
+    import numpy as np
+
+    from ray_conductor.data.replay import ReplayPool
+    from ray_conductor.policy.loading import load_causal_lm
+    from ray_conductor.policy.program_head import ProgramHead
+
+    pool = ReplayPool(demo)
+    workers = list(pool.workers())
+    dim = load_causal_lm("tiny-smollm2")[0].config.hidden_size
+    programs = [("gemini-1.5-pro-002",), ("gpt-4o",)]
+    head = ProgramHead([w.name for w in workers], programs, np.zeros(dim), np.ones(dim),
+                       np.zeros((dim, 2)), np.array([0.5, 0.9]), np.zeros((dim, 2)),
+                       np.array([0.001, 0.005]), lam=10.0)
+    head.save(tmp_path / "head")
+    ctx = LoadContext(workers, pool="demo", conductor={
+        "head": str(tmp_path / "head"), "programs": True, "recursion_depth": 0})
+
+    class Planner:  # the planner deployment's part, in process (serve/planner.py)
+        def __init__(self):
+            self.policies = PolicySet(lambda ref: load_policy(ref, ctx))
+
+        async def plan(self, req):
+            return (await asyncio.to_thread(self.policies.plan, [req]))[0]
+
+        async def describe(self):
+            return self.policies.describe()
+
+    planner = Planner()
+    planner.policies.update({"conductor": "tiny-smollm2"})
+    host = PolicyHost(lambda ref: load_policy(ref, ctx), planner=planner)
+    host.update({"conductor": "tiny-smollm2"})
+    keys = KeyRing([KeyRecord.of("sk-test-key-1")])
+    limits = KeyLimiter({r.key_id: KeyLimits(r.requests_per_minute, r.dollars_per_day)
+                         for r in keys.records()}, KeyLimits(100, 10.0))
+    gw = Gateway(GatewaySettings("demo", frozenset(w.name for w in workers),
+                                 max_body_bytes=50_000, max_prompt_chars=20_000),
+                 planner=host, pool=pool, keys=keys, limits=_Limits(limits),
+                 traffic=_Traffic(TrafficLog(tmp_path / "traffic")),
+                 questions=QuestionIndex.from_data("demo", demo))
+    q = demo.queries("test")[0]
+    reply = await gw.answer("chat", chat(content=q.query), AUTH)
+    assert reply.status == 200, reply.body
+    ext = reply.body["conductor"]
+    assert [s["worker"] for s in ext["steps"]] == ["gpt-4o"]
+    assert ext["policy_version"] == f"tiny-smollm2+head-{head.digest()}"
+    assert reply.body["choices"][0]["message"]["content"] == demo_answer(q, "gpt-4o")
+
+
 def demo_answer(q, worker):
     from ray_conductor.data.pools import load_pool
 

@@ -74,6 +74,13 @@ class ConductorConfig:
         "help": "decode only well-formed plans (engine=hf)"})
     max_subtask_chars: Optional[int] = field(default=None, metadata={  # null: the parser's
         "help": "longest subtask a constrained plan may write", "min": 1})
+    # A `ProgramHead` directory (`ray-conductor fit-head`): fresh plans are the program a
+    # read-out of the LM's own hidden state scores best (predicted correctness minus its
+    # price in reward), written in the plan language; no text is sampled for them. The
+    # transformers engine only; not for GRPO rollouts, which train the written plans.
+    head: Optional[str] = field(default=None, metadata={
+        "help": "program head directory: plans chosen from the LM's hidden state (null: "
+                "the LM writes them)"})
     gpu_memory_utilization: float = field(default=0.5, metadata={  # vLLM only
         "help": "vLLM's share of GPU memory", "gt": 0, "max": 1})
 
@@ -150,6 +157,18 @@ class Conductor:
         self.engine = engine
         self.cfg = cfg or ConductorConfig()
         self._lock = threading.Lock()
+        self.head = None
+        if self.cfg.head:
+            from ray_conductor.policy.program_head import ProgramHead
+
+            if not callable(getattr(engine, "embed", None)):
+                raise ConfigError(f"conductor.head needs an engine that reads hidden states "
+                                  f"(engine=hf), not {type(engine).__name__}: set "
+                                  "conductor.engine=hf or conductor.head=null")
+            if not self.cfg.programs:
+                raise ConfigError("conductor.head writes cascades that end in a vote: set "
+                                  "conductor.programs=true")
+            self.head = ProgramHead.load(self.cfg.head)
 
     def offered(self, workers: Sequence[WorkerInfo]) -> list[WorkerInfo]:
         return offered_workers(workers, self.cfg)
@@ -223,6 +242,8 @@ class Conductor:
                 raise ConfigError("the conductor has no workers to plan over")
             for r in results:
                 r.errors.append("no_workers")
+        if self.head is not None and names:
+            pending = self._head_plans(results, prevs, names, strict)
         best_of = max(cfg.greedy_samples, 1) if temp == 0 else 1
         grammars = self._grammars(names, prevs) if cfg.constrain and names else None
         for rnd in range(rounds):
@@ -256,6 +277,35 @@ class Conductor:
             results[i].fell_back = True
             results[i].workflow = self.fallback(workers, prevs[i])
         return results
+
+    def _head_plans(self, results: list[PlanResult], prevs: list[str | None], names: list[str],
+                    strict: bool) -> list[int]:
+        """Fresh plans chosen by the program head; returns the rows left to the LM (recursive
+        calls, and every row if the head cannot choose: the engine failed, or no program's
+        workers are all offered)."""
+        head = self.head
+        assert head is not None
+        if strict:
+            raise ConfigError("conductor.head chooses plans without sampling text, and GRPO "
+                              "rollouts train the written plans: set conductor.head=null")
+        fresh = [i for i, p in enumerate(prevs) if p is None]
+        if not fresh:
+            return list(range(len(results)))
+        try:
+            with self._lock:
+                x = self.engine.embed(  # type: ignore[attr-defined]
+                    [results[i].question[:head.question_chars] for i in fresh])
+            picks = head.choose(x, names)
+        except Exception as e:  # serving never raises from planning: the LM writes them
+            log.warning("program head failed, the LM writes these plans: %s: %s",
+                        type(e).__name__, e)
+            return list(range(len(results)))
+        chosen = set()
+        for i, k in zip(fresh, picks):
+            if k >= 0:
+                results[i].workflow = head.workflow(int(k))
+                chosen.add(i)
+        return [i for i in range(len(results)) if i not in chosen]
 
     def _grammars(self, names: list[str], prevs: list[str | None]) -> list:
         """One plan checker per question (a recursive call may also write the empty plan)."""

@@ -35,6 +35,7 @@ from ray_conductor.policy.engine import (
 from ray_conductor.policy.loading import load_causal_lm
 
 MIN_SHARED_PREFIX = 8  # tokens; below this, sharing a prefix saves less than it costs
+EMBED_TOKENS = 160  # tokens of a question a feature row reads (`embed`)
 MAX_REJECTIONS = 16  # constrained decoding: redraws of one row before checking every token
 _AUTOCAST = {None: None, "": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -114,6 +115,14 @@ class TransformersEngine:
             for (i, _), s in zip(chunk, samples):
                 out[i].append(s)
         return out
+
+    def embed(self, texts: Sequence[str], max_length: int = EMBED_TOKENS) -> Any:
+        """One feature row per text (a float32 numpy array [N, hidden]): the model's last
+        hidden state, mean-pooled over the text's first `max_length` tokens. What a
+        `ProgramHead` reads (policy/program_head.py); no chat template, no prompt."""
+        with torch.no_grad(), self._forward_ctx():
+            return mean_pooled(self.model, self.tokenizer, texts, max_length=max_length,
+                               batch=self.batch_size, device=self.device)
 
     def get_state_dict(self) -> dict[str, torch.Tensor]:
         """A CPU copy of the weights (safe to ship to another process)."""
@@ -342,6 +351,34 @@ def _draws(probs: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     cdf = probs.cumsum(-1)
     u = torch.rand(probs.shape[0], n, generator=gen, device=probs.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1)
+
+
+def mean_pooled(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
+                batch: int = 16, device: Any = "cpu") -> Any:
+    """The last hidden state of `model`, mean-pooled over each text's tokens (right-padded,
+    truncated to `max_length`), as float32 numpy rows. The caller sets no_grad and autocast."""
+    import numpy as np
+
+    if not texts:
+        return np.zeros((0, int(model.config.hidden_size)), np.float32)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for lo in range(0, len(texts), batch):
+        rows = [tokenizer(t, add_special_tokens=False, truncation=True,
+                          max_length=max_length)["input_ids"] or [pad]
+                for t in texts[lo:lo + batch]]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, :len(r)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                  logits_to_keep=1).hidden_states[-1].float()
+        m = mask.unsqueeze(-1).float()
+        out.append(((h * m).sum(1) / m.sum(1)).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -96,7 +96,10 @@ def load_conductor(ref: str, **overrides: Any) -> tuple[Conductor, str]:
 
     model, settings, tag = locate_conductor(ref)
     cfg = ConductorConfig(**{**settings, **overrides, "model": model})
-    return Conductor(build_engine(cfg), cfg), tag
+    conductor = Conductor(build_engine(cfg), cfg)
+    if conductor.head is not None:  # another head is another policy (traffic logs, registry)
+        tag = f"{tag}+head-{conductor.head.digest()}"
+    return conductor, tag
 
 
 def scripted_conductor(path: str, **overrides: Any) -> Conductor:

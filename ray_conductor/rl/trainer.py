@@ -345,15 +345,15 @@ def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
 
 
 def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, Any]:
-    """Behaviour cloning of the teacher's programs (`warm_start.source`, the lite tier's) on
-    every training question: the teacher's plan for it, rendered in the plan language, as
-    the target of the LM's own prompt; `warm_start.epochs` passes of `sft_step`. Logged as
+    """Behaviour cloning of the teacher's programs (`warm_start.source`: the lite tier's, or a
+    program head's) on every training question: the teacher's plan for it, rendered in the
+    plan language, as the target of the LM's own prompt; `warm_start.epochs` passes of `sft_step`. Logged as
     iterations -steps..-1 (after a format warm-up's)."""
     from ray_conductor.rl.grpo import sft_epochs
-    from ray_conductor.rl.warm_start import balanced, lite_programs, program_key
+    from ray_conductor.rl.warm_start import balanced, program_key, teacher_programs
 
     ws, t0 = cfg.warm_start, time.perf_counter()
-    programs = lite_programs(ws.source, data, cfg.split)
+    programs = teacher_programs(ws.source, data, cfg.split)
     qs = [q for q in train_q if q.query_id in programs][:ws.limit]
     keys = [program_key(programs[q.query_id]) for q in qs]
     idx = balanced(keys, ws.balance, cfg.seed)

@@ -29,7 +29,8 @@ class WarmStartConfig:
     """Supervised warm start on a teacher's programs before GRPO (null source: none)."""
 
     source: str | None = field(default=None, metadata={
-        "help": "teacher: lite:default (the shipped lite policy) or lite:DIR (null: none)"})
+        "help": "teacher: lite:default (the shipped lite policy), lite:DIR, or head:DIR (a "
+                "program head's choices, `ray-conductor fit-head`) (null: none)"})
     epochs: int = field(default=2, metadata={"help": "passes over the teacher's programs",
                                              "min": 1})
     batch: int = field(default=16, metadata={"help": "examples per supervised step", "min": 1})
@@ -99,6 +100,36 @@ def balanced(keys: Sequence[str], balance: float, seed: int = 0) -> list[int]:
     return sorted(rng.choice(len(keys), size=len(keys), replace=True, p=w / w.sum()).tolist())
 
 
+def teacher_programs(source: str, data: Any, split: str = "train") -> dict[str, Workflow]:
+    """query_id -> the teacher's program for each question of `split`: `lite_programs` for
+    lite:..., `head_programs` for head:DIR."""
+    if source.startswith("head:"):
+        return head_programs(source.split(":", 1)[1], data, split)
+    return lite_programs(source, data, split)
+
+
+def head_programs(path: str, data: Any, split: str = "train") -> dict[str, Workflow]:
+    """query_id -> the program a `ProgramHead` chooses for each question of `split`, read from
+    the hidden state of the model it was fit on (whole cascades: the disagree step and the
+    vote are part of the plan, whatever the recorded answers). Reads no labels."""
+    from ray_conductor.policy.hf_engine import TransformersEngine
+    from ray_conductor.policy.program_head import ProgramHead
+
+    head = ProgramHead.load(path)
+    model = head.meta.get("model")
+    if not model:
+        raise ConfigError(f"warm_start.source=head:{path}: the head does not name the model it "
+                          "was fit on; refit it with `ray-conductor fit-head`")
+    queries = data.queries(split)
+    engine = TransformersEngine(model, autocast=head.meta.get("autocast"), batch_size=16)
+    picks = head.choose(engine.embed([q.query[:head.question_chars] for q in queries]),
+                        [w.name for w in data.worker_infos()] + [VOTE])
+    if (picks < 0).any():
+        raise ConfigError(f"warm_start.source=head:{path}: its programs call workers this pool "
+                          "does not have; fit the head on this pool")
+    return {q.query_id: head.workflow(int(k)) for q, k in zip(queries, picks)}
+
+
 def lite_programs(source: str, data: Any, split: str = "train") -> dict[str, Workflow]:
     """query_id -> the lite policy's program on each question of `split`, as a workflow.
     `source`: lite:default or lite:DIR. Reads the recorded answers (never the test split's
@@ -109,7 +140,8 @@ def lite_programs(source: str, data: Any, split: str = "train") -> dict[str, Wor
     from ray_conductor.lite.train import pool_table
 
     if not source.startswith("lite:"):
-        raise ConfigError(f"warm_start.source={source!r}: use lite:default or lite:DIR")
+        raise ConfigError(f"warm_start.source={source!r}: use lite:default, lite:DIR or "
+                          "head:DIR")
     path = source.split(":", 1)[1]
     lite = LiteConductor.load(default_policy_dir() if path == "default" else path,
                               data.worker_infos())
