@@ -27,7 +27,6 @@ not a policy: a linear read-out of recorded outcomes, no plan is written.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import time
@@ -40,58 +39,30 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-LAMBDAS = [0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0]
-ALPHAS = [1.0, 10.0, 100.0]  # ridge penalty per training row
-
-
-def ridge(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, alpha: float) -> np.ndarray:
-    """A multi-output ridge regression fit on (xtr, ytr), predicting xte (standardised
-    inputs, an unpenalised intercept, penalty `alpha` per training row)."""
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    a, b = (xtr - mu) / sd, (xte - mu) / sd
-    ym = ytr.mean(0)
-    w = np.linalg.solve(a.T @ a + alpha * len(a) * np.eye(a.shape[1]), a.T @ (ytr - ym))
-    return b @ w + ym
-
-
-def ridge_oof(x: np.ndarray, y: np.ndarray, folds: np.ndarray, alpha: float) -> np.ndarray:
-    """Out-of-fold predictions of `ridge` over the folds."""
-    out = np.zeros_like(y, dtype=np.float64)
-    for f in np.unique(folds):
-        out[folds == f] = ridge(x[folds != f], y[folds != f], x[folds == f], alpha)
-    return out
-
-
-def choose(p_correct: np.ndarray, p_cost: np.ndarray, lam: float) -> np.ndarray:
-    return np.argmax(p_correct - lam * p_cost, axis=1)
-
+from ray_conductor.policy.program_head import ALPHAS  # noqa: E402
 
 def judged(correct: np.ndarray, cost: np.ndarray, k: np.ndarray, g_cost: float) -> dict:
-    rows = np.arange(len(k))
-    return {"accuracy": round(float(correct[rows, k].mean()), 4),
-            "cost_vs_gpt4o": round(float(cost[rows, k].mean() / g_cost), 4)}
+    from ray_conductor.policy.program_head import judged as outcome
+
+    acc, dollars = outcome(correct, cost, k)
+    return {"accuracy": round(acc, 4), "cost_vs_gpt4o": round(dollars / g_cost, 4)}
 
 
 def nested(x: np.ndarray, correct: np.ndarray, cost: np.ndarray, folds: np.ndarray,
            g_cost: float, alphas: list[float], limit: float = 0.5) -> dict:
-    """The probe as a policy, judged honestly: for each outer fold, (alpha, lambda) is the
-    pair with the best inner out-of-fold accuracy at <= `limit` x gpt-4o's cost on the other
-    folds; refit on them and choose a program for every question of the outer fold."""
+    """The probe as a policy, judged honestly: for each outer fold, the program head's own
+    choice of settings (`program_head.select`: the best inner out-of-fold accuracy at <=
+    `limit` x gpt-4o's cost on the other folds), refit on them, choosing a program for every
+    question of the outer fold. So this is a cross-validated estimate of `fit-head`."""
+    from ray_conductor.policy.program_head import choose, ridge, select
+
     picks = np.zeros(len(x), np.int64)
     chosen = []
     for f in np.unique(folds):
         inner, outer = folds != f, folds == f
-        best = None
-        for alpha in alphas:
-            pc = ridge_oof(x[inner], correct[inner], folds[inner], alpha)
-            pk = ridge_oof(x[inner], cost[inner], folds[inner], alpha)
-            for lam in LAMBDAS:
-                j = judged(correct[inner], cost[inner], choose(pc, pk, lam), g_cost)
-                if j["cost_vs_gpt4o"] <= limit and (best is None or j["accuracy"] > best[0]):
-                    best = (j["accuracy"], alpha, lam)
-        if best is None:  # nothing under the limit: the cheapest setting
-            best = (None, alphas[-1], LAMBDAS[-1])
-        _, alpha, lam = best
+        best = select(x[inner], correct[inner], cost[inner], folds[inner], limit * g_cost,
+                      alphas=alphas)
+        alpha, lam = best["alpha"], best["lam"]
         pc = ridge(x[inner], correct[inner], x[outer], alpha)
         pk = ridge(x[inner], cost[inner], x[outer], alpha)
         picks[outer] = choose(pc, pk, lam)
@@ -100,24 +71,11 @@ def nested(x: np.ndarray, correct: np.ndarray, cost: np.ndarray, folds: np.ndarr
 
 
 def lm_features(texts: list[str], batch: int = 16) -> np.ndarray:
-    """SmolLM2-135M's mean-pooled last hidden state per text (bf16 autocast on CPU)."""
-    import torch
+    """SmolLM2-135M's mean-pooled last hidden state per text (bf16 autocast on CPU), as the
+    program head reads it (`TransformersEngine.embed`)."""
+    from ray_conductor.policy.hf_engine import TransformersEngine
 
-    from ray_conductor.policy.loading import load_causal_lm
-
-    model, tok = load_causal_lm("smollm2")
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    out = []
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for i in range(0, len(texts), batch):
-            enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, truncation=True,
-                      max_length=160)
-            h = model(**enc, output_hidden_states=True).hidden_states[-1].float()
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            out.append(((h * m).sum(1) / m.sum(1)).numpy())
-    return np.concatenate(out)
+    return TransformersEngine("smollm2", batch_size=batch, autocast="bfloat16").embed(texts)
 
 
 def main(argv: list[str]) -> int:
@@ -140,6 +98,7 @@ def main(argv: list[str]) -> int:
     from ray_conductor.lite.conductor import LiteConductor
     from ray_conductor.lite.programs import Program, outcomes
     from ray_conductor.lite.train import pool_table
+    from ray_conductor.rl.program_head import candidate_programs
     from ray_conductor.rl.warm_start import lite_programs, program_key
 
     t0 = time.perf_counter()
@@ -149,12 +108,7 @@ def main(argv: list[str]) -> int:
     n, names = len(table), lite.workers
     g = names.index("gpt-4o")
     g_cost = float(table.cost[:, g].mean())
-    top = list(np.argsort(-table.correct.mean(0))[:6])
-    price = table.cost.mean(0)
-    programs = [Program((a,)) for a in range(len(names))]
-    for a, b in itertools.combinations(top, 2):
-        a, b = sorted((a, b), key=lambda i: price[i])
-        programs += [Program((int(a), int(b), int(c))) for c in top if c not in (a, b)]
+    programs = [Program(p) for p in candidate_programs(table, 6)]
     correct, cost = outcomes(table, programs)
     correct = correct.astype(np.float64)
     folds = np.array([int(unit_hash(f"probe/{q}") * 5) for q in table.query_ids])
@@ -188,7 +142,7 @@ def main(argv: list[str]) -> int:
     probes = {}
     for name, x in feats.items():
         probes[name] = {"dim": int(x.shape[1]),
-                        **nested(x, correct, cost, folds, g_cost, ALPHAS)}
+                        **nested(x, correct, cost, folds, g_cost, list(ALPHAS))}
     fixed = [{"program": p.describe(names), **judged(correct, cost, np.full(n, j), g_cost)}
              for j, p in enumerate(programs)]
     under = [f for f in fixed if f["cost_vs_gpt4o"] <= 0.5]

@@ -10,6 +10,13 @@ warm start's targets, on the test split); `target_met`: lm accuracy >= gpt-4o's 
 its cost. Also the wall time of each phase and the plan-shape table (the LM's test plans by
 shape: share, accuracy, cost, and the first step alone on the same questions, as
 plan_payoff.py pairs them). Measured on a shared, loaded 2-core machine.
+
+`--head CONDUCTOR` skips training: it fits the conductor's program head (`ray-conductor
+fit-head`: ridge read-outs of each program's correctness and cost from CONDUCTOR's hidden
+state, on the train split) and judges CONDUCTOR planning with it (`lm_plans`:
+"program_head"; otherwise "written", the plans the LM writes).
+
+    python benchmarks/lm_quality.py --head smollm2 --out benchmarks/results/lm_head.json
 """
 
 from __future__ import annotations
@@ -53,9 +60,11 @@ def brief(p: dict) -> dict:
     return {k: round(p[k], 6) for k in ("accuracy", "cost_per_query", "calls_per_query")}
 
 
-def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, list]:
+def judge_lm(run_dir: str, data, queries, threads: int,
+             **overrides) -> tuple[dict, dict, list]:
     """The trained conductor's greedy plans on `queries`: its summary, the plan-shape table
-    (each shape's accuracy beside its first step alone, paired) and the rows."""
+    (each shape's accuracy beside its first step alone, paired) and the rows. `run_dir`: a
+    conductor reference (`load_conductor`); `overrides`: conductor settings (head=DIR)."""
     import torch
 
     from _bench import plan_shape
@@ -65,7 +74,7 @@ def judge_lm(run_dir: str, data, queries, threads: int) -> tuple[dict, dict, lis
     from ray_conductor.rl.warm_start import program_key
 
     torch.set_num_threads(threads)
-    conductor, _ = load_conductor(run_dir)
+    conductor, _ = load_conductor(run_dir, **overrides)
     got = asyncio.run(run_conductor(conductor, queries, ReplayPool(data)))
     rows = []
     for q, (plan, trace) in zip(queries, got):
@@ -137,6 +146,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--judge-only", action="store_true",
                     help="judge the conductor already trained in --run-dir (no training; the "
                          "warm start's figures and curve are read from --out if it exists)")
+    ap.add_argument("--head", metavar="CONDUCTOR", default=None,
+                    help="no GRPO: fit a program head (ray-conductor fit-head) on the train "
+                         "split's hidden states of CONDUCTOR (a model name such as smollm2, or "
+                         "a trained run directory) and judge that conductor planning with it")
     args, overrides = ap.parse_known_args(argv)
 
     from _bench import environment, write_report
@@ -152,7 +165,13 @@ def main(argv: list[str]) -> int:
     cfg = load(TrainConfig, ["config=train_cpu", *BUDGET, f"run_dir={args.run_dir}",
                              "overwrite=true", *overrides])
     times: dict[str, float] = {}
-    if args.judge_only:
+    head: dict = {}
+    judged_ref, judged_with = args.run_dir, {}
+    if args.head:
+        head, judged_with = _fit_head(args.head, cfg, args.run_dir)
+        judged_ref, ws, rows = args.head, {}, []
+        times["fit_head_s"] = head["wall_s"]
+    elif args.judge_only:
         ws, rows, times = _trained(args.run_dir, args.out)
     else:
         t0 = time.perf_counter()
@@ -166,7 +185,7 @@ def main(argv: list[str]) -> int:
     data = load_pool(cfg.pool, data_dir=cfg.data_dir)
     queries = select_queries(data, "test", args.limit or None)
     t1 = time.perf_counter()
-    lm, shapes, lm_rows = judge_lm(args.run_dir, data, queries, args.threads)
+    lm, shapes, lm_rows = judge_lm(judged_ref, data, queries, args.threads, **judged_with)
     times["eval_lm_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -186,8 +205,9 @@ def main(argv: list[str]) -> int:
     summary["target_met"] = (summary["lm"]["accuracy"] >= summary["gpt4o"]["accuracy"]
                              and ratio <= 0.5)
     summary["n"] = len(queries)
+    summary["lm_plans"] = "program_head" if args.head else "written"
     report = {
-        "summary": summary, "fell_back": lm["fell_back"],
+        "summary": summary, "fell_back": lm["fell_back"], "program_head": head,
         "plan_shapes": shapes, "wall_s": {k: round(v, 1) for k, v in times.items()},
         "warm_start": ws,
         "curve": [{k: r.get(k) for k in ("iteration", "reward_mean", "accuracy",
@@ -202,6 +222,21 @@ def main(argv: list[str]) -> int:
     }
     write_report(report, args.out)
     return 0
+
+
+def _fit_head(conductor: str, cfg, run_dir: str) -> tuple[dict, dict]:
+    """--head: fit-head on the train split for `conductor`, into run_dir/program_head; the
+    fit's report, and the conductor settings that plan with the head (the BUDGET's program
+    vocabulary; a trained run's own settings otherwise)."""
+    from ray_conductor.config import to_dict
+    from ray_conductor.rl.program_head import FitHeadConfig, run_fit_head
+
+    out = Path(run_dir) / "program_head"
+    report = run_fit_head(FitHeadConfig(conductor=conductor, pool=cfg.pool,
+                                        data_dir=cfg.data_dir, out=str(out), overwrite=True))
+    settings = {k: v for k, v in to_dict(cfg.conductor).items() if k != "model"}
+    settings.update(head=str(out), temperature=0.0)
+    return report, settings
 
 
 def _trained(run_dir: str, out: str) -> tuple[dict, list, dict]:
