@@ -7,7 +7,8 @@ no vLLM needed (tried only if it imports); torch and transformers only.
 For each model (the default conductor, smollm2, and a 0.5B-1.5B one when it loads offline:
 a local directory or the Hugging Face cache; skipped with the reason otherwise): generation
 of conductor plans with our transformers engine (the real conductor prompt over the demo
-pool's workers) and learner steps (`rl.learner.Learner.train_step` on those plans), with
+pool's workers), the program head's feature pass (`TransformersEngine.embed`, questions/s)
+and learner steps (`rl.learner.Learner.train_step` on those plans), with
 bf16, peak memory, tokens/s and samples/s; then the vLLM engine if vLLM imports. The report
 goes to benchmarks/results/gpu_check_<gpu>.json (the GPU's name in the file name).
 """
@@ -111,6 +112,16 @@ def check_model(model: str, args: argparse.Namespace, batch: list) -> dict[str, 
                        "tokens_per_s": round(tokens / gen_s, 1),
                        "samples_per_s": round(len(batch) / gen_s, 3),
                        "peak_gib": round(peak.gib, 3), "dtype": "bfloat16" if bf16 else "float32"}
+    texts = [str(p[-1]["content"])[-400:] for p in batch]  # the program head's input
+    with Peak(args.device) as peak:
+        t0 = time.perf_counter()
+        engine.embed(texts)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        emb_s = time.perf_counter() - t0
+    out["embed"] = {"rows": len(texts), "seconds": round(emb_s, 3),
+                    "questions_per_s": round(len(texts) / emb_s, 1),
+                    "peak_gib": round(peak.gib, 3)}
     del engine
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()

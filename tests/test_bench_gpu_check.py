@@ -21,6 +21,7 @@ def test_tiny_cpu_run_writes_a_report_and_skips_what_is_not_here(tmp_path):
     tiny = report["models"]["tiny-smollm2"]
     assert tiny["generate"]["tokens"] > 0 and tiny["generate"]["tokens_per_s"] > 0
     assert tiny["learner"]["steps"] == 2 and tiny["learner"]["samples_per_s"] > 0
+    assert tiny["embed"]["rows"] > 0 and tiny["embed"]["questions_per_s"] > 0  # program head
     assert "skipped" in report["models"][str(tmp_path / "no-model")]
     assert set(report["summary"]) == {"tiny-smollm2"}
     assert "skipped" in report["vllm"]  # no GPU here
