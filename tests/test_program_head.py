@@ -281,3 +281,25 @@ def test_select_breaks_a_tie_of_accuracy_towards_the_cheaper_setting():
     cost = np.tile([0.01, 0.001], (len(x), 1))
     got = select(x, correct, cost, folds, budget=1.0, lambdas=(0.0, 5.0))
     assert got["lam"] == 5.0 and got["cv_cost"] == pytest.approx(0.001)
+
+
+def test_eval_judges_a_conductor_planning_with_its_head(fitted, records, tmp_path):
+    """`ray-conductor eval policies=[conductor:MODEL] conductor.head=DIR`: the head's plans
+    judged beside the baselines; a setting that is not the conductor's, or a head that
+    cannot be read, is refused before anything loads."""
+    from ray_conductor.eval.command import EvalConfig, run_eval
+
+    out, _ = fitted
+    settings = {"head": str(out), "programs": True, "recursion_depth": 0}
+    cfg = EvalConfig(pool=f"records:{records}", split="all", progress=False,
+                     policies=["single:cheap", "conductor:tiny-smollm2"], conductor=settings,
+                     out=str(tmp_path / "eval.json"))
+    rep = run_eval(cfg)["policies"]
+    (name,) = [k for k in rep if k.startswith("conductor:")]
+    assert name.startswith("conductor:tiny-smollm2+head-")
+    assert rep[name]["accuracy"] >= 0.9 > rep["single:cheap"]["accuracy"]
+    for bad, match in (({"hed": str(out)}, "conductor.hed: not a conductor setting"),
+                       ({"head": str(tmp_path)}, "no program_head.json")):
+        cfg.conductor = bad
+        with pytest.raises(ConfigError, match=match):
+            run_eval(cfg)

@@ -43,6 +43,8 @@ class EvalConfig:
     split: str = opt("test", "which questions (by hashed query id)", choices=SPLITS)
     policies: list[str] = opt(DEFAULT_POLICIES, POLICY_FORMS + " (a model dir, run dir or "
                               "registry:DIR)", nonempty=True)
+    conductor: dict[str, Any] = opt(factory=dict, help="settings over conductor:PATH policies' "
+                                    "own (e.g. conductor.head=DIR conductor.programs=true)")
     storage: str | None = storage_opt()
     out: str = opt("reports/eval.json", "the JSON report; an earlier report there is replaced",
                    nonempty=True)
@@ -131,9 +133,15 @@ def check_outputs(cfg: Any) -> tuple[Path, Path]:
     return out, plot
 
 
-def check_policies(names: Sequence[str], data: Any, workers: Sequence[str]) -> None:
+def check_policies(names: Sequence[str], data: Any, workers: Sequence[str],
+                   conductor: dict[str, Any] | None = None) -> None:
     """Each policy name, and what the policy needs, before any is built: kNN fits on the
-    pool's train split, `single:NAME` needs that worker, `conductor:PATH` a loadable model."""
+    pool's train split, `single:NAME` needs that worker, `conductor:PATH` a loadable model
+    (and a readable program head, with `conductor.head`); `conductor` settings are known."""
+    if conductor:
+        from ray_conductor.policy.runner import check_overrides
+
+        check_overrides(conductor)
     for name in names:
         kind, _, arg = str(name).partition(":")
         if name in ("singles", "cheapest", "random", "oracle"):
@@ -186,10 +194,10 @@ def run_eval(cfg: EvalConfig, extra_policies: list | None = None) -> dict[str, A
     queries = select_queries(data, cfg.split, cfg.limit)
     pool_cfg = worker_pool_config(cfg, data) if cfg.backend == "ray" else None
     names = [w.name for w in pool_cfg.workers] if pool_cfg else list(data.models)
-    check_policies(list(cfg.policies), data, names)
+    check_policies(list(cfg.policies), data, names, dict(cfg.conductor))
     pool = make_pool(cfg, data, pool_cfg=pool_cfg)
     policies = make_policies(list(cfg.policies), data, list(pool.workers()), seed=cfg.seed,
-                             knn_k=cfg.knn_k)
+                             knn_k=cfg.knn_k, conductor=dict(cfg.conductor))
     policies += list(extra_policies or [])
     meta = {"pool": cfg.pool, "split": cfg.split, "backend": cfg.backend,
             "price_sources": getattr(data, "report", None)

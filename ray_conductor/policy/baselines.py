@@ -143,11 +143,12 @@ class KNNRouter:
 
 
 def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, seed: int = 0,
-                  knn_k: int = 40, embed=None) -> list[Policy]:
+                  knn_k: int = 40, embed=None, conductor=None) -> list[Policy]:
     """Policies from their command-line names: `singles` (every worker), `single:NAME`,
     `cheapest`, `random`, `oracle`, `knn`, `lite:DIR` (a lite conductor, or a `train-lite`
     run directory; `lite:default` the shipped demo policy), `scripted:FILE` (a pinned
-    workflow), `conductor:PATH` (a trained LM conductor)."""
+    workflow), `conductor:PATH` (a trained LM conductor, with the `ConductorConfig`
+    settings in `conductor` over its own, e.g. {"head": DIR, "programs": True})."""
     known = {w.name for w in workers}
     out: list[Policy] = []
     for name in names:
@@ -171,10 +172,11 @@ def make_policies(names: Sequence[str], data, workers: Sequence[WorkerInfo], *, 
         elif name.startswith("lite:"):
             out.append(LitePolicy.load(name.split(":", 1)[1], workers))
         elif name.startswith("conductor:"):
-            from ray_conductor.policy.runner import load_conductor
+            from ray_conductor.policy.runner import check_overrides, load_conductor
 
-            conductor, tag = load_conductor(name.split(":", 1)[1])
-            out.append(ConductorPolicy.local(f"conductor:{tag}", conductor))
+            lm, tag = load_conductor(name.split(":", 1)[1],
+                                     **check_overrides(dict(conductor or {})))
+            out.append(ConductorPolicy.local(f"conductor:{tag}", lm))
         elif name.startswith("scripted:"):
             out.append(ConductorPolicy.scripted(name.split(":", 1)[1], workers))
         else:

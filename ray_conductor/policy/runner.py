@@ -89,6 +89,21 @@ def locate_conductor(ref: str) -> tuple[str, dict[str, Any], str]:
     return ref, {}, path.name or ref
 
 
+def check_overrides(overrides: dict[str, Any], where: str = "conductor") -> dict[str, Any]:
+    """`overrides` as `ConductorConfig` fields, checked before anything loads: an unknown key,
+    or a program head (`head`) that cannot be read, is a one-line error."""
+    known = {f.name for f in fields(ConductorConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ConfigError(f"{where}.{bad[0]}: not a conductor setting; known: "
+                          f"{', '.join(sorted(known))}")
+    if overrides.get("head"):
+        from ray_conductor.policy.program_head import ProgramHead
+
+        ProgramHead.load(overrides["head"])
+    return dict(overrides)
+
+
 def load_conductor(ref: str, **overrides: Any) -> tuple[Conductor, str]:
     """A ready `Conductor` (engine loaded) and its version tag; `overrides` set
     `ConductorConfig` fields over the trained settings."""

@@ -90,6 +90,10 @@ def check_policies(cfg: ServeConfig) -> list[str]:
                            "(the shipped demo policy, trained on other workers)")
     for name, ref in served_policies(cfg).items():
         check_policy(name, ref, names, cfg.pool)
+    if cfg.conductor:  # LM conductor settings: known keys, a readable program head
+        from ray_conductor.policy.runner import check_overrides
+
+        check_overrides(dict(cfg.conductor))
     return notices
 
 
