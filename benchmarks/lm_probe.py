@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ray_conductor.policy.program_head import ALPHAS  # noqa: E402
 
+
 def judged(correct: np.ndarray, cost: np.ndarray, k: np.ndarray, g_cost: float) -> dict:
     from ray_conductor.policy.program_head import judged as outcome
 

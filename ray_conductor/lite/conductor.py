@@ -35,10 +35,11 @@ from ray_conductor.workers.base import WorkerInfo, WorkerPool
 from ray_conductor.workflow.executor import (
     StepTrace, Trace, call_worker, record_call, step_messages)
 from ray_conductor.workflow.model import ROUTER_SUBTASK, Step, Workflow
+from ray_conductor.workflow.programs import VOTE, VOTE_SUBTASK
 
 FORMAT = 1
 META_FILE, WEIGHTS_FILE = "lite.json", "policy.pt"
-VOTE_WORKER, VOTE_SUBTASK = "vote", "Give the most common answer."
+VOTE_WORKER = VOTE
 
 
 SUBTASK = ROUTER_SUBTASK

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -38,16 +39,19 @@ class Program:
         return w[0] if len(w) == 1 else f"{w[0]} and {w[1]} agree, else vote with {w[2]}"
 
 
-def library(table: LiteTable, max_calls: int) -> list[Program]:
+def library(table: LiteTable, max_calls: int,
+            among: Sequence[int] | None = None) -> list[Program]:
     """Every single worker; with comparable answers and room for 3 calls, every cascade
-    (a, b unordered: the cheaper one is called first; c any other worker)."""
+    (a, b unordered: the cheaper one is called first; c any other worker) over the workers
+    `among` (column indices, in the order given; None: all)."""
     w = len(table.workers)
     progs = [Program((a,)) for a in range(w)]
     if table.comparable and max_calls >= 3:
         price = table.cost.mean(axis=0)
-        for a, b in itertools.combinations(range(w), 2):
+        cols = list(range(w)) if among is None else [int(i) for i in among]
+        for a, b in itertools.combinations(cols, 2):
             a, b = sorted((a, b), key=lambda i: price[i])
-            progs += [Program((a, b, c)) for c in range(w) if c not in (a, b)]
+            progs += [Program((a, b, c)) for c in cols if c not in (a, b)]
     return progs
 
 

@@ -27,15 +27,12 @@ import numpy as np
 
 from ray_conductor.errors import ConfigError
 from ray_conductor.workflow.model import Step, Workflow
-from ray_conductor.workflow.programs import VOTE
+from ray_conductor.workflow.programs import ANSWER_SUBTASK, ESCALATE_SUBTASK, VOTE, VOTE_SUBTASK
 
 HEAD_JSON = "program_head.json"
 HEAD_ARRAYS = "program_head.npz"
 LAMBDAS = (0.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0)  # per dollar
 ALPHAS = (1.0, 10.0, 100.0)  # ridge penalty per training row
-ANSWER = "Answer the question."
-ESCALATE = "The answers differ: answer the question."
-VOTE_SUBTASK = "Give the most common answer."
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, ...]:
@@ -161,10 +158,11 @@ class ProgramHead:
         """Program k in the plan language: a single step, or a, b, c-if-they-differ, vote."""
         prog = self.programs[k]
         if len(prog) == 1:
-            return Workflow.single(prog[0], ANSWER)
+            return Workflow.single(prog[0], ANSWER_SUBTASK)
         a, b, c = prog
-        return Workflow((Step(a, ANSWER, ()), Step(b, ANSWER, ()),
-                         Step(c, ESCALATE, "all", "disagree"), Step(VOTE, VOTE_SUBTASK, "all")))
+        return Workflow((Step(a, ANSWER_SUBTASK, ()), Step(b, ANSWER_SUBTASK, ()),
+                         Step(c, ESCALATE_SUBTASK, "all", "disagree"),
+                         Step(VOTE, VOTE_SUBTASK, "all")))
 
     def digest(self) -> str:
         """8 hex digits naming this head's programs, weights and price (a version tag)."""

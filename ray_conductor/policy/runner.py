@@ -23,6 +23,7 @@ from ray_conductor.workers.base import WorkerInfo, WorkerPool
 from ray_conductor.workflow import Trace, execute, parse
 
 SCRIPTED_MAX_STEPS = 10  # a pinned pipeline may be longer than a learned plan
+SETTINGS = frozenset(f.name for f in fields(ConductorConfig))  # what a policy may set
 
 
 def with_recursion(pool: WorkerPool, conductor: Conductor) -> WorkerPool:
@@ -62,8 +63,7 @@ async def run_conductor(conductor: Conductor, questions: Sequence[Any], pool: Wo
 def settings_from_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The `ConductorConfig` fields a policy's meta (`config.conductor` or `conductor`) sets."""
     cfg = (meta.get("config") or {}).get("conductor") or meta.get("conductor") or {}
-    known = {f.name for f in fields(ConductorConfig)}
-    return {k: v for k, v in cfg.items() if k in known}
+    return {k: v for k, v in cfg.items() if k in SETTINGS}
 
 
 def locate_conductor(ref: str) -> tuple[str, dict[str, Any], str]:
@@ -92,11 +92,10 @@ def locate_conductor(ref: str) -> tuple[str, dict[str, Any], str]:
 def check_overrides(overrides: dict[str, Any], where: str = "conductor") -> dict[str, Any]:
     """`overrides` as `ConductorConfig` fields, checked before anything loads: an unknown key,
     or a program head (`head`) that cannot be read, is a one-line error."""
-    known = {f.name for f in fields(ConductorConfig)}
-    bad = sorted(set(overrides) - known)
+    bad = sorted(set(overrides) - SETTINGS)
     if bad:
         raise ConfigError(f"{where}.{bad[0]}: not a conductor setting; known: "
-                          f"{', '.join(sorted(known))}")
+                          f"{', '.join(sorted(SETTINGS))}")
     if overrides.get("head"):
         from ray_conductor.policy.program_head import ProgramHead
 

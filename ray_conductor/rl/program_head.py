@@ -12,9 +12,9 @@ Serve or judge it with `conductor.head=OUT` on the same model. Never fits on the
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,16 +58,10 @@ class FitHeadConfig:
 def candidate_programs(table: Any, top_workers: int) -> list[tuple[int, ...]]:
     """Worker-index programs: every worker alone, then with comparable answers every cascade
     (a, b, c) over the `top_workers` most accurate workers (a the cheaper of a, b)."""
-    n = len(table.workers)
-    progs: list[tuple[int, ...]] = [(a,) for a in range(n)]
-    if not table.comparable or top_workers < 3:
-        return progs
-    top = [int(i) for i in np.argsort(-table.correct.mean(0), kind="stable")[:top_workers]]
-    price = table.cost.mean(0)
-    for a, b in itertools.combinations(top, 2):
-        a, b = sorted((a, b), key=lambda i: price[i])
-        progs += [(a, b, c) for c in top if c not in (a, b)]
-    return progs
+    from ray_conductor.lite.programs import library
+
+    top = np.argsort(-table.correct.mean(0), kind="stable")[:top_workers]
+    return [p.workers for p in library(table, 3 if top_workers >= 3 else 1, among=top)]
 
 
 def head_budget(table: Any, cfg: FitHeadConfig) -> tuple[float, str | None]:
@@ -128,15 +122,13 @@ def run_fit_head(cfg: FitHeadConfig) -> dict[str, Any]:
     head.save(out)
     sel = head.meta["selection"]
     picks = head.choose(table.features)
-    counts: dict[str, int] = {}
-    for k in picks:
-        counts[head.describe(int(k))] = counts.get(head.describe(int(k)), 0) + 1
+    counts = Counter(head.describe(int(k)) for k in picks)
     report = {"out": str(out), "rows": len(table), "programs": len(head.programs),
               "budget_per_query": round(head.meta["budget"], 8),
               "reference": head.meta["reference"], "alpha": sel["alpha"], "lam": sel["lam"],
               "cv_accuracy": sel["cv_accuracy"], "cv_cost_per_query": sel["cv_cost"],
               "over_budget": bool(sel.get("over_budget")),
-              "train_programs": dict(sorted(counts.items(), key=lambda kv: -kv[1])[:12]),
+              "train_programs": dict(counts.most_common(12)),
               "embed_s": round(embed_s, 1), "wall_s": round(time.perf_counter() - t0, 1)}
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -347,8 +347,8 @@ def warmup(cfg: TrainConfig, graph, run, train_q: list) -> int:
 def warm_start(cfg: TrainConfig, graph, data, run, train_q: list) -> dict[str, Any]:
     """Behaviour cloning of the teacher's programs (`warm_start.source`: the lite tier's, or a
     program head's) on every training question: the teacher's plan for it, rendered in the
-    plan language, as the target of the LM's own prompt; `warm_start.epochs` passes of `sft_step`. Logged as
-    iterations -steps..-1 (after a format warm-up's)."""
+    plan language, as the target of the LM's own prompt; `warm_start.epochs` passes of
+    `sft_step`. Logged as iterations -steps..-1 (after a format warm-up's)."""
     from ray_conductor.rl.grpo import sft_epochs
     from ray_conductor.rl.warm_start import balanced, program_key, teacher_programs
 

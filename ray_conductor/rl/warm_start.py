@@ -17,11 +17,7 @@ from typing import Any, Sequence
 
 from ray_conductor.errors import ConfigError
 from ray_conductor.workflow.model import Step, Workflow
-from ray_conductor.workflow.programs import VOTE
-
-ANSWER_SUBTASK = "Answer the question."
-ESCALATE_SUBTASK = "The answers differ: answer the question."
-VOTE_SUBTASK = "Give the most common answer."
+from ray_conductor.workflow.programs import ANSWER_SUBTASK, ESCALATE_SUBTASK, VOTE, VOTE_SUBTASK
 
 
 @dataclass

@@ -15,6 +15,11 @@ from ray_conductor.errors import ConfigError
 from ray_conductor.workers.base import WorkerInfo
 
 VOTE = "vote"
+# The subtasks fixed programs write (the lite tier's plans, its programs as warm-start
+# targets, a program head's plans): answer, escalate after a disagreement, vote.
+ANSWER_SUBTASK = "Answer the question."
+ESCALATE_SUBTASK = "The answers differ: answer the question."
+VOTE_SUBTASK = "Give the most common answer."
 PROGRAM_WORKERS: dict[str, WorkerInfo] = {
     VOTE: WorkerInfo(
         VOTE,
