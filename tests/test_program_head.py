@@ -303,3 +303,58 @@ def test_eval_judges_a_conductor_planning_with_its_head(fitted, records, tmp_pat
         cfg.conductor = bad
         with pytest.raises(ConfigError, match=match):
             run_eval(cfg)
+
+
+def test_a_head_cascade_runs_on_live_workers_through_litellm(fault_server, tmp_path):
+    """The head's cascade over live providers (litellm, one WorkerProxyCore per worker, the
+    loopback fault server): a and b agree, so c is never asked; they differ, so c is asked
+    and the vote takes the answer two of three gave. Each request carries the whole question."""
+    from types import SimpleNamespace
+
+    from ray_conductor.policy.loading import load_causal_lm
+    from ray_conductor.policy.runner import run_conductor
+    from ray_conductor.workers.base import WorkerInfo
+    from ray_conductor.workers.config import WorkerConfig
+    from ray_conductor.workers.proxy import WorkerProxyCore
+
+    names = ["a", "b", "c"]
+    cfgs = [WorkerConfig(name=w, model=f"openai/{w}", api_base=fault_server.url, retries=0,
+                         timeout_s=10.0, input_price_per_mtok=1.0, output_price_per_mtok=2.0)
+            for w in names]
+    cores = {c.name: WorkerProxyCore(c, seed=0) for c in cfgs}
+
+    class LivePool:
+        def workers(self):
+            return [WorkerInfo(w, "") for w in names]
+
+        async def complete(self, name, messages, **params):
+            return await cores[name].complete(messages, **params)
+
+    dim = load_causal_lm("tiny-smollm2")[0].config.hidden_size
+    head = ProgramHead(names, [("a",), ("a", "b", "c")], np.zeros(dim), np.ones(dim),
+                       np.zeros((dim, 2)), np.array([0.5, 0.9]), np.zeros((dim, 2)),
+                       np.array([0.001, 0.003]), lam=1.0)  # the cascade, always
+    head.save(tmp_path / "head")
+    conductor = conductor_with(tmp_path / "head")
+    question = "Which letter comes first in the alphabet? (A) a (B) b " + "x" * 600
+    q = SimpleNamespace(query_id="q1", query=question, answer_format="mc")
+
+    def run():
+        ((plan, trace),) = asyncio.run(run_conductor(conductor, [q], LivePool()))
+        assert [s.worker for s in plan.workflow] == ["a", "b", "c", VOTE]
+        return trace
+
+    fault_server.configure(reply="The answer is (A)")
+    trace = run()
+    assert trace.steps[-1].answer == "A" and trace.steps[2].skipped
+    assert sorted(r["model"] for r in fault_server.requests()) == ["a", "b"]
+    fault_server.reset()
+    fault_server.configure("b", reply="The answer is (B)")
+    fault_server.configure("a", reply="The answer is (A)")
+    fault_server.configure("c", reply="The answer is (A)")
+    trace = run()
+    assert trace.steps[-1].answer == "A" and trace.steps[-1].winner in (0, 2)
+    assert trace.answer == "The answer is (A)"
+    sent = fault_server.requests()
+    assert sorted(r["model"] for r in sent) == ["a", "b", "c"]
+    assert all(question in json.dumps(r) for r in sent)
