@@ -89,6 +89,22 @@ def test_a_cascade_is_written_in_the_plan_language_and_parses():
     assert [s.worker for s in head.workflow(0)] == ["a"]
 
 
+def test_where_answers_cannot_be_compared_the_head_chooses_a_single_worker():
+    """A vote over free text or code picks nothing (`no_comparable_answer`): on such a row the
+    head's best single worker is chosen instead of a better-predicted cascade, and nothing
+    where no single worker is offered."""
+    x, correct, cost, folds = toy(n=50)
+    cascade_right = np.ones((50, 1))  # the cascade is right everywhere: it wins where allowed
+    head = fit_head(x, np.hstack([correct, cascade_right]), np.hstack([cost, cost[:, :1]]),
+                    folds, ["a", "b", "c"], [("a",), ("b",), ("a", "b", "c")], 1.0)
+    rows = x[:4]
+    assert set(head.choose(rows, ["a", "b", "c", VOTE], [True] * 4)) == {2}
+    only = head.choose(rows, ["a", "b", "c", VOTE], [True, False, True, False])
+    assert only[0] == only[2] == 2 and set(only[[1, 3]]) <= {0, 1}
+    assert np.array_equal(only[[1, 3]], head.choose(rows[[1, 3]], ["a", "b"]))
+    assert list(head.choose(rows[:1], ["c", VOTE], [False])) == [-1]
+
+
 @pytest.mark.parametrize("damage, match", [
     ("missing", "no program_head.json"),
     ("json", "unreadable"),
@@ -214,6 +230,30 @@ def test_the_conductor_plans_with_its_head_and_the_plans_run(fitted, records, tm
     assert right_share >= 0.9 and cost <= 0.012
     for p, _ in got:  # chosen, not sampled: no attempts, no fallback
         assert p.n_attempts == 0 and not p.fell_back and not p.samples
+
+
+def test_the_conductor_passes_each_questions_answer_format_to_its_head(fitted):
+    """`plan_many(formats=)`: a free-text question (None) or a code one gets no vote; a
+    multiple-choice one may; a list of the wrong length is a one-line error."""
+    out, _ = fitted
+    conductor = conductor_with(out)
+    seen = []
+    choose = conductor.head.choose
+
+    def spy(x, offered=None, cascades=None):
+        seen.append(cascades)
+        return choose(x, offered, cascades)
+
+    conductor.head.choose = spy
+    qs = ["Add 1 and 2.", "Multiply 3 and 4.", "Add 5 and 6."]
+    plans = conductor.plan_many(qs, _workers(), formats=[None, "mc", "code"])
+    assert seen == [[False, True, False]]
+    assert all(p.n_attempts == 0 for p in plans)
+    assert all(len(p.workflow) == 1 for p in plans[::2])  # no vote where it cannot compare
+    conductor.plan_many(qs, _workers())
+    assert seen[-1] is None  # no formats: every question may get a cascade (as before)
+    with pytest.raises(ConfigError, match="3 questions but 1 answer formats"):
+        conductor.plan_many(qs, _workers(), formats=["mc"])
 
 
 def test_the_head_never_trains_and_needs_its_settings(fitted):

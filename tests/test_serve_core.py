@@ -374,21 +374,26 @@ async def test_a_policy_plans_recursively_through_the_planner_port(gateway):
 
 async def test_an_lm_conductor_with_a_program_head_serves_its_chosen_program(tmp_path, demo):
     """`policy=MODEL conductor.head=DIR`: the served plan is the head's program, run on the
-    pool; the policy version names the head. (A hand-made head that always prefers gpt-4o
-    alone: the plumbing, not the fit, which test_program_head.py checks.)"""
+    pool; the policy version names the head. A hand-made head that prefers a cascade (flash
+    and pro, else gpt-4o, vote), then gpt-4o alone: the plumbing, not the fit, which
+    test_program_head.py checks. A recorded multiple-choice question gets the cascade; a
+    question whose format the app does not know (free text: no question index here) gets
+    gpt-4o alone, since a vote over free text would answer nothing."""
     import numpy as np
 
     from ray_conductor.data.replay import ReplayPool
     from ray_conductor.policy.loading import load_causal_lm
     from ray_conductor.policy.program_head import ProgramHead
+    from ray_conductor.workflow.programs import VOTE
 
     pool = ReplayPool(demo)
     workers = list(pool.workers())
     dim = load_causal_lm("tiny-smollm2")[0].config.hidden_size
-    programs = [("gemini-1.5-pro-002",), ("gpt-4o",)]
+    cascade = ("gemini-1.5-flash-002", "gemini-1.5-pro-002", "gpt-4o")
+    programs = [("gemini-1.5-pro-002",), ("gpt-4o",), cascade]
     head = ProgramHead([w.name for w in workers], programs, np.zeros(dim), np.ones(dim),
-                       np.zeros((dim, 2)), np.array([0.5, 0.9]), np.zeros((dim, 2)),
-                       np.array([0.001, 0.005]), lam=10.0)
+                       np.zeros((dim, 3)), np.array([0.5, 0.9, 0.95]), np.zeros((dim, 3)),
+                       np.array([0.001, 0.005, 0.006]), lam=10.0)
     head.save(tmp_path / "head")
     ctx = LoadContext(workers, pool="demo", conductor={
         "head": str(tmp_path / "head"), "programs": True, "recursion_depth": 0})
@@ -410,17 +415,27 @@ async def test_an_lm_conductor_with_a_program_head_serves_its_chosen_program(tmp
     keys = KeyRing([KeyRecord.of("sk-test-key-1")])
     limits = KeyLimiter({r.key_id: KeyLimits(r.requests_per_minute, r.dollars_per_day)
                          for r in keys.records()}, KeyLimits(100, 10.0))
-    gw = Gateway(GatewaySettings("demo", frozenset(w.name for w in workers),
-                                 max_body_bytes=50_000, max_prompt_chars=20_000),
-                 planner=host, pool=pool, keys=keys, limits=_Limits(limits),
-                 traffic=_Traffic(TrafficLog(tmp_path / "traffic")),
-                 questions=QuestionIndex.from_data("demo", demo))
+
+    def gateway(questions):
+        return Gateway(GatewaySettings("demo", frozenset(w.name for w in workers),
+                                       max_body_bytes=50_000, max_prompt_chars=20_000),
+                       planner=host, pool=pool, keys=keys, limits=_Limits(limits),
+                       traffic=_Traffic(TrafficLog(tmp_path / "traffic")),
+                       questions=questions)
+
     q = demo.queries("test")[0]
-    reply = await gw.answer("chat", chat(content=q.query), AUTH)
+    reply = await gateway(QuestionIndex.from_data("demo", demo)).answer(
+        "chat", chat(content=q.query), AUTH)
     assert reply.status == 200, reply.body
     ext = reply.body["conductor"]
-    assert [s["worker"] for s in ext["steps"]] == ["gpt-4o"]
+    assert [s["worker"] for s in ext["steps"]][:2] == list(cascade[:2])
+    assert ext["steps"][-1]["worker"] == VOTE and ext["steps"][-1]["error"] is None
     assert ext["policy_version"] == f"tiny-smollm2+head-{head.digest()}"
+    assert reply.body["choices"][0]["message"]["content"]
+    reply = await gateway(None).answer(
+        "chat", chat(content=q.query, metadata={"query_id": q.query_id}), AUTH)
+    assert reply.status == 200, reply.body
+    assert [s["worker"] for s in reply.body["conductor"]["steps"]] == ["gpt-4o"]
     assert reply.body["choices"][0]["message"]["content"] == demo_answer(q, "gpt-4o")
 
 

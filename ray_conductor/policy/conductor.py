@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from ray_conductor.errors import ConductorError, ConfigError, EngineError, WorkflowError
 from ray_conductor.policy.engine import GenerationEngine, Sample
+from ray_conductor.verify.answers import comparable
 from ray_conductor.workers.base import Message, WorkerInfo
 from ray_conductor.workflow import Workflow, build_prompt, parse
 
@@ -211,6 +212,7 @@ class Conductor:
         temperature: float | None = None,
         seed: int | None = None,
         strict: bool = False,
+        formats: Sequence[str | None] | None = None,
     ) -> list[PlanResult]:
         """Plans for many questions: the first attempt of all of them is one engine call, and
         each re-sampling round re-asks only the ones still malformed. Repeat a question to get
@@ -220,11 +222,18 @@ class Conductor:
         Never raises on a malformed plan. A failing engine falls back to the default plan
         (serving keeps answering), unless `strict` (rollouts): then `EngineError`, because a
         batch the engine did not sample has nothing to learn from.
+
+        `formats[i]`: question i's answer format where the caller knows it (None: free text).
+        A program head then offers a cascade only where answers can be compared; without
+        `formats` every question is taken to have comparable answers.
         """
         cfg = self.cfg
         if previous is not None and len(previous) != len(questions):
             raise ConfigError(f"plan_many got {len(questions)} questions but {len(previous)} "
                               "previous entries; pass one per question (None for a fresh plan)")
+        if formats is not None and len(formats) != len(questions):
+            raise ConfigError(f"plan_many got {len(questions)} questions but {len(formats)} "
+                              "answer formats; pass one per question (None for free text)")
         offered = self.offered(workers)
         names = [w.name for w in offered]
         prevs = list(previous) if previous is not None else [None] * len(questions)
@@ -243,7 +252,7 @@ class Conductor:
             for r in results:
                 r.errors.append("no_workers")
         if self.head is not None and names:
-            pending = self._head_plans(results, prevs, names, strict)
+            pending = self._head_plans(results, prevs, names, strict, formats)
         best_of = max(cfg.greedy_samples, 1) if temp == 0 else 1
         grammars = self._grammars(names, prevs) if cfg.constrain and names else None
         for rnd in range(rounds):
@@ -279,10 +288,11 @@ class Conductor:
         return results
 
     def _head_plans(self, results: list[PlanResult], prevs: list[str | None], names: list[str],
-                    strict: bool) -> list[int]:
+                    strict: bool, formats: Sequence[str | None] | None = None) -> list[int]:
         """Fresh plans chosen by the program head; returns the rows left to the LM (recursive
         calls, and every row if the head cannot choose: the engine failed, or no program's
-        workers are all offered)."""
+        workers are all offered). Where `formats` says a question's answers cannot be
+        compared, the head chooses a single worker (a vote there would answer nothing)."""
         head = self.head
         assert head is not None
         if strict:
@@ -295,7 +305,8 @@ class Conductor:
             with self._lock:
                 x = self.engine.embed(  # type: ignore[attr-defined]
                     [results[i].question[:head.question_chars] for i in fresh])
-            picks = head.choose(x, names)
+            cascades = None if formats is None else [comparable(formats[i]) for i in fresh]
+            picks = head.choose(x, names, cascades)
         except Exception as e:  # serving never raises from planning: the LM writes them
             log.warning("program head failed, the LM writes these plans: %s: %s",
                         type(e).__name__, e)

@@ -136,9 +136,12 @@ class ProgramHead:
         a = (np.asarray(x, np.float64) - self.mean) / self.scale
         return a @ self.w_correct + self.b_correct, a @ self.w_cost + self.b_cost
 
-    def choose(self, x: np.ndarray, offered: Sequence[str] | None = None) -> np.ndarray:
+    def choose(self, x: np.ndarray, offered: Sequence[str] | None = None,
+               cascades: Sequence[bool] | None = None) -> np.ndarray:
         """Per feature row, the index of the program to run; programs calling a worker not in
-        `offered` are never chosen (-1 where none is left)."""
+        `offered` are never chosen (-1 where none is left). `cascades[i]` False: row i's
+        answers cannot be compared (free text, code), so its vote could pick nothing; only a
+        single worker is chosen there."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ConfigError(f"program head reads {self.dim} features per question, got "
@@ -152,7 +155,12 @@ class ProgramHead:
             if not ok.any():
                 return np.full(len(x), -1)
             score = np.where(ok[None, :], score, -np.inf)
-        return np.argmax(score, axis=1)
+        if cascades is not None:
+            single = np.array([len(p) == 1 for p in self.programs])
+            allowed = np.asarray(cascades, dtype=bool)[:, None] | single[None, :]
+            score = np.where(allowed, score, -np.inf)
+        best = np.argmax(score, axis=1)
+        return np.where(np.isfinite(score[np.arange(len(x)), best]), best, -1)
 
     def workflow(self, k: int) -> Workflow:
         """Program k in the plan language: a single step, or a, b, c-if-they-differ, vote."""

@@ -44,8 +44,10 @@ async def run_conductor(conductor: Conductor, questions: Sequence[Any], pool: Wo
     call, then the workflows concurrently. Plans keep their `Workflow` and errors, not their
     token ids; the trace is None when there was nothing to run."""
     pool = with_recursion(pool, conductor)
-    plans = await asyncio.to_thread(conductor.plan_many, [q.query for q in questions],
-                                    list(pool.workers()), temperature=temperature)
+    plans = await asyncio.to_thread(
+        conductor.plan_many, [q.query for q in questions], list(pool.workers()),
+        temperature=temperature,
+        formats=[getattr(q, "answer_format", None) for q in questions])
     sem = asyncio.Semaphore(concurrency)
 
     async def one(q: Any, p: PlanResult) -> tuple[PlanResult, Trace | None]:

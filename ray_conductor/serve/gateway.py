@@ -258,7 +258,8 @@ class Gateway:
         return found
 
     async def _plan(self, req: api.ApiRequest, found: tuple[str, str] | None) -> PlanReply:
-        reply = await self.planner.plan(PlanRequest(req.model, req.question, self.workers))
+        reply = await self.planner.plan(PlanRequest(req.model, req.question, self.workers,
+                                                    answer_format=found[1] if found else None))
         if "unknown_model" in reply.errors:
             raise ServeError(f"the model {api.clip(req.model, 100)!r} is no longer served", 404,
                              code="model_not_found", param="model")

@@ -46,13 +46,15 @@ PINNED_SUBTASK = "Answer the last user message."
 @dataclass
 class PlanRequest:
     """One question to plan. `previous` is set for a nested (recursive) plan, `version` pins
-    the policy version the request started on."""
+    the policy version the request started on, `answer_format` is the recorded question's
+    (None: free text; a program head then offers no vote)."""
 
     model: str
     question: str
     workers: list[WorkerInfo]
     previous: str | None = None
     version: str | None = None
+    answer_format: str | None = None
 
 
 @dataclass
@@ -146,7 +148,8 @@ class ServedConductor:
     def plan(self, reqs: Sequence[PlanRequest]) -> list[PlanReply]:
         results = self.conductor.plan_many([r.question for r in reqs], self.offered(reqs[0]),
                                            previous=[r.previous for r in reqs],
-                                           temperature=self.temperature)
+                                           temperature=self.temperature,
+                                           formats=[r.answer_format for r in reqs])
         return [PlanReply(
             r.model, self.version, p.workflow, p.texts[-1] if p.texts else "", p.n_attempts,
             p.fell_back, list(p.errors), sum(len(s.prompt_ids) for s in p.samples),
