@@ -17,7 +17,7 @@ from ray_conductor.lite.selector import Selector, fit_selector
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.explore import allowance, changed_first, rank_cells, spread
 from ray_conductor.online.loop import Retrainer
-from ray_conductor.online.reroll import AnswerCache, Reroller, build_table
+from ray_conductor.online.reroll import AnswerCache, Reroller, RerollAnswer, build_table
 from ray_conductor.online.rewards import LABEL, Judge, LoggedRow, rewarded_rows
 from ray_conductor.online.rows import choose
 from ray_conductor.online.verdict import PairedSettings, promotion
@@ -269,6 +269,106 @@ def test_the_full_reroll_stays_a_setting(tmp_path):
     assert app.pool.calls == 40 * 2  # every worker, every question
 
 
+@pytest.mark.parametrize("on", [True, False])
+def test_a_price_change_retrains_at_the_next_round_on_repriced_answers(tmp_path, on):
+    """`trigger.on_price_change`: the round after a worker's price changed trains though no
+    new row came in, on the cached answers re-priced (none asked again for the price); a
+    worker joining the pool is not a price change; off, the loop waits for its trigger."""
+    from test_online_loop import kinds, setup
+
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.0)
+    loop.cfg.reroll.calls_per_row = 1.0
+    loop.cfg.trigger.on_price_change = on
+    app.pool = PricedPool({"cheap": (1.0, 1.0), "good": (3.0, 3.0)})
+    app.rollout_pool = lambda: (app.pool, {w: "fp" for w in app.pool.prices})
+    log.add(40, "v1", 0.5)
+    assert kinds(loop.round())[0] == "trained"
+    assert kinds(loop.round()) == []  # no new rows, no price change: nothing to do
+    app.pool.prices["pricey"] = (9.0, 9.0)  # joins: no price of a known worker moved
+    assert kinds(loop.round()) == []
+    app.pool.prices["good"] = (30.0, 30.0)
+    made = loop.round()
+    if not on:
+        assert kinds(made) == []
+        return
+    assert kinds(made)[0] == "trained" and made[0]["new_rows"] == 0
+    assert made[0]["trigger"].startswith("the price of good changed")
+    st = made[0]["reroll"]
+    assert st["repriced"] > 0 and st["price_change_reasks"] == 0
+    assert kinds(loop.round()) == []  # trained at the new price: not again
+
+
+def served_rows(log, n, start, answer):
+    """`n` rewarded rows whose served trace is `good` alone answering `answer` (label A)."""
+    for i in range(start, start + n):
+        log.t += 1.0
+        step = {"index": 0, "worker": "good", "subtask": ROUTER_SUBTASK, "access": [],
+                "program": False, "skipped": False, "text": f"The answer is ({answer})",
+                "answer": answer, "cost": 0.001, "input_tokens": 100, "output_tokens": 20,
+                "error": None}
+        log.rows.append({"request_id": f"r{len(log.rows)}", "status": 200, "model": "online",
+                         "policy_version": "v1", "question": f"question {i}", "query_id": None,
+                         "answer": f"The answer is ({answer})", "cost": 0.001, "reward": None,
+                         "label": "A", "trace": json.dumps({"steps": [step]}),
+                         "time": pd.Timestamp(log.t, unit="s", tz="UTC")})
+
+
+@pytest.mark.parametrize("drift_z", [4.0, None])
+def test_a_worker_that_changed_without_a_config_change_is_treated_as_changed(tmp_path,
+                                                                             drift_z):
+    """`reroll.drift_z`: `good` was estimated right 90% of the time and its served answers
+    were; then it answers wrong on every new row, its config unchanged (a provider swapped
+    the model under the name). The round that sees it logs `drifted`, dates a new answer
+    epoch at the first of those rows: its cached answers from before are void (asked
+    again), its served answers since count, its old outcomes leave the prior (`stale`). It
+    is not tested again until a policy trained after that serves. Off (null): nothing."""
+    from test_online_loop import kinds, setup
+
+    loop, app, log, trainer, reg = setup(tmp_path, gain=0.0)
+    loop.cfg.reroll.calls_per_row, loop.cfg.reroll.drift_z = 1.0, drift_z
+
+    def estimates(policy_dir, data):
+        names = [w.name for w in data.workers]
+        p = np.array([[0.9 if w == "good" else 0.1 for w in names]] * len(data.rows))
+        return p, np.ones_like(p), np.full(len(names), 0.001), names
+
+    trainer.estimates = estimates
+    served_rows(log, 40, 0, "A")
+    assert "drifted" not in kinds(loop.round())  # right as estimated (z = +2.1)
+    probe = row(999)  # an answer of each worker cached before the change
+    loop.cache.put({AnswerCache.key(probe, w, "fp"): RerollAnswer("A", True, 0.001, True, 1, 1)
+                    for w in ("good", "cheap")})
+    first_new = log.t + 1.0
+    served_rows(log, 40, 40, "B")
+    made = loop.round()
+    if drift_z is None:
+        assert "drifted" not in kinds(made) and loop.state.drift == {}
+        return
+    assert kinds(made)[:2] == ["drifted", "trained"]
+    d = made[0]
+    assert [w["worker"] for w in d["workers"]] == ["good"] and d["workers"][0]["z"] < -4
+    assert d["workers"][0]["right"] == 0.0 and d["workers"][0]["estimated"] == 0.9
+    assert made[1]["drifted"] == ["good"]
+    assert loop.state.drift == {"good": [1, first_new, 1]}
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state["drift"] == {"good": [1, first_new, 1]}
+    cells = loop.cells()
+    assert cells.rr.fingerprints["good"] == "fp#drift1" and "good" in cells.stale()
+    assert cells.rr.fingerprints["cheap"] == "fp" and "cheap" not in cells.stale()
+    rows = loop._rows([])
+    old, new = rows[0], rows[-1]
+    served = cells.rr.served([old, new])
+    assert "good" not in served.get(old.key, {})  # served before the drift: another epoch's
+    assert served[new.key]["good"].correct is False  # served since: counts
+    calls = app.pool.calls
+    _, st = cells.rr.cells([(probe, "cheap")], budget=1)
+    assert st.calls == 0 and st.cached == 1  # the other worker's cached answer holds
+    _, st = cells.rr.cells([(probe, "good")], budget=1)
+    assert st.calls == 1 and app.pool.calls == calls + 1  # the drifted one's is void: asked
+    served_rows(log, 40, 80, "B")
+    assert "drifted" not in kinds(loop.round())  # v1 still serves: not tested again
+
+
 # -- 25.4 pure decisions, by hand ---------------------------------------------------------------
 
 
@@ -306,12 +406,20 @@ def test_promotion_verdict_by_hand():
                   np.array([-0.1, -0.2, -0.3]))
     assert v.passed_by is None and v.figures["guarded"]
     # traffic short of min_rows (the budget bought two questions) cannot pass a candidate
-    # however clear its gain, the anchors still can, unless those two say it is worse
+    # however clear its gain, the anchors still can, unless those two say it is
+    # significantly worse (the sign of their mean alone is a coin, not a veto)
     v = promotion(np.zeros(2), np.array([0.3, 0.3]), s)
     assert v.passed_by is None and "on only 2 questions" in v.reason
     v = promotion(np.zeros(2), np.array([0.3, 0.3]), s, np.zeros(3), np.array([0.1, 0.2, 0.3]))
     assert v.passed_by == "anchors"
     v = promotion(np.zeros(2), np.array([-0.3, 0.1]), s, np.zeros(3), np.array([0.1, 0.2, 0.3]))
+    assert v.passed_by == "anchors"  # mean -0.1 on two questions: no evidence
+    v = promotion(np.zeros(2), np.array([-0.3, -0.31]), s, np.zeros(3),
+                  np.array([0.1, 0.2, 0.3]))
+    assert v.passed_by is None and "significantly worse on the held-back traffic" in v.reason
+    # with min_rows or more scored, a negative mean gain there still vetoes the anchors
+    many = np.tile([-0.3, 0.1], s.min_rows)
+    v = promotion(np.zeros(len(many)), many, s, np.zeros(3), np.array([0.1, 0.2, 0.3]))
     assert v.passed_by is None and "traffic gain is negative" in v.reason
     # none scored at all: the anchors decide alone
     v = promotion(np.zeros(0), np.zeros(0), s, np.zeros(3), np.array([0.1, 0.2, 0.3]))

@@ -19,6 +19,9 @@ class TriggerConfig:
                                       gt=0)
     min_rows: int = opt(50, "a timed trigger needs at least this many new rewarded rows",
                         min=1)
+    on_price_change: bool = opt(True, "train at the next round after a worker's price "
+                                      "changes, new rows or not (the cached answers are "
+                                      "re-priced: no call is made for the change)")
 
 
 @dataclass
@@ -173,6 +176,14 @@ class RerollConfig:
     max_age_hours: float | None = opt(None, "ask a worker again when its cached answer is "
                                             "older than this (null: only when its config "
                                             "changes)", gt=0)
+    drift_z: float | None = opt(4.0, "with calls_per_row: a worker whose served answers in a "
+                                     "round's new rows are right this many standard errors "
+                                     "more or less often than the serving policy estimates "
+                                     "changed without a config change (a provider swapped "
+                                     "its model): its answers from before those rows are "
+                                     "void, as after a config change (null: off)", gt=0)
+    drift_min_cells: int = opt(20, "served answers of a worker a round needs before it tests "
+                                   "that worker for drift", min=2)
 
 
 @dataclass

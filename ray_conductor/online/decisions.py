@@ -30,7 +30,7 @@ from typing import Any
 
 KV_PREFIX = "conductor_online_cost/"  # + app/model: the running accounting, for /healthz
 KINDS = ("adopted", "extended", "trained", "evaluated", "promoted", "rejected", "skipped", "kept",
-         "rolled_back", "failed", "quarantined")
+         "rolled_back", "failed", "quarantined", "drifted")
 
 
 def _plain(x: Any) -> Any:

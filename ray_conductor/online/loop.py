@@ -6,7 +6,8 @@
    paired and one-sided, whether the promoted version's live rewards are worse; worse: roll
    the registry back and hot-swap the previous version in (`rollback.test=welch`: against
    the previous version's own last live rewards instead);
-3. trigger (`triggers`), then: split the new questions by hashed key into training rows
+3. trigger (`triggers`; also a worker's price that changed since the last training, with
+   `trigger.on_price_change`: its cached answers are re-priced, nothing is asked), then: split the new questions by hashed key into training rows
    and the held-back slice, re-roll every worker's answer to them, to a sample of the
    replay buffer and to the anchor questions (`anchor`) at `rollout` priority (`reroll`),
    continue training the serving policy
@@ -35,7 +36,7 @@ from ray_conductor.online.anchor import Anchors, anchor_rows, combined
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.cells import CellBroker, answer_prints, traffic_dollars
 from ray_conductor.online.decisions import DecisionLog, Ledger, OnlineMetrics
-from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable
+from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable, price_tags
 from ray_conductor.online.rewards import LoggedRow, held_back, rewarded_rows
 from ray_conductor.online.rows import choose
 from ray_conductor.online.state import LoopState, Watch
@@ -48,6 +49,11 @@ log = logging.getLogger(__name__)
 REGISTRY = "registry:"
 TIERS = ("lite", "lm")
 OUTPUTS = ("state_dir", "registry", "log_dir")  # resolved under `storage`
+
+
+def drifted_print(fingerprint: str, epoch: int) -> str:
+    """A worker's answer fingerprint in drift epoch `epoch` (`Retrainer._drift`)."""
+    return f"{fingerprint.split('#drift', 1)[0]}#drift{epoch}"
 
 
 def place_outputs(cfg: RetrainConfig) -> None:
@@ -155,17 +161,32 @@ class Retrainer:
         new = [r for r in rows if r.model in mine and r.request_id not in done]
         since = (self.clock() - (self.state.last_train or self.state.started)) / 60.0
         why = "forced" if force else self.trigger.why(len(new), since)
+        prices, repriced = self._prices()
+        if why is None and repriced and self.cfg.trigger.on_price_change:
+            why = (f"the price of {', '.join(repriced)} changed (the cached answers are "
+                   "re-priced)")
         busy = self.state.watch is not None and not self.cfg.train_while_watching
         if why and not busy:
             self.state.consumed = sorted(done | {r.request_id for r in new})
             self.state.last_train = self.clock()
             out += self._train_round(rows, new, reg, pv, trainer, why)
+            self.state.prices = prices
+        elif self.state.prices is None:
+            self.state.prices = prices
         self.state.rounds += 1
         t = self.decisions.total
         self.state.extra_calls, self.state.extra_dollars = t.calls, t.dollars
         self.state.save(self.root)
         self.metrics.publish(self.cfg.app, self.cfg.model, t, self.decisions.pending)
         return out
+
+    def _prices(self) -> tuple[dict[str, str], list[str]]:
+        """Each worker's price fingerprint now, and the workers whose price differs from the
+        one the loop last trained at (a worker that joined or left is not a price change)."""
+        pool = self._broker.rr.pool if self._broker is not None else self.app.rollout_pool()[0]
+        now = price_tags(pool)
+        was = self.state.prices or {}
+        return now, sorted(w for w in now if w in was and was[w] != now[w])
 
     def learners(self) -> list[str]:
         return [self.cfg.model, *[m for m in self.cfg.learn_from if m != self.cfg.model]]
@@ -294,6 +315,8 @@ class Retrainer:
         train, held = [look[k] for k in pick.train], [look[k] for k in pick.held]
         hanchors = [look[k] for k in pick.held_anchors]
         t0 = time.perf_counter()
+        drifted = self._drift(trainer, pv, fresh)
+        head = [drifted] if drifted is not None else []
         cells = self.cells()
         workers = cells.workers
         if self.full_reroll:  # every worker's answer, first first (traffic before anchors)
@@ -313,8 +336,10 @@ class Retrainer:
                   "anchor_rows": sum(k in answers for k in pick.anchors),
                   "held_anchor_rows": len(anchor_cf), "held_rows": len(held_cf),
                   "reroll": vars(stats), "reroll_s": time.perf_counter() - t0}
+        if drifted is not None:
+            counts["drifted"] = [d["worker"] for d in drifted["workers"]]
         if len(train_cf) < tr.min_rows or len(held_cf) < cfg.evaluation.min_rows:
-            return [self.decisions.append("skipped", model, version=pv.tag, reason=(
+            return head + [self.decisions.append("skipped", model, version=pv.tag, reason=(
                 f"{len(train_cf)} training and {len(held_cf)} held-back questions with "
                 f"{'every' if self.full_reroll else 'an observed'} worker's answer; need "
                 f"{tr.min_rows} and {cfg.evaluation.min_rows}"), **counts)]
@@ -324,8 +349,9 @@ class Retrainer:
         if hasattr(trainer, "cells"):  # a trainer that asks for cells itself (`fetch`)
             trainer.cells = cells
         cand_dir, figures = trainer.improve(Path(pv.path), train_cf, out_dir)
-        out = [self.decisions.append("trained", model, version=pv.tag, candidate=str(cand_dir),
-                                     **counts, training=figures)]
+        out = head + [self.decisions.append("trained", model, version=pv.tag,
+                                            candidate=str(cand_dir), **counts,
+                                            training=figures)]
         share = cfg.evaluation.anchor_share if len(anchor_cf) else 0.0
         held_cf = cells.scorable(trainer, [Path(pv.path), cand_dir], held_cf, seed=tr.seed,
                                  budget=None if not share else
@@ -341,6 +367,61 @@ class Retrainer:
         out += self._decide(reg, pv, trainer, cand_dir, held_cf, anchor_cf)
         return out
 
+    def _drift(self, trainer: Trainer, pv: Any, rows: list[LoggedRow]
+               ) -> dict[str, Any] | None:
+        """Workers whose answers changed with no config change to show it: over the round's
+        new rows, a worker's served answers are right `reroll.drift_z` standard errors more
+        or less often than the serving policy's estimates for those very questions (the sum
+        of Bernoulli outcomes against the sum of their estimated probabilities; the estimates
+        read each question, so a shift in the question mix alone does not move it). Such a
+        worker's answer fingerprint gets a new epoch dated at the first of these rows: its
+        cached answers from before (anchors included) are void and asked again within the
+        budget, its old outcomes leave the prior (`stale`), as after a config change. A
+        worker is tested again only once a policy trained after its last drift serves.
+        Logged as a `drifted` decision; None where nothing drifted or nothing was tested."""
+        r = self.cfg.reroll
+        if self.full_reroll or r.drift_z is None or not rows or \
+                not hasattr(trainer, "estimates"):
+            return None
+        cells = self.cells()
+        served = cells.rr.served(rows)
+        if not served:
+            return None
+        p, n, _, names = trainer.estimates(Path(pv.path), Counterfactual(rows, served,
+                                                                        cells.workers))
+        found = []
+        for j, w in enumerate(names):
+            last = self.state.drift.get(w)
+            if w not in cells.rr.fingerprints or (last is not None and pv.version <= last[2]):
+                continue
+            idx = [i for i, row in enumerate(rows)
+                   if w in served.get(row.key, {}) and np.asarray(n)[i, j] > 0]
+            if len(idx) < r.drift_min_cells:
+                continue
+            y = np.array([served[rows[i].key][w].correct for i in idx], float)
+            est = np.clip(np.asarray(p, float)[idx, j], 0.01, 0.99)
+            z = float((y.sum() - est.sum()) / np.sqrt((est * (1 - est)).sum()))
+            if abs(z) >= r.drift_z:
+                found.append({"worker": w, "z": round(z, 2), "cells": len(idx),
+                              "right": round(float(y.mean()), 4),
+                              "estimated": round(float(est.mean()), 4)})
+        if not found:
+            return None
+        since = min(row.time for row in rows)
+        for f in found:
+            w = f["worker"]
+            epoch = self.state.drift.get(w, [0])[0] + 1
+            self.state.drift[w] = [epoch, since, int(pv.version)]
+            fp = drifted_print(cells.rr.fingerprints[w], epoch)
+            cells.rr.fingerprints[w] = fp
+            self.cache.mark(w, fp, since)
+        return self.decisions.append("drifted", self.cfg.model, version=pv.tag, workers=found,
+                                     since=since, reason=(
+            "answers changed without a config change: " + ", ".join(
+                f"{f['worker']} right {f['right']:.2f} where {f['estimated']:.2f} was "
+                f"expected on {f['cells']} served questions (z {f['z']:+.1f})"
+                for f in found)))
+
     @property
     def full_reroll(self) -> bool:
         return self.cfg.reroll.calls_per_row is None
@@ -352,7 +433,12 @@ class Retrainer:
             verifier = combined(self.app.verifier(),
                                 self._anchors.data if self._anchors else None)
             r = self.cfg.reroll
-            rr = Reroller(pool, answer_prints(self.app, prints), self.cache, verifier,
+            prints = answer_prints(self.app, prints)
+            for w, (epoch, since, _) in self.state.drift.items():  # changed without a config
+                if w in prints:
+                    prints[w] = drifted_print(prints[w], epoch)
+                    self.cache.mark(w, prints[w], since)
+            rr = Reroller(pool, prints, self.cache, verifier,
                           concurrency=r.concurrency, timeout_s=r.timeout_s, reprice=r.reprice)
             self._broker = CellBroker(rr, list(pool.workers()), r, self.decisions,
                                       self.state.rewarded_rows)

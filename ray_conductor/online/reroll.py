@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -134,6 +134,14 @@ class AnswerCache:
         self._d.update((k, (a, now)) for k, a in items.items())
         self._append("".join(self._line(k, a, now) for k, a in items.items()))
 
+    def mark(self, worker: str, fingerprint: str, t: float) -> None:
+        """Date a worker's new answer fingerprint `t` (a change found after the fact, e.g. a
+        drift seen in rows served from `t` on) unless it is already dated."""
+        tag = f"{worker}|{fingerprint}"
+        if tag not in self._since:
+            self._since[tag] = float(t)
+            self._append(json.dumps({"since": tag, "t": self._since[tag]}) + "\n")
+
     def since(self, worker: str, fingerprint: str) -> float:
         """When this worker's answer fingerprint was first seen: 0.0 for the first one a
         worker ever had (every earlier answer of it is its own), else the time of the change
@@ -187,6 +195,17 @@ class RerollStats:
         """Add `other`'s counts (`only` these fields where given)."""
         for k in only or vars(other):
             setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+def prices_of(infos: Iterable[Any]) -> dict[str, tuple[float, float]]:
+    """Worker -> (input, output) dollars per 1M tokens, as the pool's `WorkerInfo`s say."""
+    return {w.name: (float(w.input_price_per_mtok or 0.0), float(w.output_price_per_mtok or 0.0))
+            for w in infos}
+
+
+def price_tags(pool: WorkerPool) -> dict[str, str]:
+    """Worker -> its price fingerprint now (what a price-only change alters)."""
+    return {w: price_fingerprint(*p) for w, p in prices_of(pool.workers()).items()}
 
 
 class Reroller:

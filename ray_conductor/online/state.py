@@ -43,6 +43,10 @@ class LoopState:
     extra_calls: int = 0  # worker calls the loop made (what learning cost, in calls)
     extra_dollars: float = 0.0  # ... and in dollars
     traffic_dollars: float = 0.0  # what the learners' served traffic cost, as logged
+    prices: dict[str, str] | None = None  # worker -> price fingerprint the loop last trained at
+    # worker -> [epoch, since, served version then]: answers drifted without a config change
+    # (`drift`): from `since` on its answers are epoch `epoch`'s, the earlier ones void
+    drift: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def load(cls, root: Path) -> "LoopState":
@@ -81,6 +85,13 @@ class LoopState:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be an integer >= 0")
+        if self.prices is not None and not (isinstance(self.prices, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.prices.items())):
+            raise TypeError("`prices` must map worker names to price fingerprints")
+        for worker, d in self.drift.items():
+            if not (isinstance(worker, str) and isinstance(d, list) and len(d) == 3
+                    and isinstance(d[0], int) and _finite(d[1]) and isinstance(d[2], int)):
+                raise TypeError("`drift` must map worker names to [epoch, since, version]")
         w = self.watch
         if w is not None and not (isinstance(w.version, int) and isinstance(w.previous, int)
                                   and isinstance(w.tag, str) and _finite(w.since)):

@@ -7,8 +7,9 @@ two-sided in effect: a candidate passes on traffic only if it is not significant
 the anchors (the guard: the same test the other way round, against `max_anchor_loss`), and
 on the anchors only if it is better there and its mean gain on held-back traffic is not
 negative. Held-back traffic short of `min_rows` (the call budget bought fewer) cannot pass
-a candidate, but the anchors still can: the round is decided on them, with the gain on the
-few traffic questions scored (none: no check) as the guard against a moved mix.
+a candidate, but the anchors still can: the round is decided on them, with the few traffic
+questions scored (none: no check) as the guard against a moved mix: they veto only a
+candidate significantly worse on them.
 """
 
 from __future__ import annotations
@@ -77,10 +78,23 @@ def promotion(serving: np.ndarray, candidate: np.ndarray, s: PairedSettings,
             figures["anchors"]["worse"] = worse.figures()
             if worse.passed and passed_by == "traffic":
                 passed_by, figures["guarded"] = None, True
-        if passed_by is None and ares.passed and res.mean >= 0:
+        if passed_by is None and ares.passed and not _traffic_veto(serving, candidate, res, s):
             passed_by = "anchors"
     figures["passed_by"] = passed_by
     return Verdict(passed_by, figures, _why(res, figures, s))
+
+
+def _traffic_veto(serving: np.ndarray, candidate: np.ndarray, res: Any,
+                  s: PairedSettings) -> bool:
+    """Whether held-back traffic overrules the anchors (a moved question mix): with
+    `min_rows` questions or more scored, a negative mean gain; with fewer (the budget bought
+    only a few), only a candidate significantly worse there (a one-sided test the other way
+    round): the sign of five questions' mean is a coin, not evidence."""
+    if len(serving) == 0:
+        return False
+    if len(serving) >= s.min_rows:
+        return res.mean < 0
+    return bool(_test(serving - candidate, 0.0, s).passed)
 
 
 def _why(res: Any, figures: dict[str, Any], s: PairedSettings) -> str:
@@ -105,7 +119,9 @@ def _why(res: Any, figures: dict[str, Any], s: PairedSettings) -> str:
         a = figures["anchors"]["test"]
         why += (f"; on {figures['anchors']['n']} held-back anchors the gain is "
                 f"{a['mean']:.4f} (lower bound {a['lcb']:.4f})"
-                + (", but the traffic gain is negative" if a["passed"] else ""))
+                + ((", but the traffic gain is negative" if res.n >= s.min_rows else
+                    ", but it is significantly worse on the held-back traffic")
+                   if a["passed"] else ""))
         if figures.get("guarded"):
             bound = -figures["anchors"]["worse"]["lcb"]
             why += (f", significantly worse than the serving policy (upper bound "
