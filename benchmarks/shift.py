@@ -8,7 +8,9 @@ of both through the official `openai` client, and label feedback is posted (POST
 /v1/feedback). After each tick one round of the online loop runs (the same `Retrainer` as
 `ray-conductor retrain`) while a load thread keeps asking `online`, so every hot-swap
 happens under traffic: its failed requests are counted. Where a shift changes the workers
-the app is redeployed with the new pool (registry and policies survive). The loop's anchor
+the app is redeployed with the new pool (registry and policies survive), and one round runs
+before the next tick, as the loop's next poll would (a price change retrains there, on the
+cached answers re-priced: `trigger.on_price_change`). The loop's anchor
 questions are part A's; half the traffic is held back for the paired test.
 
 By default the loop learns on a budget: at most `--calls-per-row` (1) extra worker calls per
@@ -28,11 +30,17 @@ looks after the shift, judged offline beside the frozen one, and `recovered_vs_r
 The live window is 150 questions, so those ratios carry a wide spread; the end state is also
 judged offline on the ~4,900 part-B questions the seed never streamed: the online loop's last
 promoted policy, the frozen one and the refit (`online_final_unseen`, `frozen_unseen`,
-`refit_unseen`, `recovered_vs_refit_unseen`).
+`refit_unseen`, `recovered_vs_refit_unseen`), and the live window's online policies on the
+same questions, each weighted by how many window questions it answered
+(`online_live_unseen`, `recovered_vs_refit_live_unseen`: the live window's expected reward
+given which policy served when, the wait for a promotion included, without the draw of its
+150 questions; `*_shift_unseen` the same over every question after the shift). `--rejudge REPORT` adds these to an earlier report whose runs' registries
+are still under its --work.
 Timings come from a loaded shared 2-core machine.
 
     cd benchmarks && nice python shift.py --both          # budgeted, then --full-reroll
     nice python shift.py --scenarios b --seeds 1          # size one scenario first
+    python shift.py --rejudge results/shift_unseen.json   # add the offline figures again
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import ENV, environment, local_ray, write_report
-from shift_report import aggregate, plot, share_of_gap, summarize, tick_row
+from shift_report import (aggregate, plot, served_mix, share_of_gap, summarize, tick_row,
+                          window_ticks)
 from shift_scenarios import (NAMES, WEAK, Phase, World, after_world, build_world, refit_policy,
                              scenario_phases)
 
@@ -235,7 +244,7 @@ def run_scenario(key: str, w: World, args: argparse.Namespace, seed: int) -> dic
     frozen, port = f"lite:{initial}", free_port()
     running = start(serve_config(name, phases[0], frozen, reg.root, d / "traffic", port))
     loop = build(retrain_config(name, d / "state", args, seed))
-    ticks, swap_load = [], {"sent": 0, "failed": 0, "errors": []}
+    ticks, polls, swap_load = [], [], {"sent": 0, "failed": 0, "errors": []}
     sent, t_run = 0, time.perf_counter()
     try:
         for p, phase in enumerate(phases):
@@ -254,6 +263,16 @@ def run_scenario(key: str, w: World, args: argparse.Namespace, seed: int) -> dic
                                              port))
                 print(f"[{name} s{seed}] redeployed for phase {p} in "
                       f"{time.perf_counter() - t0:.0f}s", flush=True)
+                # the loop's next poll (the actor's every `poll_s`) comes before the next
+                # tick's traffic: a price change retrains then (`trigger.on_price_change`)
+                with Load(running.base_url, phase.questions[:args.tick], threads=1) as load:
+                    made = loop.round()
+                swap_load["sent"] += load.sent
+                swap_load["failed"] += load.failed
+                swap_load["errors"] += load.errors[:3]
+                polls.append({"phase": p, "decisions": [x["kind"] for x in made]})
+                print(f"[{name} s{seed}] poll after the redeploy: "
+                      f"{[x['kind'] for x in made]}", flush=True)
             ref = references(phase.truth, [q.query_id for q in phase.questions], w.penalty)
             for s in range(0, len(phase.questions), args.tick):
                 qs = phase.questions[s:s + args.tick]
@@ -284,6 +303,8 @@ def run_scenario(key: str, w: World, args: argparse.Namespace, seed: int) -> dic
     out["seed"] = seed
     final = reg.promoted()
     out["final_policy"] = {"version": final.version, "path": final.path} if final else None
+    out["registry"] = str(reg.root)
+    out["polls"] = polls
     return out
 
 
@@ -341,13 +362,21 @@ def refit_reference(key: str, w: World, args: argparse.Namespace, initial: Path,
 
 
 def unseen_reference(key: str, w: World, seed: int, initial: Path, phases: list[Phase],
-                     online: str) -> dict[str, Any] | None:
+                     online: str, served: dict[str, dict[str, float]] | None = None
+                     ) -> dict[str, Any] | None:
     """The online loop's last promoted policy (`online`), the frozen one and the refit, judged
     offline (replay table, the served reward) on every part-B question the seed never
     streamed, as the world looks after the shift: the end state of online learning against
     the refit on ~30x the questions of the live `_after` window, none of them seen by any of
     the three. None for (a). `online_final_unseen - frozen_unseen` comes with the standard
-    error of its paired per-question difference."""
+    error of its paired per-question difference.
+
+    `served` (label -> policy path -> questions it answered, `served_policies`): the online
+    policies that served a stretch of the run, on the same unseen questions, weighted by
+    their share of it (`online_{label}_unseen`, `recovered_vs_refit_{label}_unseen`); label
+    `live` is the live `_after` window, `shift` every question after the shift. That is the
+    stretch's expected reward given which policy served when, the time before a promotion
+    included, without the noise of which questions the stretch happened to draw."""
     from ray_conductor.data.pools import load_pool
     from ray_conductor.lite import LiteConductor
     from ray_conductor.lite.table import build_table
@@ -364,17 +393,63 @@ def unseen_reference(key: str, w: World, seed: int, initial: Path, phases: list[
     policies = {"online_final": LiteConductor.load(online), "frozen": frozen_for(initial, grown),
                 "refit": refit}
     table = build_table(data, "all", lambda texts: refit.embed(texts, cache=True))
-    got = {}
-    for name, c in policies.items():
+
+    def reward(c: Any) -> np.ndarray:
         r = c.rollout(table)
-        got[name] = r.correct - w.penalty * r.cost
+        return r.correct - w.penalty * r.cost
+
+    got = {name: reward(c) for name, c in policies.items()}
     diff = got["online_final"] - got["frozen"]
     gap = float(got["refit"].mean() - got["frozen"].mean())
-    return {**{f"{k}_unseen": round(float(v.mean()), 4) for k, v in got.items()},
-            "online_final_vs_frozen_unseen_se": round(float(diff.std(ddof=1) /
-                                                            np.sqrt(len(diff))), 4),
-            "unseen_questions": len(table),
-            "recovered_vs_refit_unseen": share_of_gap(float(diff.mean()), gap)}
+    out = {**{f"{k}_unseen": round(float(v.mean()), 4) for k, v in got.items()},
+           "online_final_vs_frozen_unseen_se": paired_se(diff), "unseen_questions": len(table),
+           "recovered_vs_refit_unseen": share_of_gap(float(diff.mean()), gap)}
+    judged = {str(Path(online).resolve()): got["online_final"]}
+    for label, mix in (served or {}).items():
+        total = sum(mix.values())
+        if total <= 0:
+            continue
+        mixed = np.zeros(len(table))
+        for path, n in mix.items():
+            key = str(Path(path).resolve())
+            if key not in judged:
+                judged[key] = reward(LiteConductor.load(path))
+            mixed += (n / total) * judged[key]
+        diff = mixed - got["frozen"]
+        out.update({f"online_{label}_unseen": round(float(mixed.mean()), 4),
+                    f"online_{label}_vs_frozen_unseen_se": paired_se(diff),
+                    f"recovered_vs_refit_{label}_unseen": share_of_gap(float(diff.mean()),
+                                                                       gap)})
+    return out
+
+
+def paired_se(diff: np.ndarray) -> float:
+    """The standard error of a paired per-question difference's mean."""
+    return round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)
+
+
+def served_policies(run: dict[str, Any], phases: list[Phase], after_window: int
+                    ) -> dict[str, dict[str, float]]:
+    """Per stretch (`live`: the live `_after` window; `shift`: every question after the
+    shift), policy path -> questions it answered there (`served_mix`), the version tags
+    looked up in the run's registry (recorded, or the final policy's)."""
+    from ray_conductor.policy.registry import PolicyRegistry
+
+    root = run.get("registry") or (run.get("final_policy") or {}).get("path")
+    if root is None:
+        return {}
+    root = Path(root) if run.get("registry") else Path(root).parents[1]
+    paths = {v.tag: v.path for v in PolicyRegistry(root).versions()}
+    last, n = len(phases) - 1, len(phases[-1].questions)
+    out = {}
+    for label, size in (("live", after_window), ("shift", n)):
+        mix = served_mix(window_ticks(run["ticks"], last, n, size))
+        missing = sorted(set(mix) - set(paths))
+        if missing:
+            raise SystemExit(f"registry {root} lacks the served versions {missing}: the "
+                             "online policies cannot be judged offline; rerun the scenario")
+        out[label] = {paths[tag]: k for tag, k in mix.items()}
+    return out
 
 
 def add_refit(run: dict[str, Any], key: str, w: World, args: argparse.Namespace) -> None:
@@ -387,7 +462,8 @@ def add_refit(run: dict[str, Any], key: str, w: World, args: argparse.Namespace)
     s["recovered_vs_refit"] = share_of_gap(s["online_after"] - s["frozen_after"], gap)
     if run.get("final_policy"):
         s.update(unseen_reference(key, w, run["seed"], initial, phases,
-                                  run["final_policy"]["path"]) or {})
+                                  run["final_policy"]["path"],
+                                  served_policies(run, phases, args.after_window)) or {})
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -414,10 +490,43 @@ def run_mode(world: World, args: argparse.Namespace, out: str, png: str) -> dict
     return report
 
 
+def rejudge(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """An earlier report's runs judged offline again with this version's `add_refit` (the
+    live window's policies on the unseen questions, among others): the same world, policies
+    and settings as recorded in its `config`; the live figures are kept as they were."""
+    import json
+
+    try:
+        report = json.loads(path.read_text())
+        cfg, scenarios = report["config"], report["scenarios"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--rejudge {path}: not a shift report ({type(e).__name__}: {e}); "
+                         "name a JSON report shift.py wrote") from None
+    for k in ("work", "before", "after", "after_window", "tick", "penalty", "train_s"):
+        setattr(args, k, cfg[k])
+    world = build_world(Path(args.work), args.penalty, args.train_s)
+    keys = {name: key for key, name in NAMES.items()}
+    for name, runs in scenarios.items():
+        for run in runs:
+            add_refit(run, keys[name], world, args)
+            print(f"[{name} s{run['seed']}] " + ", ".join(
+                f"{k} {run['summary'].get(k)}" for k in (
+                    "recovered_vs_refit", "recovered_vs_refit_unseen",
+                    "recovered_vs_refit_live_unseen", "recovered_vs_refit_shift_unseen")),
+                flush=True)
+    report["summary"] = {n: aggregate(r) for n, r in scenarios.items()}
+    report["rejudged"] = {"by": "shift.py --rejudge", "from": str(path),
+                          "environment": environment(1)}
+    out = Path(args.out) if args.out else path
+    plot(report, out.with_suffix(".png"))
+    write_report(report, out)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     res = ROOT / "benchmarks" / "results"
-    ap.add_argument("--out", default=str(res / "shift.json"))
+    ap.add_argument("--out", default=None, help="default: results/shift.json")
     ap.add_argument("--plot", default=None, help="default: --out with .png")
     ap.add_argument("--full-out", default=str(res / "shift_full_reroll.json"))
     ap.add_argument("--full-plot", default=None, help="default: --full-out with .png")
@@ -448,11 +557,18 @@ def main() -> None:
     ap.add_argument("--anchor-share", type=float, default=None,
                     help="share of the scoring calls kept for the held-back anchors "
                          "(evaluation.anchor_share; default: the config's, 0.5)")
+    ap.add_argument("--rejudge", metavar="REPORT", default=None,
+                    help="judge an earlier report's runs offline again (its --work with the "
+                         "runs' registries still there) and add what this version computes "
+                         "(e.g. online_live_unseen); writes --out, default REPORT itself")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
+    if args.rejudge:
+        rejudge(Path(args.rejudge), args)
+        return
     t0 = time.perf_counter()
     with local_ray(num_cpus=4, object_store_mb=400):
         try:
@@ -461,7 +577,7 @@ def main() -> None:
             modes = [True] if args.full_reroll else [False, True] if args.both else [False]
             for full in modes:
                 args.full = full
-                out = args.full_out if full else args.out
+                out = args.full_out if full else args.out or str(res / "shift.json")
                 png = (args.full_plot if full else args.plot) or Path(out).with_suffix(".png")
                 run_mode(world, args, out, str(png))
         finally:

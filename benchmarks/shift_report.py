@@ -6,6 +6,7 @@ over time (`plot`, matplotlib if installed)."""
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,36 @@ def tick_row(phase: int, start: int, qs: list[Any], got: dict[str, list], ref: d
                        "accuracy": float(ref["correct"][rows, o].mean()),
                        "cost": float(ref["cost"][rows, o].mean())},
             "online_versions": sorted({r["version"] for r in got["online"]}),
+            "online_version_counts": dict(Counter(r["version"] for r in got["online"])),
             "failed": got["failed"], "decisions": [x["kind"] for x in made],
             "wall_s": wall_s}
 
 
+def window_ticks(ticks: list[dict[str, Any]], last_phase: int, last_questions: int,
+                 after_window: int) -> list[dict[str, Any]]:
+    """The ticks of the live `_after` window: the last phase's ticks that start inside its
+    last `after_window` questions (as `summarize` measures them)."""
+    return [t for t in ticks if t["phase"] == last_phase
+            and t["start"] >= last_questions - after_window]
+
+
+def served_mix(window: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of the window's questions each online version answered (version tag ->
+    questions). A report from before `online_version_counts` was recorded splits a tick's
+    questions evenly among the versions it lists."""
+    mix: Counter[str] = Counter()
+    for t in window:
+        counts = t.get("online_version_counts")
+        if counts is None:
+            vs, n = t["online_versions"], t["online"]["n"]
+            counts = {v: n / len(vs) for v in vs} if vs else {}
+        mix.update(counts)
+    return dict(mix)
+
+
 def summarize(name: str, ticks: list[dict[str, Any]], phases: list[Phase], load: dict[str, Any],
               decisions: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    last = [t for t in ticks if t["phase"] == len(phases) - 1]
-    window = [t for t in last if t["start"] >= len(phases[-1].questions) - args.after_window]
+    window = window_ticks(ticks, len(phases) - 1, len(phases[-1].questions), args.after_window)
 
     def after(key: str, metric: str = "reward") -> float:
         n = sum(t["frozen"]["n"] for t in window)
@@ -100,6 +123,11 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out["recovered_vs_refit_unseen"] = share_of_gap(
             out["online_final_unseen"] - out["frozen_unseen"],
             out["refit_unseen"] - out["frozen_unseen"])
+    for label in ("live", "shift"):  # the policies that served a stretch, same questions
+        if f"online_{label}_unseen" in out:
+            out[f"recovered_vs_refit_{label}_unseen"] = share_of_gap(
+                out[f"online_{label}_unseen"] - out["frozen_unseen"],
+                out["refit_unseen"] - out["frozen_unseen"])
     return out
 
 

@@ -64,3 +64,31 @@ def test_aggregate_recomputes_the_unseen_recovered_share_from_the_means(monkeypa
     assert out["recovered_vs_refit_unseen_sd"] > 0.5  # the per-seed spread stays visible
     flat = rep.aggregate([run(0.6, 0.5, 0.5)])
     assert flat["recovered_vs_refit_unseen"] is None  # no refit gain: nothing to recover
+
+
+def test_the_live_window_is_weighted_by_who_served_it(monkeypatch):
+    """`served_mix` counts the window's questions per online version (recorded counts, or an
+    older report's version list split evenly); `aggregate` recomputes the live and
+    after-the-shift shares from the means, as it does the end state's."""
+    rep = _module("shift_report", monkeypatch)
+    ticks = [{"phase": 0, "start": 0, "online_versions": ["v1"], "online": {"n": 50}},
+             {"phase": 1, "start": 0, "online_versions": ["v1"], "online": {"n": 50},
+              "online_version_counts": {"v1": 50}},
+             {"phase": 1, "start": 50, "online_versions": ["v1", "v2"], "online": {"n": 50},
+              "online_version_counts": {"v1": 10, "v2": 40}},
+             {"phase": 1, "start": 100, "online_versions": ["v2", "v3"], "online": {"n": 50}}]
+    window = rep.window_ticks(ticks, 1, 150, 100)
+    assert [t["start"] for t in window] == [50, 100]
+    assert rep.served_mix(window) == {"v1": 10, "v2": 65, "v3": 25}
+    assert rep.served_mix(rep.window_ticks(ticks, 1, 150, 150)) == {"v1": 60, "v2": 65,
+                                                                     "v3": 25}
+
+    def run(live, shift):
+        return {"summary": {"online_after": 0.6, "frozen_after": 0.5, "refit_after": 0.7,
+                            "frozen_after_offline": 0.5, "online_final_unseen": 0.7,
+                            "frozen_unseen": 0.5, "refit_unseen": 0.7,
+                            "online_live_unseen": live, "online_shift_unseen": shift}}
+
+    out = rep.aggregate([run(0.68, 0.6), run(0.66, 0.56)])
+    assert out["recovered_vs_refit_live_unseen"] == pytest.approx(0.85)
+    assert out["recovered_vs_refit_shift_unseen"] == pytest.approx(0.4)
