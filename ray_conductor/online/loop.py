@@ -373,7 +373,11 @@ class Retrainer:
         new rows, a worker's served answers are right `reroll.drift_z` standard errors more
         or less often than the serving policy's estimates for those very questions (the sum
         of Bernoulli outcomes against the sum of their estimated probabilities; the estimates
-        read each question, so a shift in the question mix alone does not move it). Such a
+        read each question, so a shift in the question mix alone does not move it). Only a
+        plan's first call counts: it was chosen from the question alone, as the estimate
+        is; a later one was often asked because the first answers disagreed (harder
+        questions than its estimate assumes: a cascade's third worker would look degraded
+        on every busy round). Such a
         worker's answer fingerprint gets a new epoch dated at the first of these rows: its
         cached answers from before (anchors included) are void and asked again within the
         budget, its old outcomes leave the prior (`stale`), as after a config change. A
@@ -394,8 +398,8 @@ class Retrainer:
             last = self.state.drift.get(w)
             if w not in cells.rr.fingerprints or (last is not None and pv.version <= last[2]):
                 continue
-            idx = [i for i, row in enumerate(rows)
-                   if w in served.get(row.key, {}) and np.asarray(n)[i, j] > 0]
+            idx = [i for i, row in enumerate(rows) if row.served and row.served[0].worker == w
+                   and w in served.get(row.key, {}) and np.asarray(n)[i, j] > 0]
             if len(idx) < r.drift_min_cells:
                 continue
             y = np.array([served[rows[i].key][w].correct for i in idx], float)
