@@ -11,6 +11,7 @@ import pytest
 
 from ray_conductor.online.reroll import AnswerCache, Reroller
 from ray_conductor.online.rewards import LABEL, Judge, LoggedRow
+from ray_conductor.workflow.model import ROUTER_SUBTASK
 from ray_conductor.workers.base import WorkerInfo
 from ray_conductor.workers.config import WorkerConfig, answer_fingerprint
 from ray_conductor.workers.proxy import WorkerProxyCore
@@ -102,3 +103,68 @@ def test_live_cells_keep_the_budget_reprice_a_price_rise_and_retry_only_transien
     assert st5.calls == 1 and st5.cached == 1  # only the transient one is asked again
     assert got5["k9"]["wrong"].responded and got5["k9"]["wrong"].answer == "B"
     assert [r["model"] for r in fault_server.requests()[8:]].count("right") == 1
+
+
+def test_a_provider_that_swaps_its_model_under_the_same_config_is_found_and_re_asked(
+        fault_server, tmp_path):
+    """`reroll.drift_z` on the live path: `right` answers (A) and is estimated right 90% of
+    the time; then the provider starts answering (B) with nothing in the worker's config
+    changed (same model name, endpoint, prices: the same answer fingerprint). The round whose
+    served traces show it logs `drifted`, and the cells of `right` it then buys are asked of
+    the provider again, for questions it had answered before the swap too: their cached
+    answers (A) are void, the new ones (B) are judged wrong."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from online_stubs import App
+    from test_online_loop import kinds, setup
+
+    fault_server.configure("right", reply="The answer is (A)", output_tokens=20)
+    fault_server.configure("wrong", reply="The answer is (B)", output_tokens=30)
+    cfgs = [worker(w, fault_server.url) for w in PRICES]
+    loop, _, log, trainer, reg = setup(tmp_path, gain=0.0)
+    app = App(loop.app.ref)
+    pool = LivePool(cfgs)
+    app.pool = pool
+    app.rollout_pool = lambda: (pool, {c.name: answer_fingerprint(c) for c in cfgs})
+    loop.app = app
+    loop.cfg.reroll.calls_per_row, loop.cfg.reroll.concurrency = 1.0, 4
+
+    def estimates(policy_dir, data):
+        names = [w.name for w in data.workers]
+        p = np.array([[0.9 if w == "right" else 0.1 for w in names]] * len(data.rows))
+        return p, np.ones_like(p), np.full(len(names), 0.001), names
+
+    trainer.estimates = estimates
+
+    def served(n, start, said):
+        for i in range(start, start + n):
+            log.t += 1.0
+            step = {"index": 0, "worker": "right", "subtask": ROUTER_SUBTASK, "access": [],
+                    "program": False, "skipped": False, "text": f"The answer is ({said})",
+                    "answer": said, "cost": 0.0001, "input_tokens": 50, "output_tokens": 20,
+                    "error": None}
+            log.rows.append({
+                "request_id": f"r{len(log.rows)}", "status": 200, "model": "online",
+                "policy_version": "v1", "question": f"Question {i}: pick (A) or (B).",
+                "query_id": None, "answer": f"The answer is ({said})", "cost": 0.0001,
+                "reward": None, "label": "A", "trace": json.dumps({"steps": [step]}),
+                "time": pd.Timestamp(log.t, unit="s", tz="UTC")})
+
+    served(40, 0, "A")
+    assert "drifted" not in kinds(loop.round())
+    before = len(fault_server.requests("right"))
+    fault_server.configure("right", reply="The answer is (B)", output_tokens=20)
+    served(40, 40, "B")
+    made = loop.round()
+    assert kinds(made)[0] == "drifted" and made[0]["workers"][0]["worker"] == "right"
+    asked = fault_server.requests("right")[before:]
+    old = [r for r in asked if any(f"Question {i}:" in r["last_message"] for i in range(40))]
+    assert old, "no question answered before the swap was asked again"
+    epoch = loop.cells().rr.fingerprints["right"]
+    assert epoch.endswith("#drift1")
+    before_swap = [r for r in loop._rows([]) if int(r.question.split()[1][:-1]) < 40]
+    fresh = [loop.cache.get(AnswerCache.key(r, "right", epoch)) for r in before_swap]
+    fresh = [a for a in fresh if a is not None]
+    assert fresh and all(a.answer == "B" and not a.correct for a in fresh)
