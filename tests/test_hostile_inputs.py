@@ -345,12 +345,14 @@ def test_the_loop_takes_the_apps_feedback_range_unless_told_otherwise(tmp_path):
 
     from test_online_loop import setup
 
+    from ray_conductor.online.rewards import reward_range
+
     loop, app, *_ = setup(tmp_path, gain=0.0)
-    assert loop._reward_range() == (-1.0, 1.0)  # an app without the setting
+    assert reward_range(loop.cfg.feedback, app) == (-1.0, 1.0)  # an app without the setting
     app.config = lambda: SimpleNamespace(feedback_reward_range=[-5.0, 5.0])
-    assert loop._reward_range() == (-5.0, 5.0)  # the door's range
+    assert reward_range(loop.cfg.feedback, app) == (-5.0, 5.0)  # the door's range
     loop.cfg.feedback.reward_max = 2.0
-    assert loop._reward_range() == (-5.0, 2.0)
+    assert reward_range(loop.cfg.feedback, app) == (-5.0, 2.0)
 
 
 def test_a_damaged_promoted_pointer_is_rebuilt_and_rollback_still_works(tmp_path):

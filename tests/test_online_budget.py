@@ -339,7 +339,10 @@ def test_a_worker_that_changed_without_a_config_change_is_treated_as_changed(tmp
 
     trainer.estimates = estimates
     served_rows(log, 40, 0, "A")
-    assert "drifted" not in kinds(loop.round())  # right as estimated (z = +2.1)
+    made = loop.round()
+    assert "drifted" not in kinds(made)  # right as estimated: z = (40 - 36) / sqrt(3.6)
+    if drift_z is not None:  # every z tested is on the round's record
+        assert made[0]["drift_z"] == {"good": pytest.approx(2.11, abs=0.01)}
     # wrong, but only where asked after `cheap`: a later call is often asked because the
     # first answer looked doubtful, so only a plan's first call is tested
     served_rows(log, 40, 200, "B", after_cheap=True)

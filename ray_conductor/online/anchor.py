@@ -14,10 +14,10 @@ Anchors in the held-back slice (by the same hashed key as the traffic's) are nev
 on. With `evaluation.anchor_rows` some of them join the evaluation: the candidate is then
 promoted if it is better on held-back traffic (the paired test), or better on the held-back
 anchors (the same test, on many more questions of the current workers) and not worse on
-held-back traffic (mean gain >= 0: a candidate that only fits the anchors' question mix is
-kept out when the traffic's mix has moved). A worker whose answers change *without* a
-config change (a provider swapping models under one name) is re-asked only with an age
-limit (`reroll.max_age_hours`).
+held-back traffic (`verdict`: a candidate that only fits the anchors' question mix is kept
+out when the traffic's mix has moved). A worker whose answers change *without* a config
+change (a provider swapping models under one name) is re-asked once its served answers
+show it (`drift`), or with an age limit (`reroll.max_age_hours`).
 
 Recorded anchors (`training.anchor.recorded`, on by default): an anchor pool is a recording
 (`ray-conductor record`, or the pool the serving policy was fitted on), its answers already
@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 from ray_conductor.data.splits import unit_hash
+from ray_conductor.errors import ConfigError, DataError
 from ray_conductor.online.rewards import (VERIFIER, Judge, LoggedRow, ServedCell, held_back,
                                          query_key)
 
@@ -85,6 +86,28 @@ class Anchors(NamedTuple):
     data: Any
     train: list[LoggedRow]
     held: list[LoggedRow]
+
+
+def load_anchors(anchor: Any, held_rows: int, holdout: float, data_dir: str | None,
+                 current: Anchors | None = None) -> Anchors:
+    """The anchor pool of `anchor` (`training.anchor`) with `held_rows` held-back anchors
+    (`evaluation.anchor_rows`): `current` while its config is the same, else loaded again;
+    a pool that cannot be loaded is a one-line `ConfigError`."""
+    a = anchor
+    tag = f"{a.pool}|{data_dir}|{a.split}|{a.rows}|{held_rows}|{a.recorded}"
+    if current is not None and current.tag == tag:
+        return current
+    from ray_conductor.data.pools import load_pool
+
+    try:
+        data = load_pool(a.pool, data_dir)
+    except (DataError, OSError) as e:
+        raise ConfigError(f"training.anchor.pool={a.pool!r} cannot be loaded: "
+                          f"{str(e).splitlines()[0][:200]}; name a pool spec such as "
+                          "mmlu_pro or parquet:PATH, or leave it null") from None
+    return Anchors(tag, data, anchor_rows(data, a.split, a.rows, holdout, recorded=a.recorded),
+                   anchor_rows(data, a.split, held_rows, holdout, held=True,
+                               recorded=a.recorded))
 
 
 class Verifiers:

@@ -31,13 +31,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ray_conductor.errors import ConductorError, ConfigError, DataError
-from ray_conductor.online.anchor import Anchors, anchor_rows, combined
+from ray_conductor.errors import ConductorError, ConfigError
+from ray_conductor.online.anchor import Anchors, combined, load_anchors
 from ray_conductor.online.config import RetrainConfig
 from ray_conductor.online.cells import CellBroker, answer_prints, traffic_dollars
 from ray_conductor.online.decisions import DecisionLog, Ledger, OnlineMetrics
-from ray_conductor.online.reroll import AnswerCache, Reroller, judgeable, price_tags
-from ray_conductor.online.rewards import LoggedRow, held_back, rewarded_rows
+from ray_conductor.online import drift
+from ray_conductor.online.drift import first_call_z
+from ray_conductor.online.reroll import (AnswerCache, Reroller, judgeable, price_changes,
+                                        price_tags)
+from ray_conductor.online.rewards import LoggedRow, held_back, reward_range, rewarded_rows
 from ray_conductor.online.rows import choose
 from ray_conductor.online.state import LoopState, Watch
 from ray_conductor.online.trainer import Counterfactual, Trainer
@@ -49,11 +52,6 @@ log = logging.getLogger(__name__)
 REGISTRY = "registry:"
 TIERS = ("lite", "lm")
 OUTPUTS = ("state_dir", "registry", "log_dir")  # resolved under `storage`
-
-
-def drifted_print(fingerprint: str, epoch: int) -> str:
-    """A worker's answer fingerprint in drift epoch `epoch` (`Retrainer._drift`)."""
-    return f"{fingerprint.split('#drift', 1)[0]}#drift{epoch}"
 
 
 def place_outputs(cfg: RetrainConfig) -> None:
@@ -181,12 +179,9 @@ class Retrainer:
         return out
 
     def _prices(self) -> tuple[dict[str, str], list[str]]:
-        """Each worker's price fingerprint now, and the workers whose price differs from the
-        one the loop last trained at (a worker that joined or left is not a price change)."""
+        """Price fingerprints now, and the workers repriced since the last training."""
         pool = self._broker.rr.pool if self._broker is not None else self.app.rollout_pool()[0]
-        now = price_tags(pool)
-        was = self.state.prices or {}
-        return now, sorted(w for w in now if w in was and was[w] != now[w])
+        return price_changes(price_tags(pool), self.state.prices or {})
 
     def learners(self) -> list[str]:
         return [self.cfg.model, *[m for m in self.cfg.learn_from if m != self.cfg.model]]
@@ -201,7 +196,7 @@ class Retrainer:
                 "quarantined", self.cfg.model, files=moved, reason=(
                     f"{len(moved)} unreadable traffic log parts moved aside; the round goes on "
                     "with the rest")))
-        lo, hi = self._reward_range()
+        lo, hi = reward_range(self.cfg.feedback, self.app)
         ignored: list[str] = []
         rows = rewarded_rows(df, cost_penalty=self.penalty(), verifier=self.app.verifier(),
                              models={*self.learners()},
@@ -220,17 +215,6 @@ class Retrainer:
             self.decisions.spend(traffic_dollars=paid - self.state.traffic_dollars)
             self.state.traffic_dollars = paid
         return rows
-
-    def _reward_range(self) -> tuple[float, float]:
-        """`feedback.reward_min/max`, else the app's `feedback_reward_range`, else [-1, 1]."""
-        fb, (lo, hi) = self.cfg.feedback, (-1.0, 1.0)
-        if fb.reward_min is None or fb.reward_max is None:
-            try:
-                lo, hi = (float(x) for x in self.app.config().feedback_reward_range)
-            except (AttributeError, ConfigError, TypeError, ValueError):
-                pass  # an app (or stand-in) without the setting
-        return (lo if fb.reward_min is None else fb.reward_min,
-                hi if fb.reward_max is None else fb.reward_max)
 
     def penalty(self) -> float:
         assert self.state.cost_penalty is not None
@@ -315,7 +299,7 @@ class Retrainer:
         train, held = [look[k] for k in pick.train], [look[k] for k in pick.held]
         hanchors = [look[k] for k in pick.held_anchors]
         t0 = time.perf_counter()
-        drifted = self._drift(trainer, pv, fresh)
+        drifted, tested = self._drift(trainer, pv, fresh)
         head = [drifted] if drifted is not None else []
         cells = self.cells()
         workers = cells.workers
@@ -336,6 +320,8 @@ class Retrainer:
                   "anchor_rows": sum(k in answers for k in pick.anchors),
                   "held_anchor_rows": len(anchor_cf), "held_rows": len(held_cf),
                   "reroll": vars(stats), "reroll_s": time.perf_counter() - t0}
+        if tested:
+            counts["drift_z"] = tested
         if drifted is not None:
             counts["drifted"] = [d["worker"] for d in drifted["workers"]]
         if len(train_cf) < tr.min_rows or len(held_cf) < cfg.evaluation.min_rows:
@@ -368,63 +354,37 @@ class Retrainer:
         return out
 
     def _drift(self, trainer: Trainer, pv: Any, rows: list[LoggedRow]
-               ) -> dict[str, Any] | None:
-        """Workers whose answers changed with no config change to show it: over the round's
-        new rows, a worker's served answers are right `reroll.drift_z` standard errors more
-        or less often than the serving policy's estimates for those very questions (the sum
-        of Bernoulli outcomes against the sum of their estimated probabilities; the estimates
-        read each question, so a shift in the question mix alone does not move it). Only a
-        plan's first call counts: it was chosen from the question alone, as the estimate
-        is; a later one was often asked because the first answers disagreed (harder
-        questions than its estimate assumes: a cascade's third worker would look degraded
-        on every busy round). Such a
-        worker's answer fingerprint gets a new epoch dated at the first of these rows: its
-        cached answers from before (anchors included) are void and asked again within the
-        budget, its old outcomes leave the prior (`stale`), as after a config change. A
-        worker is tested again only once a policy trained after its last drift serves.
-        Logged as a `drifted` decision; None where nothing drifted or nothing was tested."""
+               ) -> tuple[dict[str, Any] | None, dict[str, float]]:
+        """Workers whose answers changed with no config change to show it
+        (`drift.first_call_z`: a worker's served answers in the round's new rows, as first
+        calls, right `reroll.drift_z` standard errors more or less often than the serving
+        policy's estimates for those questions). Such a worker's answer fingerprint gets a
+        new epoch dated at the first of these rows: its cached answers from before (anchors
+        included) are void and asked again within the budget, its old outcomes leave the
+        prior (`stale`), as after a config change. A worker is tested again only once a
+        policy trained after its last drift serves. Returns the `drifted` decision (None where
+        nothing drifted) and every worker's z tested (the round's `trained` decision carries
+        them as `drift_z`)."""
         r = self.cfg.reroll
         if self.full_reroll or r.drift_z is None or not rows or \
                 not hasattr(trainer, "estimates"):
-            return None
+            return None, {}
         cells = self.cells()
         served = cells.rr.served(rows)
         if not served:
-            return None
+            return None, {}
         p, n, _, names = trainer.estimates(Path(pv.path), Counterfactual(rows, served,
                                                                         cells.workers))
-        found = []
-        for j, w in enumerate(names):
-            last = self.state.drift.get(w)
-            if w not in cells.rr.fingerprints or (last is not None and pv.version <= last[2]):
-                continue
-            idx = [i for i, row in enumerate(rows) if row.served and row.served[0].worker == w
-                   and w in served.get(row.key, {}) and np.asarray(n)[i, j] > 0]
-            if len(idx) < r.drift_min_cells:
-                continue
-            y = np.array([served[rows[i].key][w].correct for i in idx], float)
-            est = np.clip(np.asarray(p, float)[idx, j], 0.01, 0.99)
-            z = float((y.sum() - est.sum()) / np.sqrt((est * (1 - est)).sum()))
-            if abs(z) >= r.drift_z:
-                found.append({"worker": w, "z": round(z, 2), "cells": len(idx),
-                              "right": round(float(y.mean()), 4),
-                              "estimated": round(float(est.mean()), 4)})
+        zs, found = drift.detect(first_call_z(rows, served, p, n, names, r.drift_min_cells),
+                                 self.state.drift, pv.version, cells.rr.fingerprints,
+                                 r.drift_z)
         if not found:
-            return None
+            return None, zs
         since = min(row.time for row in rows)
-        for f in found:
-            w = f["worker"]
-            epoch = self.state.drift.get(w, [0])[0] + 1
-            self.state.drift[w] = [epoch, since, int(pv.version)]
-            fp = drifted_print(cells.rr.fingerprints[w], epoch)
-            cells.rr.fingerprints[w] = fp
-            self.cache.mark(w, fp, since)
+        drift.start_epochs(found, self.state.drift, cells.rr.fingerprints, self.cache, since,
+                           pv.version)
         return self.decisions.append("drifted", self.cfg.model, version=pv.tag, workers=found,
-                                     since=since, reason=(
-            "answers changed without a config change: " + ", ".join(
-                f"{f['worker']} right {f['right']:.2f} where {f['estimated']:.2f} was "
-                f"expected on {f['cells']} served questions (z {f['z']:+.1f})"
-                for f in found)))
+                                     since=since, reason=drift.reason(found)), zs
 
     @property
     def full_reroll(self) -> bool:
@@ -437,11 +397,8 @@ class Retrainer:
             verifier = combined(self.app.verifier(),
                                 self._anchors.data if self._anchors else None)
             r = self.cfg.reroll
-            prints = answer_prints(self.app, prints)
-            for w, (epoch, since, _) in self.state.drift.items():  # changed without a config
-                if w in prints:
-                    prints[w] = drifted_print(prints[w], epoch)
-                    self.cache.mark(w, prints[w], since)
+            prints = drift.with_epochs(answer_prints(self.app, prints), self.state.drift,
+                                       self.cache)  # changed without a config change
             rr = Reroller(pool, prints, self.cache, verifier,
                           concurrency=r.concurrency, timeout_s=r.timeout_s, reprice=r.reprice)
             self._broker = CellBroker(rr, list(pool.workers()), r, self.decisions,
@@ -451,26 +408,11 @@ class Retrainer:
     def _anchor_rows(self, held: bool = False) -> list[LoggedRow]:
         """The anchor questions (`training.anchor`) to train on, or (`held`) the held-back
         ones to evaluate on (`evaluation.anchor_rows`); loaded once per pool spec."""
-        a = self.cfg.training.anchor
-        if not a.pool or (held and not self.cfg.evaluation.anchor_rows):
+        a, e = self.cfg.training.anchor, self.cfg.evaluation
+        if not a.pool or (held and not e.anchor_rows):
             return []
-        data_dir = a.data_dir or self.app.config().data_dir
-        tag = (f"{a.pool}|{data_dir}|{a.split}|{a.rows}|{self.cfg.evaluation.anchor_rows}"
-               f"|{a.recorded}")
-        if self._anchors is None or self._anchors.tag != tag:
-            from ray_conductor.data.pools import load_pool
-
-            try:
-                data = load_pool(a.pool, data_dir)
-            except (DataError, OSError) as e:
-                raise ConfigError(f"training.anchor.pool={a.pool!r} cannot be loaded: "
-                                  f"{str(e).splitlines()[0][:200]}; name a pool spec such as "
-                                  "mmlu_pro or parquet:PATH, or leave it null") from None
-            hold = self.cfg.evaluation.holdout
-            self._anchors = Anchors(
-                tag, data, anchor_rows(data, a.split, a.rows, hold, recorded=a.recorded),
-                anchor_rows(data, a.split, self.cfg.evaluation.anchor_rows, hold, held=True,
-                            recorded=a.recorded))
+        self._anchors = load_anchors(a, e.anchor_rows, e.holdout,
+                                     a.data_dir or self.app.config().data_dir, self._anchors)
         return self._anchors.held if held else self._anchors.train
 
     def _decide(self, reg: Any, pv: Any, trainer: Trainer, cand_dir: Path,
@@ -526,35 +468,15 @@ class Retrainer:
         policy grown to know them (it calls them only once a round has trained on them), so
         the app can be redeployed with the bigger pool without retraining from scratch. Call
         it before the redeploy: the grown policy does not load on the old pool."""
-        import tempfile
-
-        from ray_conductor.lite.conductor import LiteConductor
-        from ray_conductor.lite.table import worker_strength
-        from ray_conductor.online.extend import prepare_for_pool
+        from ray_conductor.online.grow import publish_grown
 
         with self._lock:
             reg, pv = self._serving([])
-            if pv.kind != "lite":
-                raise ConfigError(f"the served {pv.tag} is an LM conductor: it reads the pool "
-                                  "from its prompt, so a new worker needs no growing; "
-                                  "redeploy the app with the bigger pool")
-            conductor = LiteConductor.load(pv.path)
-            new = [w for w in workers if w.name not in conductor.workers]
-            if not new:
-                raise ConfigError(f"the served policy {pv.tag} already knows "
-                                  f"{[w.name for w in workers]}")
-            grown = prepare_for_pool(conductor, list(zip([w.name for w in new],
-                                                         worker_strength(new))))
-            with tempfile.TemporaryDirectory() as tmp:
-                out = reg.publish(grown.save(Path(tmp) / "policy"), kind="lite",
-                                  meta={"parent": pv.version, "grown": [w.name for w in new]})
-            reason = f"the pool gains {[w.name for w in new]}"
-            reg.promote(out.version, reason=reason)
+            out, names, reason = publish_grown(reg, pv, workers)
             self.state.watch = None
             self.state.save(self.root)
             return self.decisions.append("extended", self.cfg.model, version=out.tag,
-                                         previous=pv.tag, reason=reason,
-                                         workers=[w.name for w in new])
+                                         previous=pv.tag, reason=reason, workers=names)
 
     # -- running -----------------------------------------------------------------------------
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:

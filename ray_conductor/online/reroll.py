@@ -208,6 +208,12 @@ def price_tags(pool: WorkerPool) -> dict[str, str]:
     return {w: price_fingerprint(*p) for w, p in prices_of(pool.workers()).items()}
 
 
+def price_changes(now: dict[str, str], was: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(`now`, the workers whose price fingerprint differs from `was`): a worker that joined
+    or left is not a price change."""
+    return now, sorted(w for w in now if w in was and was[w] != now[w])
+
+
 class Reroller:
     """Asks `pool`'s workers (called at the pool's priority: give it a `rollout` pool).
     `fingerprints`: each worker's answer fingerprint (`workers.config.answer_fingerprint`);

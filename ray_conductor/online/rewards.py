@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ray_conductor.data.splits import unit_hash
+from ray_conductor.errors import ConfigError
 from ray_conductor.verify.answers import (
     answers_match, comparable, extract_answer, reference_answer)
 
@@ -219,3 +220,16 @@ def _row(r: dict[str, Any], penalty: float, verifier: Verifier | None, threshold
                      str(_value(r.get("policy_version")) or ""), question, qid,
                      query_key(qid, question), answer, cost, live, source, judge,
                      served_cells(_value(r.get("trace"))) if judge is not None else ())
+
+
+def reward_range(feedback: Any, app: Any) -> tuple[float, float]:
+    """The range of posted rewards taken as given: `feedback.reward_min/max`, else the app's
+    `feedback_reward_range`, else [-1, 1]."""
+    fb, (lo, hi) = feedback, (-1.0, 1.0)
+    if fb.reward_min is None or fb.reward_max is None:
+        try:
+            lo, hi = (float(x) for x in app.config().feedback_reward_range)
+        except (AttributeError, ConfigError, TypeError, ValueError):
+            pass  # an app (or stand-in) without the setting
+    return (lo if fb.reward_min is None else fb.reward_min,
+            hi if fb.reward_max is None else fb.reward_max)
