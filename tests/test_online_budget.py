@@ -284,6 +284,10 @@ def test_a_price_change_retrains_at_the_next_round_on_repriced_answers(tmp_path,
     log.add(40, "v1", 0.5)
     assert kinds(loop.round())[0] == "trained"
     assert kinds(loop.round()) == []  # no new rows, no price change: nothing to do
+    looked_up = app.rollout_pool
+    app.rollout_pool = lambda: (_ for _ in ()).throw(RuntimeError("app redeploying"))
+    assert kinds(loop.round()) == []  # the pool cannot be looked up: checked next round
+    app.rollout_pool = looked_up
     app.pool.prices["pricey"] = (9.0, 9.0)  # joins: no price of a known worker moved
     assert kinds(loop.round()) == []
     app.pool.prices["good"] = (30.0, 30.0)

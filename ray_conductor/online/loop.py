@@ -151,7 +151,7 @@ class Retrainer:
         reg, pv = self._serving(out)
         trainer = self._trainer_for(pv)
         rows = self._rows(out)
-        out += self._watch(rows, reg, trainer)
+        out += watch(self, rows, reg, trainer)  # the watch after a promotion
         self._live_gauge(rows)
         mine = set(self.learners())
         seen = {r.request_id for r in rows}
@@ -168,7 +168,7 @@ class Retrainer:
             self.state.consumed = sorted(done | {r.request_id for r in new})
             self.state.last_train = self.clock()
             out += self._train_round(rows, new, reg, pv, trainer, why)
-            self.state.prices = prices
+            self.state.prices = prices or self.state.prices
         elif self.state.prices is None:
             self.state.prices = prices
         self.state.rounds += 1
@@ -178,10 +178,16 @@ class Retrainer:
         self.metrics.publish(self.cfg.app, self.cfg.model, t, self.decisions.pending)
         return out
 
-    def _prices(self) -> tuple[dict[str, str], list[str]]:
-        """Price fingerprints now, and the workers repriced since the last training."""
-        pool = self._broker.rr.pool if self._broker is not None else self.app.rollout_pool()[0]
-        return price_changes(price_tags(pool), self.state.prices or {})
+    def _prices(self) -> tuple[dict[str, str] | None, list[str]]:
+        """Price fingerprints now, and the workers repriced since the last training; (None,
+        []) while the pool cannot be looked up (a redeploy): checked again next round."""
+        try:
+            pool = (self._broker.rr.pool if self._broker is not None
+                    else self.app.rollout_pool()[0])
+            return price_changes(price_tags(pool), self.state.prices or {})
+        except Exception as e:  # noqa: BLE001 - the watch's decisions this round stand
+            log.warning("worker prices unavailable this round: %s: %s", type(e).__name__, e)
+            return None, []
 
     def learners(self) -> list[str]:
         return [self.cfg.model, *[m for m in self.cfg.learn_from if m != self.cfg.model]]
@@ -265,11 +271,6 @@ class Retrainer:
                                                 else trained_penalty(pv))
             self._trainer = self.make_trainer(self.state.cost_penalty, kind=pv.kind)
         return self._trainer
-
-    # -- the watch after a promotion (`watch`) ----------------------------------------------
-    def _watch(self, rows: list[LoggedRow], reg: Any, trainer: Trainer
-               ) -> list[dict[str, Any]]:
-        return watch(self, rows, reg, trainer)
 
     def _live_gauge(self, rows: list[LoggedRow]) -> None:
         by: dict[str, list[float]] = {}
