@@ -228,7 +228,7 @@ class Recorder:
         self.dollars += ledger.dollars
         self.traffic += ledger.traffic
 
-    def __getattr__(self, name):  # live_reward, eval_reward, served_version, publish
+    def __getattr__(self, name):  # live_rewards, eval_reward, served_version, publish
         return lambda *a, **k: None
 
 
@@ -291,7 +291,10 @@ def test_a_price_change_retrains_at_the_next_round_on_repriced_answers(tmp_path,
     app.pool.prices["pricey"] = (9.0, 9.0)  # joins: no price of a known worker moved
     assert kinds(loop.round()) == []
     app.pool.prices["good"] = (30.0, 30.0)
+    lookups = []
+    app.rollout_pool = lambda: lookups.append(1) or looked_up()
     made = loop.round()
+    assert len(lookups) == 1  # the prices and the round's cells share one pool lookup
     if not on:
         assert kinds(made) == []
         return

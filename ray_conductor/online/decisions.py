@@ -28,6 +28,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 KV_PREFIX = "conductor_online_cost/"  # + app/model: the running accounting, for /healthz
 KINDS = ("adopted", "extended", "trained", "evaluated", "promoted", "rejected", "skipped", "kept",
          "rolled_back", "failed", "quarantined", "drifted")
@@ -162,6 +164,16 @@ class OnlineMetrics:
     def live_reward(self, model: str, version: str, value: float) -> None:
         if (s := self._on()) is not None and math.isfinite(value):
             s["live"].set(value, tags={"model": model, "version": version})
+
+    def live_rewards(self, model: str, rows: Any, window: int) -> None:
+        """Per served version of `model`, the mean reward of its last `window` rewarded rows
+        (`LoggedRow`s, oldest first)."""
+        by: dict[str, list[float]] = {}
+        for r in rows:
+            if r.model == model:
+                by.setdefault(r.version, []).append(r.reward)
+        for version, rewards in by.items():
+            self.live_reward(model, version, float(np.mean(rewards[-window:])))
 
     def eval_reward(self, model: str, policy: str, value: float) -> None:
         if (s := self._on()) is not None and math.isfinite(value):

@@ -6,14 +6,14 @@
    paired and one-sided, whether the promoted version's live rewards are worse; worse: roll
    the registry back and hot-swap the previous version in (`rollback.test=welch`: against
    the previous version's own last live rewards instead);
-3. trigger (`triggers`; also a worker's price that changed since the last training, with
-   `trigger.on_price_change`: its cached answers are re-priced, nothing is asked), then: split the new questions by hashed key into training rows
-   and the held-back slice, re-roll every worker's answer to them, to a sample of the
-   replay buffer and to the anchor questions (`anchor`) at `rollout` priority (`reroll`),
-   continue training the serving policy
-   (`Trainer.improve`), roll candidate and serving policy out on the most recent held-back
-   questions and run the paired test (`stats`): pass, publish and promote by hot-swap;
-   fail, reject.
+3. trigger (`triggers`; also a worker's price changed since the last training, with
+   `trigger.on_price_change`: its cached answers are re-priced, nothing is asked); then
+   split the new questions by hashed key into training rows and the held-back slice,
+   re-roll every worker's answer to them, to a sample of the replay buffer and to the
+   anchor questions (`anchor`) at `rollout` priority (`reroll`), continue training the
+   serving policy (`Trainer.improve`), roll candidate and serving policy out on the most
+   recent held-back questions and run the paired test (`stats`): pass, publish and promote
+   by hot-swap; fail, reject.
 
 Each decision is logged with its figures (`decisions`). The app, the trainer and the log
 reader are handed in (`ServeApp`, `LiteTrainer`, `read_traffic`), so the same loop runs in
@@ -38,8 +38,8 @@ from ray_conductor.online.cells import CellBroker, answer_prints, traffic_dollar
 from ray_conductor.online.decisions import DecisionLog, Ledger, OnlineMetrics
 from ray_conductor.online import drift
 from ray_conductor.online.drift import first_call_z
-from ray_conductor.online.reroll import (AnswerCache, Reroller, judgeable, price_changes,
-                                        price_tags)
+from ray_conductor.online.reroll import (AnswerCache, Reroller, judgeable, price_changed,
+                                        price_tags, prices_of)
 from ray_conductor.online.rewards import LoggedRow, held_back, reward_range, rewarded_rows
 from ray_conductor.online.rows import choose
 from ray_conductor.online.state import LoopState, Watch
@@ -110,6 +110,7 @@ class Retrainer:
                                       self.state.traffic_dollars)
         self.metrics = self.decisions.metrics
         self._broker: CellBroker | None = None  # this round's cells under the budget
+        self._pool: tuple[Any, dict[str, str]] | None = None  # this round's pool lookup
         age = cfg.reroll.max_age_hours
         self.cache = AnswerCache(self.root / "answers.jsonl", clock=clock,
                                  max_age_s=None if age is None else age * 3600.0)
@@ -145,14 +146,14 @@ class Retrainer:
 
     def _round(self, force: bool) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        self._broker = None
+        self._broker = self._pool = None
         if self.state.started is None:
             self.state.started = self.clock()
         reg, pv = self._serving(out)
         trainer = self._trainer_for(pv)
         rows = self._rows(out)
         out += watch(self, rows, reg, trainer)  # the watch after a promotion
-        self._live_gauge(rows)
+        self.metrics.live_rewards(self.cfg.model, rows, self.cfg.rollback.window)
         mine = set(self.learners())
         seen = {r.request_id for r in rows}
         done = set(self.state.consumed) & seen
@@ -179,15 +180,19 @@ class Retrainer:
         return out
 
     def _prices(self) -> tuple[dict[str, str] | None, list[str]]:
-        """Price fingerprints now, and the workers repriced since the last training; (None,
-        []) while the pool cannot be looked up (a redeploy): checked again next round."""
+        """Price fingerprints now and who was repriced since the last training (None, [])."""
         try:
-            pool = (self._broker.rr.pool if self._broker is not None
-                    else self.app.rollout_pool()[0])
-            return price_changes(price_tags(pool), self.state.prices or {})
+            now = price_tags(prices_of(self._rollout_pool()[0].workers()))
         except Exception as e:  # noqa: BLE001 - the watch's decisions this round stand
             log.warning("worker prices unavailable this round: %s: %s", type(e).__name__, e)
             return None, []
+        return now, price_changed(now, self.state.prices or {})
+
+    def _rollout_pool(self) -> tuple[Any, dict[str, str]]:
+        """The app's rollout pool and answer prints, looked up once a round."""
+        if self._pool is None:
+            self._pool = self.app.rollout_pool()
+        return self._pool
 
     def learners(self) -> list[str]:
         return [self.cfg.model, *[m for m in self.cfg.learn_from if m != self.cfg.model]]
@@ -271,15 +276,6 @@ class Retrainer:
                                                 else trained_penalty(pv))
             self._trainer = self.make_trainer(self.state.cost_penalty, kind=pv.kind)
         return self._trainer
-
-    def _live_gauge(self, rows: list[LoggedRow]) -> None:
-        by: dict[str, list[float]] = {}
-        for r in rows:
-            if r.model == self.cfg.model:
-                by.setdefault(r.version, []).append(r.reward)
-        for version, rewards in by.items():
-            self.metrics.live_reward(self.cfg.model, version,
-                                     float(np.mean(rewards[-self.cfg.rollback.window:])))
 
     # -- train, evaluate, decide -------------------------------------------------------------
     def _train_round(self, rows: list[LoggedRow], new: list[LoggedRow], reg: Any, pv: Any,
@@ -394,7 +390,7 @@ class Retrainer:
     def cells(self) -> CellBroker:
         """This round's cells under the budget (the pool is looked up once a round)."""
         if self._broker is None:
-            pool, prints = self.app.rollout_pool()
+            pool, prints = self._rollout_pool()
             verifier = combined(self.app.verifier(),
                                 self._anchors.data if self._anchors else None)
             r = self.cfg.reroll

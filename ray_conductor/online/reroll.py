@@ -203,15 +203,15 @@ def prices_of(infos: Iterable[Any]) -> dict[str, tuple[float, float]]:
             for w in infos}
 
 
-def price_tags(pool: WorkerPool) -> dict[str, str]:
-    """Worker -> its price fingerprint now (what a price-only change alters)."""
-    return {w: price_fingerprint(*p) for w, p in prices_of(pool.workers()).items()}
+def price_tags(prices: Mapping[str, tuple[float, float]]) -> dict[str, str]:
+    """Worker -> its price fingerprint (what a price-only change alters), from `prices_of`."""
+    return {w: price_fingerprint(*p) for w, p in prices.items()}
 
 
-def price_changes(now: dict[str, str], was: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """(`now`, the workers whose price fingerprint differs from `was`): a worker that joined
-    or left is not a price change."""
-    return now, sorted(w for w in now if w in was and was[w] != now[w])
+def price_changed(now: Mapping[str, str], was: Mapping[str, str]) -> list[str]:
+    """The workers whose price fingerprint `now` differs from `was`: a worker that joined or
+    left is not a price change."""
+    return sorted(w for w in now if w in was and was[w] != now[w])
 
 
 class Reroller:
@@ -229,7 +229,7 @@ class Reroller:
         self.workers = [w.name for w in infos]
         self.prices = {w.name: (float(w.input_price_per_mtok or 0.0),
                                 float(w.output_price_per_mtok or 0.0)) for w in infos}
-        self.price_tags = {w: price_fingerprint(*p) for w, p in self.prices.items()}
+        self.price_tags = price_tags(self.prices)
 
     # -- what is known without a call -----------------------------------------------------
     def _key(self, row: LoggedRow, worker: str) -> str:

@@ -152,8 +152,6 @@ class ProgramHead:
             have = set(offered)
             ok = np.array([all(w in have for w in p) and (len(p) == 1 or VOTE in have)
                            for p in self.programs])
-            if not ok.any():
-                return np.full(len(x), -1)
             score = np.where(ok[None, :], score, -np.inf)
         if cascades is not None:
             single = np.array([len(p) == 1 for p in self.programs])
